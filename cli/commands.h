@@ -1,0 +1,12 @@
+// Subcommands of the sandgate executable. Each takes the arguments after its
+// own name and returns the process exit status.
+#pragma once
+
+#include <span>
+#include <string_view>
+
+namespace sandgate::cli {
+
+int policy_command(std::span<const std::string_view> args);
+
+}  // namespace sandgate::cli

@@ -1,0 +1,53 @@
+// sandgate: egress-filtering proxy and microVM sandboxes for AI coding agents.
+#include <cstdio>
+#include <string_view>
+#include <vector>
+
+#include "commands.h"
+
+namespace {
+
+constexpr std::string_view usage = R"(usage: sandgate COMMAND [ARGS]
+
+sandgate decides, for every connection an AI agent's sandbox makes, whether
+it may go out, and says which rule decided.
+
+Commands:
+  policy check FILE...          validate policy files; print every error and warning
+  policy explain FILE TARGET    show how a policy decides a host[:port] and why
+
+Run 'sandgate COMMAND --help' for a command's options and examples.
+
+Examples:
+  sandgate policy check /etc/sandgate/policy.yaml
+  sandgate policy explain policy.yaml api.anthropic.com:443
+  sandgate policy explain policy.yaml db.internal:5432 --addr 10.0.0.7
+
+Options:
+  -h, --help      show this help
+  --version       print the version
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string_view> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::fputs(usage.data(), stderr);
+    return 2;
+  }
+  const auto cmd = args.front();
+  const std::span<const std::string_view> rest(args.data() + 1, args.size() - 1);
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    std::fputs(usage.data(), stdout);
+    return 0;
+  }
+  if (cmd == "--version") {
+    std::puts("sandgate " SANDGATE_VERSION);
+    return 0;
+  }
+  if (cmd == "policy") return sandgate::cli::policy_command(rest);
+  std::fprintf(stderr, "sandgate: unknown command '%.*s'\n\n%s", static_cast<int>(cmd.size()), cmd.data(),
+               usage.data());
+  return 2;
+}

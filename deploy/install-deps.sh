@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages sandgate needs to build, test and run.
+# Idempotent: packages already present are left alone, and apt is asked
+# nothing when every package is installed. Run as root.
+#
+#   deploy/install-deps.sh            build + test packages
+#   deploy/install-deps.sh --check    list what is missing, install nothing
+set -euo pipefail
+
+# Build: compiler, CMake, and the libraries the components link.
+build_pkgs=(
+  g++ cmake make pkg-config
+  libboost1.81-dev  # Asio, Beast, JSON, system::result
+  libssl-dev        # SHA-256 and HMAC for the log chain, TLS tests
+  libre2-dev        # re: host rules, compiled once into an RE2::Set
+  libyaml-cpp-dev   # policy YAML with line and column marks
+  libidn2-dev       # IDNA2008 host names to punycode (not hand-written)
+)
+# Tests, fuzzing and benchmarks.
+test_pkgs=(
+  libgtest-dev libgmock-dev
+  libbenchmark-dev
+  clang libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes
+  python3 curl
+)
+
+check_only=0
+case "${1:-}" in
+  --check) check_only=1 ;;
+  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+  "") ;;
+  *) echo "install-deps.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all packages present"
+  exit 0
+fi
+if [ $check_only -eq 1 ]; then
+  printf 'missing: %s\n' "${missing[*]}"
+  exit 1
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing ${missing[*]}; run as root to install them" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: installed ${missing[*]}"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up everything and passes the tests: installs the dependencies, builds
+# and runs the test suite twice (release, then ASan+UBSan with warnings as
+# errors), then builds the libFuzzer targets and runs each for a short while.
+#   FUZZ_SECONDS=N   seconds per fuzz target (default 20; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+fuzz_seconds=${FUZZ_SECONDS:-20}
+
+deploy/install-deps.sh
+
+echo "== release build and tests"
+cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/release -j"$jobs"
+ctest --test-dir build/release --output-on-failure -j"$jobs"
+
+echo "== ASan+UBSan build and tests"
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DSANDGATE_SANITIZE=ON -DSANDGATE_BENCH=OFF >/dev/null
+cmake --build build/asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build/asan --output-on-failure -j"$jobs"
+
+if [ "$fuzz_seconds" -gt 0 ]; then
+  echo "== fuzz targets, ${fuzz_seconds}s each"
+  cmake -S . -B build/fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANDGATE_FUZZ=ON \
+    -DCMAKE_CXX_COMPILER=clang++ -DBUILD_TESTING=ON >/dev/null
+  cmake --build build/fuzz -j"$jobs"
+  for target in build/fuzz/tests/fuzz/fuzz_*; do
+    name=$(basename "$target")
+    corpus=$(mktemp -d)
+    cp tests/fuzz/corpus/"${name#fuzz_}"/* "$corpus"/ 2>/dev/null || true
+    echo "-- $name"
+    "$target" -max_total_time="$fuzz_seconds" -print_final_stats=0 "$corpus" 2>&1 | tail -n 2
+    rm -rf "$corpus"
+  done
+fi
+
+echo "== final ctest summary (release)"
+ctest --test-dir build/release -j"$jobs" 2>&1 | tail -n 3
