@@ -47,9 +47,9 @@ void read_docker_json(std::string_view text, const YAML::Node& root, Reporter& r
   PolicyInput p;
   p.where = {r.file(), 1, 1};
   std::set<std::string> seen;
-  for (auto it = root.begin(); it != root.end(); ++it) {
-    const auto& k = it->first;
-    const auto& v = it->second;
+  for (const auto& kv : root) {
+    const auto& k = kv.first;
+    const auto& v = kv.second;
     const std::string key = k.Scalar();
     if (!seen.insert(key).second) {
       r.error(k.Mark(), key + ": duplicate key; each key may appear once");

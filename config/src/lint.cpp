@@ -31,7 +31,6 @@ bool overlaps(const policy::Cidr& a, const policy::Cidr& b) { return a.contains(
 }  // namespace
 
 void lint(const PolicyInput& p, policy::Mode mode, Reporter& r) {
-  const std::string where = p.name.empty() ? "" : " (in sandbox '" + p.name + "')";
   using Key = std::tuple<bool, int, std::string, int>;  // is_cidr, kind, pattern, port
   std::map<Key, const RuleInput*> first;
   for (const auto& rule : p.rules) {
@@ -42,24 +41,24 @@ void lint(const PolicyInput& p, policy::Mode mode, Reporter& r) {
     if (!fresh) {
       const RuleInput& prev = *it->second;
       if (prev.action == rule.action)
-        r.warning(rule.source, at(rule) + ": duplicate of the rule at " + prev.source.to_string() + where);
+        r.warning(rule.source, at(rule) + ": duplicate of the rule at " + prev.source.to_string());
       else
         r.warning(rule.source, at(rule) + ": the same pattern is also in " + prev.list + " at " +
-                                   prev.source.to_string() + "; deny wins a tie, so the allow never applies" + where);
+                                   prev.source.to_string() + "; deny wins a tie, so the allow never applies");
     }
 
     if (rule.is_cidr) {
       const auto& c = rule.cidr.cidr;
       if (rule.cidr.host_bits_set)
-        r.warning(rule.source, at(rule) + ": has host bits set; it means " + c.to_string() + where);
+        r.warning(rule.source, at(rule) + ": has host bits set; it means " + c.to_string());
       if (!c.base.is_v4() && c.prefix_len <= 96 && c.contains(policy::Address::from_v4(0)))
         r.warning(rule.source, at(rule) + ": also covers every IPv4 address, which is checked as ::ffff:a.b.c.d; "
-                                          "write 2000::/3 for the public IPv6 internet" + where);
+                                          "write 2000::/3 for the public IPv6 internet");
       if (rule.action == Action::allow)
         for (const auto& d : policy::Policy::default_blocked())
           if (overlaps(c, d) && d.prefix_len <= c.prefix_len)
             r.warning(rule.source, at(rule) + ": reopens part of " + d.to_string() + " (" +
-                                       std::string(range_name(d)) + "), which is blocked by default" + where);
+                                       std::string(range_name(d)) + "), which is blocked by default");
       continue;
     }
 
@@ -69,12 +68,12 @@ void lint(const PolicyInput& p, policy::Mode mode, Reporter& r) {
                                (rule.action == Action::allow ? "allows every host; write 'mode: allow' instead"
                                                              : "blocks every host; write 'mode: deny' instead") +
                                ". Catch-alls make sense only with a port, against the mode: '*:443' in allow_hosts "
-                               "of a deny policy, or '*:25' in block_hosts of an allow policy" + where);
+                               "of a deny policy, or '*:25' in block_hosts of an allow policy");
     } else if (h.kind == HostKind::any) {
       const bool restates = (rule.action == Action::allow) == (mode == policy::Mode::allow);
       if (restates)
         r.warning(rule.source, at(rule) + ": restates the policy's mode (" + std::string(policy::to_string(mode)) +
-                                   ") and changes nothing unless a less specific rule would otherwise decide" + where);
+                                   ") and changes nothing unless a less specific rule would otherwise decide");
     }
     if (h.kind == HostKind::subdomains) {
       bool apex = false;
@@ -84,7 +83,7 @@ void lint(const PolicyInput& p, policy::Mode mode, Reporter& r) {
           apex = true;
       if (!apex)
         r.warning(rule.source, at(rule) + ": does not match '" + h.host + "' itself; add '" + h.host +
-                                   "' or write '**." + h.host + "' to cover both" + where);
+                                   "' or write '**." + h.host + "' to cover both");
     }
     if (h.kind == HostKind::subdomains || h.kind == HostKind::apex_and_subdomains) {
       // *.x and **.x are equally specific for subdomains: the deny always wins.
@@ -93,7 +92,7 @@ void lint(const PolicyInput& p, policy::Mode mode, Reporter& r) {
             o.host.host == h.host && o.host.port == h.port && o.host.kind != HostKind::exact &&
             o.host.kind != h.kind)
           r.warning(rule.source, at(rule) + ": shadowed by " + at(o) + " at " + o.source.to_string() +
-                                     ": equally specific for subdomains, and deny wins" + where);
+                                     ": equally specific for subdomains, and deny wins");
     }
   }
 }

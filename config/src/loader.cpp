@@ -42,6 +42,7 @@ void unknown_key(Reporter& r, const YAML::Node& key, std::string_view where,
                  const std::vector<std::string_view>& known) {
   std::string msg = "unknown key '" + key.Scalar() + "' " + std::string(where);
   if (auto s = suggest_key(key.Scalar(), known); !s.empty()) msg += "; did you mean '" + s + "'?";
+  else msg += ".";
   msg += " Known keys:";
   for (auto k : known) msg += " " + std::string(k);
   r.error(key.Mark(), msg);
@@ -85,18 +86,18 @@ void read_sandbox(const std::string& name, const YAML::Node& key, const YAML::No
   }
   std::set<std::string> seen;
   if (body.IsMap()) {
-    for (auto it = body.begin(); it != body.end(); ++it) {
-      const auto& k = it->first;
+    for (const auto& kv : body) {
+      const auto& k = kv.first;
       const std::string kname = k.IsScalar() ? k.Scalar() : "";
       if (!seen.insert(kname).second) {
         r.error(k.Mark(), prefix + kname + ": duplicate key; each key may appear once");
         continue;
       }
       if (kname == "inherit") {
-        auto b = read_bool(it->second);
-        if (!b) r.error(it->second.Mark(), prefix + "inherit: must be true or false");
+        auto b = read_bool(kv.second);
+        if (!b) r.error(kv.second.Mark(), prefix + "inherit: must be true or false");
         else p.inherit = *b;
-      } else if (!read_body_key(kname, k, it->second, prefix, r, p, options)) {
+      } else if (!read_body_key(kname, k, kv.second, prefix, r, p, options)) {
         unknown_key(r, k, "in sandboxes." + name, body_keys);
       }
     }
@@ -123,21 +124,24 @@ void parse_rule_list(const YAML::Node& list, const std::string& list_name, polic
     in.is_cidr = is_cidr;
     in.list = list_name;
     YAML::Node pattern;
+    bool found = false;
     if (e.IsScalar()) {
       pattern = e;
+      found = true;
     } else if (e.IsMap()) {
-      for (auto it = e.begin(); it != e.end(); ++it) {
-        const std::string k = it->first.Scalar();
+      for (const auto& kv : e) {
+        const std::string k = kv.first.Scalar();
         if (k == field) {
-          pattern = it->second;
+          pattern = kv.second;
+          found = true;
         } else if (k == "comment") {
-          if (!it->second.IsScalar()) r.error(it->second.Mark(), at + ".comment: expected text");
-          else in.comment = it->second.Scalar();
+          if (!kv.second.IsScalar()) r.error(kv.second.Mark(), at + ".comment: expected text");
+          else in.comment = kv.second.Scalar();
         } else {
-          unknown_key(r, it->first, "in " + at, {field, "comment"});
+          unknown_key(r, kv.first, "in " + at, {field, "comment"});
         }
       }
-      if (!pattern) {
+      if (!found) {
         r.error(e.Mark(), at + ": missing '" + field + "'; write {" + field + ": PATTERN, comment: TEXT}");
         continue;
       }
@@ -180,8 +184,8 @@ void read_yaml(const YAML::Node& root, Reporter& r, std::vector<PolicyInput>& ou
   bool have_version = false;
   std::set<std::string> seen;
   std::vector<std::pair<YAML::Node, YAML::Node>> sandboxes;
-  for (auto it = root.begin(); it != root.end(); ++it) {
-    const auto& k = it->first;
+  for (const auto& kv : root) {
+    const auto& k = kv.first;
     const std::string key = k.IsScalar() ? k.Scalar() : "";
     if (!seen.insert(key).second) {
       r.error(k.Mark(), key + ": duplicate key; each key may appear once");
@@ -189,17 +193,17 @@ void read_yaml(const YAML::Node& root, Reporter& r, std::vector<PolicyInput>& ou
     }
     if (key == "version") {
       have_version = true;
-      if (!it->second.IsScalar() || it->second.Scalar() != "1")
-        r.error(it->second.Mark(), "version: this sandgate reads version 1; write 'version: 1'");
+      if (!kv.second.IsScalar() || kv.second.Scalar() != "1")
+        r.error(kv.second.Mark(), "version: this sandgate reads version 1; write 'version: 1'");
     } else if (key == "sandboxes") {
-      const auto& s = it->second;
+      const auto& s = kv.second;
       if (s.IsNull()) continue;
       if (!s.IsMap()) {
         r.error(s.Mark(), "sandboxes: expected a map from sandbox name to its policy");
         continue;
       }
-      for (auto si = s.begin(); si != s.end(); ++si) sandboxes.emplace_back(si->first, si->second);
-    } else if (!read_body_key(key, k, it->second, "", r, def, options)) {
+      for (const auto& entry : s) sandboxes.emplace_back(entry.first, entry.second);
+    } else if (!read_body_key(key, k, kv.second, "", r, def, options)) {
       unknown_key(r, k, "at the top level", top_keys);
     }
   }
