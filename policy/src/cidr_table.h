@@ -12,6 +12,7 @@
 #include <span>
 #include <vector>
 
+#include "huge_pages.h"
 #include "sandgate/policy/policy.h"
 
 namespace sandgate::policy::detail {
@@ -32,8 +33,8 @@ class CidrTable {
  private:
   std::uint32_t bucket(const Address& a) const noexcept;
 
-  std::vector<Address> starts_;   // ascending; starts_[0] is ::
-  std::vector<RuleId> values_;    // values_[i] holds from starts_[i] up to starts_[i+1]
+  std::vector<Address, HugePageAllocator<Address>> starts_;  // ascending; starts_[0] is ::
+  std::vector<RuleId, HugePageAllocator<RuleId>> values_;    // values_[i] holds from starts_[i] up to starts_[i+1]
   std::vector<std::uint32_t> index_;  // index_[b]: first interval whose start is in bucket >= b
   int bits_ = 1;
 };
