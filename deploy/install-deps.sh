@@ -18,10 +18,9 @@ build_pkgs=(
 )
 # Tests, fuzzing and benchmarks.
 test_pkgs=(
-  libgtest-dev libgmock-dev
+  libgtest-dev
   libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes
-  python3 curl
 )
 
 check_only=0
