@@ -13,12 +13,15 @@ sandgate decides, for every connection an AI agent's sandbox makes, whether
 it may go out, and says which rule decided.
 
 Commands:
+  proxy --config POLICY --listen ADDR
+                                run the egress proxy (CONNECT and absolute-form HTTP)
   policy check FILE...          validate policy files; print every error and warning
   policy explain FILE TARGET    show how a policy decides a host[:port] and why
 
 Run 'sandgate COMMAND --help' for a command's options and examples.
 
 Examples:
+  sandgate proxy --config /etc/sandgate/policy.yaml --listen 127.0.0.1:3128
   sandgate policy check /etc/sandgate/policy.yaml
   sandgate policy explain policy.yaml api.anthropic.com:443
   sandgate policy explain policy.yaml db.internal:5432 --addr 10.0.0.7
@@ -47,6 +50,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "policy") return sandgate::cli::policy_command(rest);
+  if (cmd == "proxy") return sandgate::cli::proxy_command(rest);
   std::fprintf(stderr, "sandgate: unknown command '%.*s'\n\n%s", static_cast<int>(cmd.size()), cmd.data(),
                usage.data());
   return 2;

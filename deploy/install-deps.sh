@@ -21,6 +21,7 @@ test_pkgs=(
   libgtest-dev
   libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes
+  python3 curl              # the proxy tests' origin server and client
 )
 
 check_only=0

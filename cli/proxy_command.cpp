@@ -1,0 +1,146 @@
+// `sandgate proxy`: run the forward proxy on one or more listeners.
+#include <charconv>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "commands.h"
+#include "sandgate/proxy/server.h"
+
+namespace sandgate::cli {
+namespace {
+
+constexpr std::string_view proxy_usage = R"(usage: sandgate proxy --config POLICY --listen ADDR [--listen ADDR]... [options]
+
+Runs the egress proxy: CONNECT tunnels and absolute-form HTTP/1.1 requests,
+each decided by POLICY (YAML, or Docker's proxy-config.json by its .json
+extension). Blocked requests get a 403 that names the rule and how to allow
+it; malformed ones a 400. SIGHUP reloads POLICY (a bad file keeps the last
+good policy); SIGTERM stops accepting and lets open connections finish.
+
+Listeners:
+  --listen ADDR            HOST:PORT, [IPv6]:PORT or unix:PATH (repeatable)
+  --listen ADDR=SANDBOX    the same, deciding with the sandbox's named policy
+
+Options:
+  --config POLICY          the policy file (required)
+  --hosts-file FILE        "ADDRESS NAME..." lines consulted before DNS
+  --threads N              event loops (default: one per core)
+  --forbid-report          refuse policies with 'report: true'
+  --head-bytes N           request head limit (default 16384)
+  --max-headers N          header field limit (default 100)
+  --head-timeout MS        whole head within (default 10000)
+  --connect-timeout MS     per address dialed (default 10000)
+  --idle-timeout MS        keep-alive and body idle (default 60000)
+  --tunnel-idle-timeout MS CONNECT tunnel idle (default 300000)
+  --drain-timeout MS       on SIGTERM (default 10000)
+  --max-connections N      per thread (default 10000); more get 503
+  -h, --help               show this help
+
+Examples:
+  sandgate proxy --config /etc/sandgate/policy.yaml --listen 127.0.0.1:3128
+  sandgate proxy --config policy.yaml --listen unix:/run/sandgate/agent1.sock=agent1 \
+                 --listen 127.0.0.1:3129=agent2
+  curl -x http://127.0.0.1:3128 https://api.anthropic.com/
+)";
+
+std::optional<std::uint64_t> number(std::string_view s) {
+  std::uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+int proxy_command(std::span<const std::string_view> args) {
+  proxy::ServerConfig cfg;
+  std::string policy_path;
+  config::LoadOptions load;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const auto a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(proxy_usage.data(), stdout);
+      return 0;
+    }
+    if (a == "--forbid-report") {
+      load.forbid_report = true;
+      continue;
+    }
+    if (i + 1 >= args.size()) {
+      std::cerr << "sandgate proxy: unknown option or missing value: '" << a << "' (see --help)\n";
+      return 2;
+    }
+    const std::string_view v = args[++i];
+    auto ms = [&](std::chrono::milliseconds& out) {
+      auto n = number(v);
+      if (!n) return false;
+      out = std::chrono::milliseconds(*n);
+      return true;
+    };
+    auto count = [&](std::size_t& out) {
+      auto n = number(v);
+      if (!n || *n == 0) return false;
+      out = *n;
+      return true;
+    };
+    bool ok = true;
+    if (a == "--config") policy_path = v;
+    else if (a == "--listen") {
+      const auto eq = v.find('=');
+      cfg.listeners.push_back({std::string(v.substr(0, eq)), eq == std::string_view::npos ? "" : std::string(v.substr(eq + 1))});
+    } else if (a == "--hosts-file") cfg.hosts_file = v;
+    else if (a == "--threads") {
+      std::size_t n = 0;
+      ok = count(n);
+      cfg.threads = static_cast<unsigned>(n);
+    } else if (a == "--head-bytes") ok = count(cfg.limits.head_bytes);
+    else if (a == "--max-headers") ok = count(cfg.limits.header_count);
+    else if (a == "--max-connections") ok = count(cfg.limits.max_connections);
+    else if (a == "--head-timeout") ok = ms(cfg.limits.head_timeout);
+    else if (a == "--connect-timeout") ok = ms(cfg.limits.connect_timeout);
+    else if (a == "--idle-timeout") ok = ms(cfg.limits.idle_timeout);
+    else if (a == "--tunnel-idle-timeout") ok = ms(cfg.limits.tunnel_idle_timeout);
+    else if (a == "--drain-timeout") ok = ms(cfg.limits.drain_timeout);
+    else {
+      std::cerr << "sandgate proxy: unknown option '" << a << "' (see --help)\n";
+      return 2;
+    }
+    if (!ok) {
+      std::cerr << "sandgate proxy: " << a << " needs a positive number, not '" << v << "'\n";
+      return 2;
+    }
+  }
+  if (policy_path.empty() || cfg.listeners.empty()) {
+    std::cerr << "sandgate proxy: --config and at least one --listen are required (see --help)\n";
+    return 2;
+  }
+  auto store = config::PolicyStore::open(policy_path, load);
+  if (!store) {
+    for (const auto& d : store.error()) std::cerr << d.to_string() << "\n";
+    return 2;
+  }
+  std::shared_ptr<config::PolicyStore> shared(std::move(*store));
+  for (const auto& w : shared->current()->warnings) std::cerr << w.to_string() << "\n";
+  for (const auto& l : cfg.listeners)
+    if (!l.sandbox.empty() && !shared->current()->named.contains(l.sandbox))
+      std::cerr << "sandgate proxy: warning: " << policy_path << " has no policy for sandbox '" << l.sandbox
+                << "'; its default policy applies\n";
+  auto server = proxy::Server::start(cfg, shared);
+  if (!server) {
+    std::cerr << "sandgate proxy: " << server.error() << "\n";
+    return 1;
+  }
+  for (std::size_t i = 0; i < cfg.listeners.size(); ++i)
+    std::cout << "sandgate proxy: listening on " << (*server)->bound_address(i)
+              << (cfg.listeners[i].sandbox.empty() ? "" : " for sandbox " + cfg.listeners[i].sandbox) << "\n";
+  std::cout.flush();
+  (*server)->run();
+  const auto s = (*server)->stats();
+  std::cerr << "sandgate proxy: stopped after " << s.connections << " connections, " << s.requests << " requests, "
+            << s.denied << " denied\n";
+  return 0;
+}
+
+}  // namespace sandgate::cli

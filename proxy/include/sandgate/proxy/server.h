@@ -1,0 +1,77 @@
+// The forward proxy: CONNECT tunnels and absolute-form HTTP/1.1, every
+// request decided by the policy in force, every tunnel relayed with splice(2).
+//
+// One io_context per thread, each with its own SO_REUSEPORT acceptor per TCP
+// listener: no lock is shared on the request path. The policy snapshot is an
+// atomic pointer (config::PolicyStore) taken once per connection.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <boost/system/result.hpp>
+
+#include "sandgate/config/policy_store.h"
+
+namespace sandgate::proxy {
+
+// Limits and timeouts; the defaults are what `sandgate proxy --help` prints.
+struct Limits {
+  std::size_t head_bytes = 16 * 1024;  // request head, request line included
+  std::size_t header_count = 100;
+  std::chrono::milliseconds head_timeout{10'000};     // slowloris: the whole head within this
+  std::chrono::milliseconds resolve_timeout{5'000};
+  std::chrono::milliseconds connect_timeout{10'000};  // per address tried
+  std::chrono::milliseconds idle_timeout{60'000};     // keep-alive between requests, and body transfers
+  std::chrono::milliseconds tunnel_idle_timeout{300'000};
+  std::chrono::milliseconds drain_timeout{10'000};    // SIGTERM: time for open connections to finish
+  std::size_t max_connections = 10'000;               // per thread; more get 503
+};
+
+struct Listener {
+  std::string address;  // "host:port", "[v6]:port" or "unix:PATH"
+  std::string sandbox;  // the sandbox whose named policy applies ("" = default policy)
+};
+
+struct ServerConfig {
+  std::vector<Listener> listeners;
+  std::string hosts_file;  // static "ADDRESS NAME..." lines consulted before DNS; "" for none
+  Limits limits;
+  unsigned threads = 0;  // 0: one per core
+};
+
+// Counters the server keeps, read at any time (relaxed).
+struct Stats {
+  std::uint64_t connections = 0;
+  std::uint64_t requests = 0;
+  std::uint64_t denied = 0;
+  std::uint64_t tunnels_spliced = 0;
+  std::uint64_t tunnels_buffered = 0;
+};
+
+class Server {
+ public:
+  // Binds every listener; fails with a message naming the listener and errno.
+  static boost::system::result<std::unique_ptr<Server>, std::string> start(ServerConfig config,
+                                                                          std::shared_ptr<config::PolicyStore> store);
+  ~Server();
+
+  // Runs until stop(): serves on all threads. Handles SIGHUP (reload) and
+  // SIGTERM/SIGINT (drain, then stop) itself.
+  void run();
+  // Stops accepting; open connections get drain_timeout to finish.
+  void stop();
+  // The bound address of listener i ("127.0.0.1:41234"), for port 0.
+  std::string bound_address(std::size_t i) const;
+  Stats stats() const;
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sandgate::proxy

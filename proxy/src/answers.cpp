@@ -1,0 +1,64 @@
+#include "answers.h"
+
+namespace sandgate::proxy::detail {
+namespace {
+
+std::string_view status_text(int status) {
+  switch (status) {
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+  }
+  return "Error";
+}
+
+std::string respond(int status, std::string_view code, const std::string& body, int retry_after) {
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + std::string(status_text(status)) + "\r\n";
+  out += "X-Proxy-Error: " + std::string(code) + "\r\n";
+  out += "Content-Type: text/plain; charset=utf-8\r\n";
+  if (retry_after > 0) out += "Retry-After: " + std::to_string(retry_after) + "\r\n";
+  out += "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  return out + body;
+}
+
+std::string authority(const policy::Target& t) {
+  const bool v6 = t.address && !t.address->is_v4();
+  return (v6 ? "[" + t.host + "]" : t.host) + ":" + std::to_string(t.port);
+}
+
+}  // namespace
+
+std::string blocked_answer(const policy::Policy& p, const policy::Decision& d, const policy::Target& t,
+                           std::string_view sandbox, std::string_view policy_file) {
+  const auto* rule = p.rule(d.rule);
+  std::string body = "sandgate blocked this connection: it is policy, not a network failure.\n";
+  body += "target:   " + authority(t) + "\n";
+  if (d.phase == policy::Phase::address) body += "address:  " + d.address.to_string() + "\n";
+  body += "reason:   " + std::string(policy::to_string(d.reason)) + "\n";
+  if (rule) {
+    body += "rule:     " + std::string(policy::to_string(rule->action)) + " " + rule->text + " (" +
+            rule->source.to_string() + ")\n";
+  } else {
+    body += "rule:     <default policy: mode " + std::string(policy::to_string(p.mode())) + ">\n";
+  }
+  body += "policy:   " + std::string(policy_file) + "\n";
+  const std::string name = sandbox.empty() ? "SANDBOX" : std::string(sandbox);
+  if (d.reason == policy::Reason::blocked_by_default_cidr || d.reason == policy::Reason::dns_mixed_answer)
+    body += "to allow: only an exact host:port rule reaches this private or reserved address:\n"
+            "          sandgate network proxy " + name + " --allow-host " + authority(t) + "\n";
+  else if (d.reason == policy::Reason::blocked_by_cidr)
+    body += "to allow: remove the block_cidrs rule above, or narrow it\n";
+  else
+    body += "to allow: sandgate network proxy " + name + " --allow-host " + authority(t) + "\n";
+  return respond(403, policy::to_string(d.reason), body, 0);
+}
+
+std::string error_answer(int status, std::string_view code, std::string_view message, int retry_after_seconds) {
+  return respond(status, code, "sandgate: " + std::string(message) + "\n", retry_after_seconds);
+}
+
+}  // namespace sandgate::proxy::detail

@@ -1,0 +1,24 @@
+// The proxy's own answers: one stable schema for every refusal or failure.
+//   status line, X-Proxy-Error: <code>, Content-Type: text/plain,
+//   Connection: close, and a body an agent can act on.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "sandgate/policy/policy.h"
+
+namespace sandgate::proxy::detail {
+
+// 403 for a policy decision: what was blocked, the deciding rule and where
+// it is written, that this is policy and not a network fault, and the
+// command that would allow it.
+std::string blocked_answer(const policy::Policy& p, const policy::Decision& d, const policy::Target& t,
+                           std::string_view sandbox, std::string_view policy_file);
+
+// Any other refusal: status 400, 429, 502, 503 or 504, an X-Proxy-Error code
+// ("bad-request", "dns-failure", ...) and a sentence saying what to do.
+std::string error_answer(int status, std::string_view code, std::string_view message,
+                         int retry_after_seconds = 0);
+
+}  // namespace sandgate::proxy::detail

@@ -1,0 +1,267 @@
+#include "sandgate/proxy/server.h"
+
+#include <netinet/tcp.h>
+#include <sys/stat.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <iostream>
+#include <thread>
+
+#include "answers.h"
+#include "session.h"
+
+namespace sandgate::proxy {
+namespace {
+
+namespace asio = boost::asio;
+using Protocol = asio::generic::stream_protocol;
+using Acceptor = asio::basic_socket_acceptor<Protocol>;
+constexpr auto token = asio::as_tuple(asio::use_awaitable);
+
+struct ParsedListen {
+  bool is_unix = false;
+  std::string path;
+  asio::ip::tcp::endpoint tcp;
+};
+
+boost::system::result<ParsedListen, std::string> parse_listen(const std::string& text) {
+  ParsedListen out;
+  if (text.starts_with("unix:")) {
+    out.is_unix = true;
+    out.path = text.substr(5);
+    if (out.path.empty() || out.path.size() >= sizeof(sockaddr_un::sun_path))
+      return "--listen " + text + ": a unix socket path of 1 to 107 bytes is needed";
+    return out;
+  }
+  std::string host, port;
+  if (text.starts_with("[")) {
+    const auto close = text.find("]:");
+    if (close == std::string::npos) return "--listen " + text + ": write [IPv6]:PORT";
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon)
+      return "--listen " + text + ": write HOST:PORT, [IPv6]:PORT or unix:PATH";
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (host == "localhost") host = "127.0.0.1";
+  boost::system::error_code ec;
+  const auto addr = asio::ip::make_address(host, ec);
+  if (ec) return "--listen " + text + ": '" + host + "' is not an IP address";
+  unsigned p = 0;
+  try {
+    std::size_t used = 0;
+    p = static_cast<unsigned>(std::stoul(port, &used));
+    if (used != port.size() || p > 65535) throw std::out_of_range("port");
+  } catch (...) {
+    return "--listen " + text + ": the port must be a number from 0 to 65535";
+  }
+  out.tcp = {addr, static_cast<std::uint16_t>(p)};
+  return out;
+}
+
+asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx, const Listener& listener,
+                                  bool is_tcp) {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(token);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {
+      // Out of descriptors or a transient error: back off briefly, keep serving.
+      asio::steady_timer t(acceptor.get_executor(), std::chrono::milliseconds(50));
+      co_await t.async_wait(token);
+      continue;
+    }
+    if (ctx.open_connections >= ctx.limits.max_connections) {
+      // Over the limit: a short answer, written without waiting, then close.
+      const auto busy = detail::error_answer(503, "too-many-connections",
+                                             "the proxy is at its connection limit; retry shortly", 1);
+      boost::system::error_code ignored;
+      socket.non_blocking(true, ignored);
+      socket.write_some(asio::buffer(busy), ignored);
+      socket.close(ignored);
+      continue;
+    }
+    if (is_tcp) {
+      const int one = 1;
+      ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    detail::start_session(std::move(socket), ctx, listener);
+  }
+}
+
+}  // namespace
+
+struct Server::Impl {
+  ServerConfig config;
+  std::shared_ptr<config::PolicyStore> store;
+  std::vector<std::unique_ptr<detail::ThreadContext>> threads;
+  // acceptors[t]: thread t's acceptors, as (listener index, acceptor).
+  std::vector<std::vector<std::pair<std::size_t, std::unique_ptr<Acceptor>>>> acceptors;
+  std::vector<std::string> bound;
+  std::atomic<bool> stopping{false};
+  asio::io_context control;
+
+  void close_acceptors() {
+    for (std::size_t t = 0; t < threads.size(); ++t)
+      asio::post(threads[t]->io, [this, t] {
+        for (auto& [i, a] : acceptors[t]) {
+          boost::system::error_code ignored;
+          a->close(ignored);
+        }
+      });
+  }
+};
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() = default;
+
+boost::system::result<std::unique_ptr<Server>, std::string> Server::start(ServerConfig config,
+                                                                         std::shared_ptr<config::PolicyStore> store) {
+  auto impl = std::make_unique<Impl>();
+  std::shared_ptr<const detail::HostsFile> hosts;
+  if (!config.hosts_file.empty()) {
+    auto h = detail::HostsFile::load(config.hosts_file);
+    if (!h) return h.error();
+    hosts = std::make_shared<const detail::HostsFile>(std::move(*h));
+  }
+  if (config.listeners.empty()) return std::string("no --listen address given");
+  const unsigned n = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned t = 0; t < n; ++t) {
+    auto ctx = std::make_unique<detail::ThreadContext>();
+    ctx->store = store;
+    ctx->hosts = hosts;
+    ctx->limits = config.limits;
+    impl->threads.push_back(std::move(ctx));
+  }
+  impl->acceptors.resize(n);
+  for (std::size_t i = 0; i < config.listeners.size(); ++i) {
+    const auto& text = config.listeners[i].address;
+    auto parsed = parse_listen(text);
+    if (!parsed) return parsed.error();
+    boost::system::error_code ec;
+    if (parsed->is_unix) {
+      // A stale socket from an earlier run is replaced; any other file is not.
+      struct stat st {};
+      if (::lstat(parsed->path.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) return "--listen " + text + ": the path exists and is not a socket";
+        ::unlink(parsed->path.c_str());
+      }
+      const asio::local::stream_protocol::endpoint lep(parsed->path);
+      const Protocol::endpoint ep(lep.data(), lep.size(), 0);
+      auto a = std::make_unique<Acceptor>(impl->threads[0]->io);
+      a->open(ep.protocol(), ec);
+      if (!ec) a->bind(ep, ec);
+      if (!ec) a->listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) return "--listen " + text + ": " + ec.message();
+      impl->bound.push_back(text);
+      impl->acceptors[0].emplace_back(i, std::move(a));
+      continue;
+    }
+    // One SO_REUSEPORT acceptor per thread: the kernel spreads connections.
+    auto endpoint = parsed->tcp;
+    for (unsigned t = 0; t < n; ++t) {
+      const Protocol::endpoint ep(endpoint.data(), endpoint.size(), IPPROTO_TCP);
+      auto a = std::make_unique<Acceptor>(impl->threads[t]->io);
+      a->open(ep.protocol(), ec);
+      if (!ec) a->set_option(asio::socket_base::reuse_address(true), ec);
+      const int one = 1;
+      if (!ec && ::setsockopt(a->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
+        ec.assign(errno, boost::system::system_category());
+      if (!ec) a->bind(ep, ec);
+      if (!ec) a->listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) return "--listen " + text + ": " + ec.message();
+      if (t == 0) {
+        // Port 0: every thread binds the port the first one was given.
+        const auto local = a->local_endpoint();
+        std::memcpy(endpoint.data(), local.data(), local.size());
+        impl->bound.push_back(endpoint.address().is_v6() ? "[" + endpoint.address().to_string() + "]:" +
+                                                                std::to_string(endpoint.port())
+                                                          : endpoint.address().to_string() + ":" +
+                                                                std::to_string(endpoint.port()));
+      }
+      impl->acceptors[t].emplace_back(i, std::move(a));
+    }
+  }
+  impl->config = std::move(config);
+  impl->store = std::move(store);
+  for (std::size_t t = 0; t < n; ++t)
+    for (auto& [i, a] : impl->acceptors[t])
+      asio::co_spawn(impl->threads[t]->io,
+                     accept_loop(*a, *impl->threads[t], impl->config.listeners[i],
+                                 a->local_endpoint().protocol().family() != AF_UNIX),
+                     asio::detached);
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+void Server::run() {
+  auto& im = *impl_;
+  asio::signal_set signals(im.control, SIGHUP, SIGTERM, SIGINT);
+  std::function<void()> wait_signal = [&] {
+    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+      if (ec) return;
+      if (sig == SIGHUP) {
+        auto r = im.store->reload();
+        if (r) std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12) << ")\n";
+        else
+          for (const auto& d : r.error()) std::cerr << d.to_string() << "\nsandgate proxy: reload failed; the last good policy stays in force\n";
+        wait_signal();
+        return;
+      }
+      stop();
+    });
+  };
+  wait_signal();
+  std::vector<std::thread> workers;
+  for (auto& t : im.threads) workers.emplace_back([&io = t->io] { io.run(); });
+  im.control.run();
+  for (auto& w : workers) w.join();
+}
+
+void Server::stop() {
+  auto& im = *impl_;
+  if (im.stopping.exchange(true)) return;
+  im.close_acceptors();
+  // Open connections get drain_timeout to finish, then the threads stop.
+  auto timer = std::make_shared<asio::steady_timer>(im.control, im.config.limits.drain_timeout);
+  auto check = std::make_shared<std::function<void()>>();
+  *check = [this, timer, check] {
+    auto& im2 = *impl_;
+    bool idle = true;
+    for (auto& t : im2.threads) idle &= t->open_connections == 0;
+    if (idle || std::chrono::steady_clock::now() >= timer->expiry()) {
+      for (auto& t : im2.threads) t->io.stop();
+      im2.control.stop();
+      return;
+    }
+    auto tick = std::make_shared<asio::steady_timer>(im2.control, std::chrono::milliseconds(20));
+    tick->async_wait([check, tick](const boost::system::error_code&) { (*check)(); });
+  };
+  asio::post(im.control, [check] { (*check)(); });
+}
+
+std::string Server::bound_address(std::size_t i) const { return impl_->bound.at(i); }
+
+Stats Server::stats() const {
+  Stats s;
+  for (const auto& t : impl_->threads) {
+    s.connections += t->counters.connections.load(std::memory_order_relaxed);
+    s.requests += t->counters.requests.load(std::memory_order_relaxed);
+    s.denied += t->counters.denied.load(std::memory_order_relaxed);
+    s.tunnels_spliced += t->counters.spliced.load(std::memory_order_relaxed);
+    s.tunnels_buffered += t->counters.buffered.load(std::memory_order_relaxed);
+  }
+  return s;
+}
+
+}  // namespace sandgate::proxy

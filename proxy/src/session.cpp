@@ -1,0 +1,460 @@
+// The life of one client connection, top to bottom:
+//   read the head (bounded, timed) -> refuse anything malformed (400)
+//   -> decide the target: host phase, resolve, address phase (403 on deny)
+//   -> dial only an address that passed -> CONNECT: 200 and splice both ways;
+//      absolute-form: forward in origin form, stream the bodies, keep alive.
+// Expected ends (EOF, reset, timeout) are outcomes, not errors.
+#include "session.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/url/parse.hpp>
+
+#include <array>
+#include <chrono>
+#include <optional>
+
+#include "answers.h"
+#include "head_check.h"
+#include "tunnel.h"
+
+namespace sandgate::proxy::detail {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using Clock = std::chrono::steady_clock;
+using tcp = asio::ip::tcp;
+constexpr auto token = asio::as_tuple(asio::use_awaitable);
+
+// Fields a proxy must not forward (RFC 9110 7.6.1), besides those Connection lists.
+constexpr http::field hop_by_hop[] = {http::field::connection,    http::field::keep_alive,
+                                      http::field::proxy_connection, http::field::proxy_authorization,
+                                      http::field::te,            http::field::trailer,
+                                      http::field::upgrade};
+
+template <class Fields>
+void strip_hop_by_hop(Fields& f) {
+  // Names listed in Connection are hop-by-hop too.
+  std::vector<std::string> listed;
+  for (auto [it, end] = f.equal_range(http::field::connection); it != end; ++it)
+    for (auto name : http::token_list(it->value())) listed.emplace_back(name);
+  for (const auto& name : listed) f.erase(name);
+  for (auto name : hop_by_hop) f.erase(name);
+}
+
+template <class Fields>
+void add_via(Fields& f) {
+  const auto existing = f[http::field::via];
+  f.set(http::field::via, existing.empty() ? std::string("1.1 sandgate") : std::string(existing) + ", 1.1 sandgate");
+}
+
+asio::ip::address to_asio(const policy::Address& a) {
+  if (a.is_v4()) return asio::ip::address_v4(a.v4());
+  asio::ip::address_v6::bytes_type b;
+  for (int i = 0; i < 8; ++i) {
+    b[static_cast<std::size_t>(i)] = static_cast<unsigned char>(a.hi >> (56 - 8 * i));
+    b[static_cast<std::size_t>(8 + i)] = static_cast<unsigned char>(a.lo >> (56 - 8 * i));
+  }
+  return asio::ip::address_v6(b);
+}
+
+policy::Address from_asio(const asio::ip::address& a) {
+  if (a.is_v4()) return policy::Address::from_v4(a.to_v4().to_uint());
+  const auto b = a.to_v6().to_bytes();
+  return policy::Address::from_bytes(std::span<const std::uint8_t, 16>(b.data(), 16));
+}
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(Socket client, ThreadContext& ctx, const Listener& listener)
+      : client_(std::move(client)),
+        upstream_(client_.get_executor()),
+        resolver_(client_.get_executor()),
+        timer_(client_.get_executor()),
+        ctx_(ctx),
+        listener_(listener) {}
+
+  void start() {
+    ++ctx_.open_connections;
+    ctx_.counters.connections.fetch_add(1, std::memory_order_relaxed);
+    asio::co_spawn(client_.get_executor(), watchdog(shared_from_this()), asio::detached);
+    asio::co_spawn(client_.get_executor(), run(shared_from_this()), asio::detached);
+  }
+
+ private:
+  enum class Stage : std::uint8_t { head, dial, relay, done };
+
+  // --- Timeouts: one timer per connection, re-armed by moving a deadline. ---
+  void arm(std::chrono::milliseconds d) { deadline_ = Clock::now() + d; }
+
+  asio::awaitable<void> watchdog(std::shared_ptr<Session>) {
+    while (stage_ != Stage::done) {
+      timer_.expires_at(deadline_);
+      co_await timer_.async_wait(token);
+      if (stage_ == Stage::done) break;
+      if (Clock::now() < deadline_) continue;
+      timed_out_ = true;
+      boost::system::error_code ignored;
+      if (stage_ == Stage::dial) {
+        // Fail the lookup or the dial, not the client: it gets a 504.
+        resolver_.cancel();
+        upstream_.close(ignored);
+        continue;
+      }
+      client_.close(ignored);
+      upstream_.close(ignored);
+      break;
+    }
+  }
+
+  asio::awaitable<void> run(std::shared_ptr<Session>) {
+    // One policy snapshot for the whole connection; a reload swaps the pointer.
+    set_ = ctx_.store->current();
+    policy_ = set_->for_sandbox(listener_.sandbox).get();
+    beast::flat_buffer buf(ctx_.limits.head_bytes);
+    while (co_await serve_one(buf)) {
+    }
+    finish();
+  }
+
+  void finish() {
+    stage_ = Stage::done;
+    timer_.cancel();
+    boost::system::error_code ignored;
+    client_.shutdown(asio::socket_base::shutdown_both, ignored);
+    client_.close(ignored);
+    upstream_.close(ignored);
+    --ctx_.open_connections;
+  }
+
+  asio::awaitable<void> answer(const std::string& response) {
+    arm(ctx_.limits.idle_timeout);
+    co_await asio::async_write(client_, asio::buffer(response), token);
+  }
+
+  asio::awaitable<void> bad_request(std::string_view why) {
+    co_await answer(error_answer(400, "bad-request", std::string(why)));
+  }
+
+  // Reads and serves one request; false when the connection is done.
+  asio::awaitable<bool> serve_one(beast::flat_buffer& buf) {
+    stage_ = Stage::head;
+    arm(ctx_.limits.head_timeout);
+    const auto head_size = co_await read_head(buf);
+    if (head_size == 0) co_return false;
+    const std::string_view head(static_cast<const char*>(buf.data().data()), head_size);
+    if (auto why = check_raw_head(head); !why.empty()) {
+      co_await bad_request("malformed request: " + std::string(why));
+      co_return false;
+    }
+    http::request_parser<http::buffer_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
+    parser.body_limit(boost::none);  // bodies stream through a fixed buffer
+    boost::system::error_code pec;
+    parser.put(asio::buffer(head), pec);
+    if (pec || !parser.is_header_done()) {
+      co_await bad_request("malformed request: " + pec.message());
+      co_return false;
+    }
+    buf.consume(head_size);
+    ctx_.counters.requests.fetch_add(1, std::memory_order_relaxed);
+    auto& req = parser.get();
+    if (auto why = framing_problem(req); !why.empty()) {
+      co_await bad_request(why);
+      co_return false;
+    }
+    if (req.method() == http::verb::connect) {
+      co_await serve_connect(req.target(), buf);
+      co_return false;
+    }
+    co_return co_await serve_http(parser, buf);
+  }
+
+  // Reads until the blank line that ends a head (bytes after it stay in buf,
+  // for a body or a pipelined request). Returns the head's size, or 0 when
+  // the connection ends: EOF, reset, timeout, or a head over the limit (431).
+  asio::awaitable<std::size_t> read_head(beast::flat_buffer& buf) {
+    std::size_t searched = 0;
+    for (;;) {
+      const std::string_view have(static_cast<const char*>(buf.data().data()), buf.size());
+      if (auto end = have.find("\r\n\r\n", searched); end != std::string_view::npos) co_return end + 4;
+      searched = have.size() < 3 ? 0 : have.size() - 3;
+      const std::size_t room = ctx_.limits.head_bytes - std::min(ctx_.limits.head_bytes, buf.size());
+      if (room == 0) {
+        co_await answer(error_answer(431, "header-too-large",
+                                     "the request head is larger than " + std::to_string(ctx_.limits.head_bytes) +
+                                         " bytes"));
+        co_return 0;
+      }
+      auto [ec, n] = co_await client_.async_read_some(buf.prepare(std::min<std::size_t>(room, 4096)), token);
+      if (ec) co_return 0;
+      buf.commit(n);
+    }
+  }
+
+  // Request smuggling and header bombs, refused before anything is forwarded.
+  std::string framing_problem(const http::request<http::buffer_body>& req) const {
+    std::size_t fields = 0, lengths = 0, encodings = 0;
+    for (const auto& f : req) {
+      ++fields;
+      lengths += f.name() == http::field::content_length;
+      encodings += f.name() == http::field::transfer_encoding;
+    }
+    if (fields > ctx_.limits.header_count)
+      return "too many header fields (limit " + std::to_string(ctx_.limits.header_count) + ")";
+    if (lengths > 1) return "several Content-Length fields";
+    if (lengths && encodings) return "both Content-Length and Transfer-Encoding";
+    if (encodings > 1 || (encodings && !beast::iequals(req[http::field::transfer_encoding], "chunked")))
+      return "a Transfer-Encoding other than a single final 'chunked'";
+    if (req.version() != 11 && req.version() != 10) return "only HTTP/1.0 and HTTP/1.1 are served";
+    return "";
+  }
+
+  // Host phase, resolution, address phase. On success `allowed` holds the
+  // addresses that passed, in order; otherwise the client has its answer.
+  asio::awaitable<bool> decide(const policy::Target& target, std::vector<policy::Address>& allowed) {
+    const policy::Decision host = policy_->check_host(target);
+    if (host.verdict == policy::Verdict::deny && !policy_->needs_address_phase(host, target)) {
+      co_await refuse(host, target);
+      co_return false;
+    }
+    std::vector<policy::Address> addrs;
+    if (target.address) {
+      addrs.push_back(*target.address);
+    } else if (const auto* pinned = ctx_.hosts ? ctx_.hosts->find(target.host) : nullptr) {
+      addrs = *pinned;
+    } else {
+      stage_ = Stage::dial;
+      arm(ctx_.limits.resolve_timeout);
+      timed_out_ = false;
+      auto [ec, results] = co_await resolver_.async_resolve(target.host, "", token);
+      if (ec) {
+        co_await answer(error_answer(timed_out_ ? 504 : 502, timed_out_ ? "dns-timeout" : "dns-failure",
+                                     "cannot resolve " + target.host + ": " + ec.message()));
+        co_return false;
+      }
+      for (const auto& r : results) addrs.push_back(from_asio(r.endpoint().address()));
+    }
+    const policy::Decision d = policy_->check(target, addrs);
+    if (d.verdict == policy::Verdict::deny) {
+      co_await refuse(d, target);
+      co_return false;
+    }
+    // Dial only what was checked; report mode lets every address through.
+    for (const auto& a : addrs)
+      if (policy_->check_address(host, target, a).lets_through()) allowed.push_back(a);
+    co_return true;
+  }
+
+  asio::awaitable<void> refuse(const policy::Decision& d, const policy::Target& target) {
+    ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
+    co_await answer(blocked_answer(*policy_, d, target, listener_.sandbox, set_->file));
+  }
+
+  // Tries each allowed address in turn until one connects.
+  asio::awaitable<bool> dial(const std::vector<policy::Address>& addrs, std::uint16_t port) {
+    stage_ = Stage::dial;
+    bool any_timeout = false;
+    boost::system::error_code last;
+    for (const auto& a : addrs) {
+      const tcp::endpoint ep(to_asio(a), port);
+      const asio::generic::stream_protocol::endpoint gep(ep.data(), ep.size(), IPPROTO_TCP);
+      boost::system::error_code ignored;
+      upstream_.close(ignored);
+      upstream_.open(gep.protocol(), last);
+      if (last) continue;
+      arm(ctx_.limits.connect_timeout);
+      timed_out_ = false;
+      auto [ec] = co_await upstream_.async_connect(gep, token);
+      if (!ec) {
+        const int one = 1;
+        ::setsockopt(upstream_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        co_return true;
+      }
+      any_timeout |= timed_out_;
+      last = ec;
+    }
+    co_await answer(any_timeout ? error_answer(504, "connect-timeout", "the destination did not answer in time")
+                                : error_answer(502, "connect-failed", "cannot connect: " + last.message()));
+    co_return false;
+  }
+
+  asio::awaitable<void> serve_connect(std::string_view authority, beast::flat_buffer& buf) {
+    auto target = policy::parse_target(authority, std::nullopt);
+    if (!target) {
+      co_await bad_request("CONNECT needs host:port: " + std::string(policy::describe(target.error())));
+      co_return;
+    }
+    std::vector<policy::Address> allowed;
+    if (!co_await decide(*target, allowed) || !co_await dial(allowed, target->port)) co_return;
+    stage_ = Stage::relay;
+    arm(ctx_.limits.tunnel_idle_timeout);
+    constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
+    auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), token);
+    if (ec) co_return;
+    // Bytes the client sent right after its head (a TLS ClientHello) go first.
+    if (buf.size() > 0) {
+      auto [wec, m] = co_await asio::async_write(upstream_, buf.data(), token);
+      if (wec) co_return;
+      buf.consume(m);
+    }
+    const auto result =
+        co_await relay_tunnel(client_, upstream_, [this] { arm(ctx_.limits.tunnel_idle_timeout); });
+    (result.spliced ? ctx_.counters.spliced : ctx_.counters.buffered).fetch_add(1, std::memory_order_relaxed);
+  }
+
+  template <bool isRequest>
+  asio::awaitable<boost::system::error_code> relay_body(Socket& in, beast::flat_buffer& inbuf,
+                                                        http::parser<isRequest, http::buffer_body>& p, Socket& out) {
+    // Invariant: the body moves through this fixed buffer, whatever its size.
+    std::array<char, 16 * 1024> chunk;
+    http::serializer<isRequest, http::buffer_body> sr{p.get()};
+    auto [hec, hn] = co_await http::async_write_header(out, sr, token);
+    if (hec) co_return hec;
+    do {
+      arm(ctx_.limits.idle_timeout);
+      if (!p.is_done()) {
+        p.get().body().data = chunk.data();
+        p.get().body().size = chunk.size();
+        auto [ec, n] = co_await http::async_read(in, inbuf, p, token);
+        if (ec && ec != http::error::need_buffer) co_return ec;
+        p.get().body().size = chunk.size() - p.get().body().size;
+        p.get().body().data = chunk.data();
+        p.get().body().more = !p.is_done();
+      } else {
+        p.get().body().data = nullptr;
+        p.get().body().size = 0;
+      }
+      auto [wec, m] = co_await http::async_write(out, sr, token);
+      if (wec && wec != http::error::need_buffer) co_return wec;
+    } while (!p.is_done() && !sr.is_done());
+    co_return boost::system::error_code{};
+  }
+
+  // One absolute-form request; true when the client connection stays open.
+  asio::awaitable<bool> serve_http(http::request_parser<http::buffer_body>& parser, beast::flat_buffer& buf) {
+    auto& req = parser.get();
+    auto url = boost::urls::parse_absolute_uri(req.target());
+    if (!url || url->scheme_id() != boost::urls::scheme::http) {
+      co_await bad_request(req.target().starts_with("/") || req.target() == "*"
+                               ? "a forward proxy needs an absolute-form target, as GET http://host/path"
+                               : "only http:// targets are forwarded; use CONNECT for https");
+      co_return false;
+    }
+    // Boost.URL 1.81 reads "http://1.2.3.4.:80/x" as host 1.2.3.4 and path
+    // ".:80/x"; an http URL's path is empty or starts with '/', so anything
+    // else is a misparse and refused.
+    if (const auto path = url->encoded_path(); !path.empty() && !path.starts_with("/")) {
+      co_await bad_request("the target's authority could not be parsed");
+      co_return false;
+    }
+    if (url->has_userinfo()) {
+      co_await bad_request("userinfo (user@host) is not allowed in a target");
+      co_return false;
+    }
+    // Copies: url views req.target(), which is rewritten below.
+    const std::string host_and_port(url->encoded_host_and_port());
+    std::string origin_form(url->encoded_target());
+    if (origin_form.empty()) origin_form = "/";
+    auto target = policy::parse_target(host_and_port, 80);
+    if (!target) {
+      co_await bad_request("bad target host: " + std::string(policy::describe(target.error())));
+      co_return false;
+    }
+    // A Host header that names another destination is a confused-deputy attempt.
+    if (const auto host_field = req[http::field::host]; !host_field.empty()) {
+      auto h = policy::parse_target(host_field, 80);
+      if (!h || h->host != target->host || h->port != target->port) {
+        co_await bad_request("the Host header names another host than the request target");
+        co_return false;
+      }
+    }
+    std::vector<policy::Address> allowed;
+    if (!co_await decide(*target, allowed) || !co_await dial(allowed, target->port)) co_return false;
+
+    const bool client_keep_alive = req.keep_alive();
+    const bool expect_continue = beast::iequals(req[http::field::expect], "100-continue");
+    req.target(origin_form);
+    strip_hop_by_hop(req);
+    req.erase(http::field::expect);
+    req.set(http::field::host, host_and_port);
+    add_via(req);
+    req.keep_alive(false);  // one upstream connection per request
+    req.version(11);
+    stage_ = Stage::relay;
+    if (expect_continue) {
+      // The policy passed and the origin is connected: ask for the body.
+      constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
+      auto [ec, n] = co_await asio::async_write(client_, asio::buffer(cont), token);
+      if (ec) co_return false;
+    }
+    if (auto ec = co_await relay_body(client_, buf, parser, upstream_)) co_return false;
+
+    beast::flat_buffer upbuf;
+    std::optional<http::response_parser<http::buffer_body>> rp;
+    for (;;) {
+      // Interim 1xx answers (other than 101) are not forwarded.
+      rp.emplace();
+      rp->header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
+      rp->body_limit(boost::none);
+      if (req.method() == http::verb::head) rp->skip(true);
+      arm(ctx_.limits.idle_timeout);
+      auto [ec, n] = co_await http::async_read_header(upstream_, upbuf, *rp, token);
+      if (ec) {
+        co_await answer(error_answer(502, "bad-upstream-response", "the origin's answer was not valid HTTP: " + ec.message()));
+        co_return false;
+      }
+      const unsigned status = rp->get().result_int();
+      if (status < 100 || status >= 200 || status == 101) break;
+    }
+    auto& res = rp->get();
+    const bool origin_closes = !res.keep_alive();
+    strip_hop_by_hop(res);
+    add_via(res);
+    const unsigned status = res.result_int();
+    const bool bodiless = req.method() == http::verb::head || status == 204 || status == 304;
+    bool keep = client_keep_alive;
+    if (!bodiless && !res.has_content_length() && !res.chunked()) {
+      // Close-delimited from the origin: chunk it for an HTTP/1.1 client, else close.
+      if (req.version() == 11) res.chunked(true);
+      else keep = false;
+    }
+    (void)origin_closes;
+    res.version(11);  // an intermediary sends its own HTTP version
+    res.keep_alive(keep);
+    if (auto ec = co_await relay_body(upstream_, upbuf, *rp, client_)) co_return false;
+    boost::system::error_code ignored;
+    upstream_.close(ignored);
+    co_return keep;
+  }
+
+  Socket client_;
+  Socket upstream_;
+  tcp::resolver resolver_;
+  asio::steady_timer timer_;
+  ThreadContext& ctx_;
+  const Listener& listener_;
+  std::shared_ptr<const config::PolicySet> set_;
+  const policy::Policy* policy_ = nullptr;
+  Clock::time_point deadline_ = Clock::now();
+  Stage stage_ = Stage::head;
+  bool timed_out_ = false;
+};
+
+}  // namespace
+
+void start_session(Socket client, ThreadContext& ctx, const Listener& listener) {
+  std::make_shared<Session>(std::move(client), ctx, listener)->start();
+}
+
+}  // namespace sandgate::proxy::detail

@@ -1,0 +1,33 @@
+// One client connection, from accept to close.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "resolver.h"
+#include "sandgate/proxy/server.h"
+
+namespace sandgate::proxy::detail {
+
+// Shared by the sessions of one thread (one io_context): nothing here is
+// written by two threads, except the relaxed counters the Server sums.
+struct ThreadContext {
+  boost::asio::io_context io{1};
+  std::shared_ptr<config::PolicyStore> store;
+  std::shared_ptr<const HostsFile> hosts;
+  Limits limits;
+  std::size_t open_connections = 0;
+  struct Counters {
+    std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};
+  } counters;
+};
+
+// Starts serving one accepted connection; the session keeps itself alive.
+void start_session(boost::asio::generic::stream_protocol::socket client, ThreadContext& ctx,
+                   const Listener& listener);
+
+}  // namespace sandgate::proxy::detail

@@ -1,0 +1,122 @@
+#include "tunnel.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+namespace sandgate::proxy::detail {
+namespace {
+
+namespace asio = boost::asio;
+using asio::experimental::awaitable_operators::operator&&;
+constexpr auto token = asio::as_tuple(asio::use_awaitable);
+constexpr std::size_t chunk = 1 << 16;
+
+// Invariant: a Pipe owns both ends and closes them when the direction ends.
+struct Pipe {
+  int fd[2] = {-1, -1};
+  Pipe() {
+    if (::pipe2(fd, O_NONBLOCK | O_CLOEXEC) != 0) fd[0] = fd[1] = -1;
+  }
+  ~Pipe() {
+    for (int f : fd)
+      if (f >= 0) ::close(f);
+  }
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  bool ok() const { return fd[0] >= 0; }
+};
+
+// A failed direction ends the tunnel: closing both sockets wakes the other
+// direction's wait with an error.
+void abort_both(Socket& a, Socket& b) {
+  boost::system::error_code ignored;
+  a.close(ignored);
+  b.close(ignored);
+}
+
+struct Direction {
+  std::uint64_t bytes = 0;
+  bool spliced = true;
+};
+
+// Buffered copy: used only where splice is refused (EINVAL).
+asio::awaitable<void> copy(Socket& from, Socket& to, Direction& d, const std::function<void()>& on_activity) {
+  d.spliced = false;
+  std::array<char, chunk> buf;
+  for (;;) {
+    auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), token);
+    if (ec == asio::error::eof) break;
+    if (ec) co_return abort_both(from, to);
+    auto [wec, m] = co_await asio::async_write(to, asio::buffer(buf.data(), n), token);
+    if (wec) co_return abort_both(from, to);
+    d.bytes += m;
+    on_activity();
+  }
+  boost::system::error_code ignored;
+  to.shutdown(asio::socket_base::shutdown_send, ignored);
+}
+
+asio::awaitable<void> splice_one_way(Socket& from, Socket& to, Direction& d,
+                                     const std::function<void()>& on_activity) {
+  Pipe pipe;
+  if (!pipe.ok()) co_return co_await copy(from, to, d, on_activity);
+  const int in = from.native_handle();
+  const int out = to.native_handle();
+  std::size_t in_pipe = 0;
+  for (;;) {
+    const ssize_t n = ::splice(in, nullptr, pipe.fd[1], nullptr, chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n == 0) break;  // EOF from this side
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL && d.bytes == 0 && in_pipe == 0) co_return co_await copy(from, to, d, on_activity);
+      if (errno != EAGAIN) co_return abort_both(from, to);  // reset
+      auto [ec] = co_await from.async_wait(asio::socket_base::wait_read, token);
+      if (ec) co_return abort_both(from, to);
+      continue;
+    }
+    in_pipe += static_cast<std::size_t>(n);
+    while (in_pipe > 0) {
+      const ssize_t m = ::splice(pipe.fd[0], nullptr, out, nullptr, in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (m > 0) {
+        in_pipe -= static_cast<std::size_t>(m);
+        d.bytes += static_cast<std::uint64_t>(m);
+        continue;
+      }
+      if (m < 0 && errno == EINTR) continue;
+      if (m < 0 && errno == EAGAIN) {
+        auto [ec] = co_await to.async_wait(asio::socket_base::wait_write, token);
+        if (ec) co_return abort_both(from, to);
+        continue;
+      }
+      co_return abort_both(from, to);  // the other side is gone
+    }
+    on_activity();
+  }
+  // Half-close: the peer sees EOF, and may still answer the other way.
+  boost::system::error_code ignored;
+  to.shutdown(asio::socket_base::shutdown_send, ignored);
+}
+
+}  // namespace
+
+asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream,
+                                           const std::function<void()>& on_activity) {
+  // splice needs the fds in non-blocking mode; Asio waits for readiness.
+  client.native_non_blocking(true);
+  upstream.native_non_blocking(true);
+  Direction up, down;
+  co_await (splice_one_way(client, upstream, up, on_activity) &&
+            splice_one_way(upstream, client, down, on_activity));
+  co_return TunnelResult{up.bytes, down.bytes, up.spliced && down.spliced};
+}
+
+}  // namespace sandgate::proxy::detail

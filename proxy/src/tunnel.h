@@ -1,0 +1,30 @@
+// Relays a CONNECT tunnel in both directions until both sides are done.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+
+namespace sandgate::proxy::detail {
+
+using Socket = boost::asio::generic::stream_protocol::socket;
+
+struct TunnelResult {
+  std::uint64_t bytes_up = 0;    // client to upstream
+  std::uint64_t bytes_down = 0;  // upstream to client
+  bool spliced = true;           // false: splice was refused, bytes went through a buffer
+};
+
+// Moves bytes with splice(2) through one pipe per direction, waiting for
+// readiness on the reactor; no user-space copy. Falls back to a buffered copy
+// only if the kernel refuses splice on these sockets. A direction that sees
+// EOF shuts down writing on the other side (half-close) and the tunnel ends
+// when both directions have. on_activity is called whenever bytes move (the
+// caller's idle timer). Either socket closing ends both directions.
+boost::asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream,
+                                                  const std::function<void()>& on_activity);
+
+}  // namespace sandgate::proxy::detail

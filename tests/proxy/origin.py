@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""A real HTTP origin for the proxy tests, on a loopback address.
+
+  origin.py ADDRESS CONNLOG
+
+Binds ADDRESS port 0, prints the port on stdout, and appends one line per
+accepted connection to CONNLOG (so a test can prove a forbidden origin saw
+nothing). Endpoints:
+  GET  /small          100 bytes
+  GET  /bytes/N        N bytes of a repeating pattern
+  GET  /headers        the request line and headers it received, as text
+  POST /sha256         the SHA-256 of the body (Content-Length or chunked)
+  anything else        404
+Plain TCP bytes (a CONNECT tunnel's payload) get the same HTTP handling.
+"""
+import hashlib
+import http.server
+import socketserver
+import sys
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def setup(self):
+        super().setup()
+        with open(self.server.connlog, "a") as f:
+            f.write("%s:%d\n" % self.client_address[:2])
+
+    def reply(self, status, body, ctype="text/plain"):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/small":
+            return self.reply(200, b"x" * 100)
+        if self.path.startswith("/bytes/"):
+            n = int(self.path[7:])
+            return self.reply(200, (b"0123456789abcdef" * (n // 16 + 1))[:n], "application/octet-stream")
+        if self.path == "/headers":
+            text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())
+            return self.reply(200, text.encode())
+        self.reply(404, b"not found")
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        h = hashlib.sha256()
+        size = 0
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                line = self.rfile.readline().strip()
+                n = int(line.split(b";")[0], 16)
+                if n == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                left = n
+                while left:
+                    data = self.rfile.read(min(left, 1 << 20))
+                    h.update(data)
+                    left -= len(data)
+                size += n
+                self.rfile.readline()
+        else:
+            left = int(self.headers.get("Content-Length", "0"))
+            while left:
+                data = self.rfile.read(min(left, 1 << 20))
+                if not data:
+                    break
+                h.update(data)
+                left -= len(data)
+                size += len(data)
+        self.reply(200, ("%s %d\n" % (h.hexdigest(), size)).encode())
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    address, connlog = sys.argv[1:3]
+    if ":" in address:
+        Server.address_family = __import__("socket").AF_INET6
+    srv = Server((address, 0), Handler)
+    srv.connlog = connlog
+    open(connlog, "a").close()
+    print(srv.server_address[1], flush=True)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
