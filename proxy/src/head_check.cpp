@@ -1,5 +1,8 @@
 #include "head_check.h"
 
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/core/string.hpp>
+
 namespace sandgate::proxy::detail {
 
 std::string_view check_raw_head(std::string_view head) noexcept {
@@ -18,6 +21,28 @@ std::string_view check_raw_head(std::string_view head) noexcept {
     if (c == 0) return "a NUL byte in the request head";
     if ((c < 0x20 && c != '\t') || c == 0x7f) return "a control byte in the request head";
   }
+  return "";
+}
+
+std::string parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser) {
+  namespace http = boost::beast::http;
+  if (auto why = check_raw_head(head); !why.empty()) return "malformed request: " + std::string(why);
+  boost::system::error_code ec;
+  parser.put(boost::asio::buffer(head.data(), head.size()), ec);
+  if (ec || !parser.is_header_done()) return "malformed request: " + (ec ? ec.message() : "incomplete head");
+  const auto& req = parser.get();
+  std::size_t fields = 0, lengths = 0, encodings = 0;
+  for (const auto& f : req) {
+    ++fields;
+    lengths += f.name() == http::field::content_length;
+    encodings += f.name() == http::field::transfer_encoding;
+  }
+  if (fields > max_fields) return "too many header fields (limit " + std::to_string(max_fields) + ")";
+  if (lengths > 1) return "several Content-Length fields";
+  if (lengths && encodings) return "both Content-Length and Transfer-Encoding";
+  if (encodings > 1 || (encodings && !boost::beast::iequals(req[http::field::transfer_encoding], "chunked")))
+    return "a Transfer-Encoding other than a single final 'chunked'";
+  if (req.version() != 11 && req.version() != 10) return "only HTTP/1.0 and HTTP/1.1 are served";
   return "";
 }
 

@@ -3,7 +3,11 @@
 // vector. Cost: one pass over the head bytes; no allocation.
 #pragma once
 
+#include <string>
 #include <string_view>
+
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/parser.hpp>
 
 namespace sandgate::proxy::detail {
 
@@ -11,5 +15,15 @@ namespace sandgate::proxy::detail {
 // other control byte, a bare CR or LF, obs-fold (a line that starts with a
 // space or tab). head runs up to and including the blank line.
 std::string_view check_raw_head(std::string_view head) noexcept;
+
+using RequestParser = boost::beast::http::request_parser<boost::beast::http::buffer_body>;
+
+// Checks the raw bytes, then parses the head into `parser` (which must be
+// fresh, its limits set) and refuses request smuggling and header bombs:
+// several Content-Length fields, Content-Length with Transfer-Encoding, a
+// Transfer-Encoding other than a single "chunked", more than max_fields
+// fields, an HTTP version other than 1.0 or 1.1. Returns "" when the head is
+// acceptable, else the reason for a 400.
+std::string parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser);
 
 }  // namespace sandgate::proxy::detail

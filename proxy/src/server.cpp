@@ -82,7 +82,7 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
       co_await t.async_wait(token);
       continue;
     }
-    if (ctx.open_connections >= ctx.limits.max_connections) {
+    if (ctx.open_connections.load(std::memory_order_relaxed) >= ctx.limits.max_connections) {
       // Over the limit: a short answer, written without waiting, then close.
       const auto busy = detail::error_answer(503, "too-many-connections",
                                              "the proxy is at its connection limit; retry shortly", 1);
@@ -233,21 +233,23 @@ void Server::stop() {
   if (im.stopping.exchange(true)) return;
   im.close_acceptors();
   // Open connections get drain_timeout to finish, then the threads stop.
-  auto timer = std::make_shared<asio::steady_timer>(im.control, im.config.limits.drain_timeout);
-  auto check = std::make_shared<std::function<void()>>();
-  *check = [this, timer, check] {
-    auto& im2 = *impl_;
-    bool idle = true;
-    for (auto& t : im2.threads) idle &= t->open_connections == 0;
-    if (idle || std::chrono::steady_clock::now() >= timer->expiry()) {
-      for (auto& t : im2.threads) t->io.stop();
-      im2.control.stop();
-      return;
-    }
-    auto tick = std::make_shared<asio::steady_timer>(im2.control, std::chrono::milliseconds(20));
-    tick->async_wait([check, tick](const boost::system::error_code&) { (*check)(); });
-  };
-  asio::post(im.control, [check] { (*check)(); });
+  asio::co_spawn(
+      im.control,
+      [this]() -> asio::awaitable<void> {
+        auto& im2 = *impl_;
+        const auto end = std::chrono::steady_clock::now() + im2.config.limits.drain_timeout;
+        asio::steady_timer tick(im2.control);
+        for (;;) {
+          bool idle = true;
+          for (auto& t : im2.threads) idle &= t->open_connections.load(std::memory_order_relaxed) == 0;
+          if (idle || std::chrono::steady_clock::now() >= end) break;
+          tick.expires_after(std::chrono::milliseconds(20));
+          co_await tick.async_wait(token);
+        }
+        for (auto& t : im2.threads) t->io.stop();
+        im2.control.stop();
+      },
+      asio::detached);
 }
 
 std::string Server::bound_address(std::size_t i) const { return impl_->bound.at(i); }

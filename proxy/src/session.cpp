@@ -153,26 +153,16 @@ class Session : public std::enable_shared_from_this<Session> {
     const auto head_size = co_await read_head(buf);
     if (head_size == 0) co_return false;
     const std::string_view head(static_cast<const char*>(buf.data().data()), head_size);
-    if (auto why = check_raw_head(head); !why.empty()) {
-      co_await bad_request("malformed request: " + std::string(why));
-      co_return false;
-    }
-    http::request_parser<http::buffer_body> parser;
+    RequestParser parser;
     parser.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
     parser.body_limit(boost::none);  // bodies stream through a fixed buffer
-    boost::system::error_code pec;
-    parser.put(asio::buffer(head), pec);
-    if (pec || !parser.is_header_done()) {
-      co_await bad_request("malformed request: " + pec.message());
+    if (auto why = parse_request_head(head, ctx_.limits.header_count, parser); !why.empty()) {
+      co_await bad_request(why);
       co_return false;
     }
     buf.consume(head_size);
     ctx_.counters.requests.fetch_add(1, std::memory_order_relaxed);
     auto& req = parser.get();
-    if (auto why = framing_problem(req); !why.empty()) {
-      co_await bad_request(why);
-      co_return false;
-    }
     if (req.method() == http::verb::connect) {
       co_await serve_connect(req.target(), buf);
       co_return false;
@@ -200,24 +190,6 @@ class Session : public std::enable_shared_from_this<Session> {
       if (ec) co_return 0;
       buf.commit(n);
     }
-  }
-
-  // Request smuggling and header bombs, refused before anything is forwarded.
-  std::string framing_problem(const http::request<http::buffer_body>& req) const {
-    std::size_t fields = 0, lengths = 0, encodings = 0;
-    for (const auto& f : req) {
-      ++fields;
-      lengths += f.name() == http::field::content_length;
-      encodings += f.name() == http::field::transfer_encoding;
-    }
-    if (fields > ctx_.limits.header_count)
-      return "too many header fields (limit " + std::to_string(ctx_.limits.header_count) + ")";
-    if (lengths > 1) return "several Content-Length fields";
-    if (lengths && encodings) return "both Content-Length and Transfer-Encoding";
-    if (encodings > 1 || (encodings && !beast::iequals(req[http::field::transfer_encoding], "chunked")))
-      return "a Transfer-Encoding other than a single final 'chunked'";
-    if (req.version() != 11 && req.version() != 10) return "only HTTP/1.0 and HTTP/1.1 are served";
-    return "";
   }
 
   // Host phase, resolution, address phase. On success `allowed` holds the
@@ -342,7 +314,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // One absolute-form request; true when the client connection stays open.
-  asio::awaitable<bool> serve_http(http::request_parser<http::buffer_body>& parser, beast::flat_buffer& buf) {
+  asio::awaitable<bool> serve_http(RequestParser& parser, beast::flat_buffer& buf) {
     auto& req = parser.get();
     auto url = boost::urls::parse_absolute_uri(req.target());
     if (!url || url->scheme_id() != boost::urls::scheme::http) {

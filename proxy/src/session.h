@@ -20,7 +20,7 @@ struct ThreadContext {
   std::shared_ptr<config::PolicyStore> store;
   std::shared_ptr<const HostsFile> hosts;
   Limits limits;
-  std::size_t open_connections = 0;
+  std::atomic<std::size_t> open_connections{0};  // written by this thread, read by the drain
   struct Counters {
     std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};
   } counters;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs the side-by-side peers benchmark (direct, squid, tinyproxy) with
+# sandgate added, on the harness's own policy: its 1000 host rules and its
+# private-CIDR deny list, translated to sandgate's policy YAML.
+#
+#   bench/peers.sh PEERS_DIR     (the harness folder: run.sh, conf/)
+# Environment: SANDGATE (binary, default build/release/cli/sandgate),
+# SANDGATE_PORT (default 13129), OUT_DIR (results; default $TMPDIR/peers-results),
+# and every knob run.sh takes.
+set -euo pipefail
+peers=${1:?usage: bench/peers.sh PEERS_DIR}
+here=$(cd "$(dirname "$0")/.." && pwd)
+sg=${SANDGATE:-$here/build/release/cli/sandgate}
+port=${SANDGATE_PORT:-13129}
+origin_port=${ORIGIN_PORT:-18080}
+source_port=${SOURCE_PORT:-18081}
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# The harness's allowlist: ".d" is the domain and its subdomains, "h" one host;
+# the benchmark allows HTTP and CONNECT to the origin's two ports only.
+{
+  echo "version: 1"
+  echo "mode: deny"
+  echo "allow_hosts:"
+  grep -v '^#' "$peers/conf/allow_hosts.txt" | while read -r h; do
+    [ -z "$h" ] && continue
+    case "$h" in .*) h="**$h" ;; esac
+    printf '  - "%s:%s"\n  - "%s:%s"\n' "$h" "$origin_port" "$h" "$source_port"
+  done
+  # Ranges sandgate does not already block by default.
+  echo "block_cidrs:"
+  for c in $(grep -v '^#' "$peers/conf/deny_cidrs.txt"); do
+    "$sg" policy explain <(printf 'version: 1\nmode: allow\n') "[${c%/*}]" >/dev/null 2>&1 \
+      || "$sg" policy explain <(printf 'version: 1\nmode: allow\n') "${c%/*}" >/dev/null 2>&1 \
+      || continue
+    echo "  - $c"
+  done
+} > "$work/policy.yaml"
+"$sg" policy check "$work/policy.yaml"
+
+taskset -c 1 "$sg" proxy --config "$work/policy.yaml" --listen "127.0.0.1:$port" --threads 1 &
+pid=$!
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+EXTRA_PROXY="127.0.0.1:$port" EXTRA_NAME=sandgate EXTRA_PID=$pid "$peers/run.sh"
