@@ -71,16 +71,20 @@ class Process {
     }
   }
 
-  void signal(int sig) { ::kill(pid_, sig); }
+  void signal(int sig) {
+    if (!exited_) ::kill(pid_, sig);
+  }
 
   // Waits for exit; returns the exit status, or -1 on timeout.
   int wait_exit(std::chrono::milliseconds limit) {
+    if (exited_) return status_;
     const auto end = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < end) {
       int st = 0;
       if (::waitpid(pid_, &st, WNOHANG) == pid_) {
         exited_ = true;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        return status_;
       }
       ::usleep(10'000);
     }
@@ -91,6 +95,7 @@ class Process {
   pid_t pid_ = -1;
   int out_ = -1;
   bool exited_ = false;
+  int status_ = -1;
   std::string buffered_;
 };
 
