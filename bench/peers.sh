@@ -15,7 +15,8 @@ port=${SANDGATE_PORT:-13129}
 origin_port=${ORIGIN_PORT:-18080}
 source_port=${SOURCE_PORT:-18081}
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=""
+trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi; rm -rf "$work"' EXIT
 
 # The harness's allowlist: ".d" is the domain and its subdomains, "h" one host;
 # the benchmark allows HTTP and CONNECT to the origin's two ports only.
@@ -42,4 +43,6 @@ trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "
 taskset -c 1 "$sg" proxy --config "$work/policy.yaml" --listen "127.0.0.1:$port" --threads 1 &
 pid=$!
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
-EXTRA_PROXY="127.0.0.1:$port" EXTRA_NAME=sandgate EXTRA_PID=$pid "$peers/run.sh"
+# Results never go into the harness folder (it may be shared and read-only).
+OUT_DIR=${OUT_DIR:-${TMPDIR:-/tmp}/peers-results} EXTRA_PROXY="127.0.0.1:$port" EXTRA_NAME=sandgate \
+  EXTRA_PID=$pid "$peers/run.sh"

@@ -14,6 +14,7 @@
 #include <boost/asio/write.hpp>
 
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "answers.h"
@@ -111,6 +112,7 @@ struct Server::Impl {
   std::vector<std::string> bound;
   std::atomic<bool> stopping{false};
   asio::io_context control;
+  std::optional<asio::signal_set> signals;
 
   void close_acceptors() {
     for (std::size_t t = 0; t < threads.size(); ++t)
@@ -201,27 +203,35 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
                      accept_loop(*a, *impl->threads[t], impl->config.listeners[i],
                                  a->local_endpoint().protocol().family() != AF_UNIX),
                      asio::detached);
-  return std::unique_ptr<Server>(new Server(std::move(impl)));
+  // Signals are caught from here on: one that arrives before run() waits for it.
+  impl->signals.emplace(impl->control, SIGHUP, SIGTERM, SIGINT);
+  std::unique_ptr<Server> server(new Server(std::move(impl)));
+  server->wait_signal();
+  return server;
+}
+
+void Server::wait_signal() {
+  impl_->signals->async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (ec) return;
+    auto& im = *impl_;
+    if (sig == SIGHUP) {
+      auto r = im.store->reload();
+      if (r) {
+        std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)
+                  << ")\n";
+      } else {
+        for (const auto& d : r.error()) std::cerr << d.to_string() << "\n";
+        std::cerr << "sandgate proxy: reload failed; the last good policy stays in force\n";
+      }
+      wait_signal();
+      return;
+    }
+    stop();
+  });
 }
 
 void Server::run() {
   auto& im = *impl_;
-  asio::signal_set signals(im.control, SIGHUP, SIGTERM, SIGINT);
-  std::function<void()> wait_signal = [&] {
-    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
-      if (ec) return;
-      if (sig == SIGHUP) {
-        auto r = im.store->reload();
-        if (r) std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12) << ")\n";
-        else
-          for (const auto& d : r.error()) std::cerr << d.to_string() << "\nsandgate proxy: reload failed; the last good policy stays in force\n";
-        wait_signal();
-        return;
-      }
-      stop();
-    });
-  };
-  wait_signal();
   std::vector<std::thread> workers;
   for (auto& t : im.threads) workers.emplace_back([&io = t->io] { io.run(); });
   im.control.run();
@@ -247,6 +257,8 @@ void Server::stop() {
           co_await tick.async_wait(token);
         }
         for (auto& t : im2.threads) t->io.stop();
+        boost::system::error_code ignored;
+        im2.signals->cancel(ignored);
         im2.control.stop();
       },
       asio::detached);

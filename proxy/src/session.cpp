@@ -18,6 +18,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/url/parse.hpp>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <optional>
@@ -233,6 +234,14 @@ class Session : public std::enable_shared_from_this<Session> {
     co_await answer(blocked_answer(*policy_, d, target, listener_.sandbox, set_->file));
   }
 
+  // An idle upstream connection the origin has closed shows EOF (or an
+  // error) to a non-blocking peek; one that is still open shows EAGAIN.
+  bool upstream_still_open() {
+    char byte;
+    const ssize_t n = ::recv(upstream_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+
   // Tries each allowed address in turn until one connects.
   asio::awaitable<bool> dial(const std::vector<policy::Address>& addrs, std::uint16_t port) {
     stage_ = Stage::dial;
@@ -251,6 +260,8 @@ class Session : public std::enable_shared_from_this<Session> {
       if (!ec) {
         const int one = 1;
         ::setsockopt(upstream_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        upstream_addr_ = a;
+        upstream_open_ = true;
         co_return true;
       }
       any_timeout |= timed_out_;
@@ -352,7 +363,18 @@ class Session : public std::enable_shared_from_this<Session> {
       }
     }
     std::vector<policy::Address> allowed;
-    if (!co_await decide(*target, allowed) || !co_await dial(allowed, target->port)) co_return false;
+    if (!co_await decide(*target, allowed)) co_return false;
+    // Reuse the upstream connection of the previous request only for the same
+    // target, and only if its address passed this request's checks too.
+    const bool reuse = upstream_open_ && upstream_host_ == target->host && upstream_port_ == target->port &&
+                       std::find(allowed.begin(), allowed.end(), upstream_addr_) != allowed.end() &&
+                       upstream_still_open();
+    if (!reuse) {
+      upstream_open_ = false;
+      if (!co_await dial(allowed, target->port)) co_return false;
+      upstream_host_ = target->host;
+      upstream_port_ = target->port;
+    }
 
     const bool client_keep_alive = req.keep_alive();
     const bool expect_continue = beast::iequals(req[http::field::expect], "100-continue");
@@ -361,7 +383,7 @@ class Session : public std::enable_shared_from_this<Session> {
     req.erase(http::field::expect);
     req.set(http::field::host, host_and_port);
     add_via(req);
-    req.keep_alive(false);  // one upstream connection per request
+    req.keep_alive(true);
     req.version(11);
     stage_ = Stage::relay;
     if (expect_continue) {
@@ -390,7 +412,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (status < 100 || status >= 200 || status == 101) break;
     }
     auto& res = rp->get();
-    const bool origin_closes = !res.keep_alive();
+    const bool origin_keeps = res.keep_alive();
     strip_hop_by_hop(res);
     add_via(res);
     const unsigned status = res.result_int();
@@ -401,12 +423,15 @@ class Session : public std::enable_shared_from_this<Session> {
       if (req.version() == 11) res.chunked(true);
       else keep = false;
     }
-    (void)origin_closes;
     res.version(11);  // an intermediary sends its own HTTP version
     res.keep_alive(keep);
     if (auto ec = co_await relay_body(upstream_, upbuf, *rp, client_)) co_return false;
-    boost::system::error_code ignored;
-    upstream_.close(ignored);
+    // Bytes past the response (a misbehaving origin) mean the stream is not reusable.
+    upstream_open_ = origin_keeps && rp->is_done() && upbuf.size() == 0;
+    if (!upstream_open_) {
+      boost::system::error_code ignored;
+      upstream_.close(ignored);
+    }
     co_return keep;
   }
 
@@ -421,6 +446,11 @@ class Session : public std::enable_shared_from_this<Session> {
   Clock::time_point deadline_ = Clock::now();
   Stage stage_ = Stage::head;
   bool timed_out_ = false;
+  // The upstream connection kept open between absolute-form requests.
+  bool upstream_open_ = false;
+  std::string upstream_host_;
+  std::uint16_t upstream_port_ = 0;
+  policy::Address upstream_addr_{};
 };
 
 }  // namespace

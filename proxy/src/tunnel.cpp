@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 
@@ -18,13 +19,18 @@ namespace {
 namespace asio = boost::asio;
 using asio::experimental::awaitable_operators::operator&&;
 constexpr auto token = asio::as_tuple(asio::use_awaitable);
-constexpr std::size_t chunk = 1 << 16;
+constexpr std::size_t chunk = 1 << 16;        // buffered fallback
+constexpr std::size_t pipe_bytes = 1 << 20;   // a larger pipe: fewer wakeups per byte
 
 // Invariant: a Pipe owns both ends and closes them when the direction ends.
 struct Pipe {
   int fd[2] = {-1, -1};
+  std::size_t size = 0;
   Pipe() {
     if (::pipe2(fd, O_NONBLOCK | O_CLOEXEC) != 0) fd[0] = fd[1] = -1;
+    // Best effort: an unprivileged process may be capped below 1 MiB.
+    else ::fcntl(fd[1], F_SETPIPE_SZ, static_cast<int>(pipe_bytes));
+    size = fd[1] >= 0 ? static_cast<std::size_t>(std::max(::fcntl(fd[1], F_GETPIPE_SZ), 4096)) : 0;
   }
   ~Pipe() {
     for (int f : fd)
@@ -73,7 +79,7 @@ asio::awaitable<void> splice_one_way(Socket& from, Socket& to, Direction& d,
   const int out = to.native_handle();
   std::size_t in_pipe = 0;
   for (;;) {
-    const ssize_t n = ::splice(in, nullptr, pipe.fd[1], nullptr, chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    const ssize_t n = ::splice(in, nullptr, pipe.fd[1], nullptr, pipe.size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n == 0) break;  // EOF from this side
     if (n < 0) {
       if (errno == EINTR) continue;

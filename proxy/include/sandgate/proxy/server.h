@@ -71,6 +71,7 @@ class Server {
  private:
   struct Impl;
   explicit Server(std::unique_ptr<Impl> impl);
+  void wait_signal();
   std::unique_ptr<Impl> impl_;
 };
 
