@@ -21,7 +21,7 @@ test_pkgs=(
   libgtest-dev
   libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes
-  python3 curl              # the proxy tests' origin server and client
+  python3 curl git openssl  # the proxy tests: origin server, clients, a TLS certificate
 )
 
 check_only=0

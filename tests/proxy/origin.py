@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A real HTTP origin for the proxy tests, on a loopback address.
 
-  origin.py ADDRESS CONNLOG
+  origin.py ADDRESS CONNLOG [--tls CERT KEY] [--static DIR]
 
 Binds ADDRESS port 0, prints the port on stdout, and appends one line per
 accepted connection to CONNLOG (so a test can prove a forbidden origin saw
@@ -10,11 +10,15 @@ nothing). Endpoints:
   GET  /bytes/N        N bytes of a repeating pattern
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
+  GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
+With --tls it speaks HTTPS with the given certificate.
   anything else        404
 Plain TCP bytes (a CONNECT tunnel's payload) get the same HTTP handling.
 """
 import hashlib
 import http.server
+import os
+import ssl
 import socketserver
 import sys
 
@@ -43,7 +47,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(200, b"x" * 100)
         if self.path.startswith("/bytes/"):
             n = int(self.path[7:])
-            return self.reply(200, (b"0123456789abcdef" * (n // 16 + 1))[:n], "application/octet-stream")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = b"0123456789abcdef" * 65536
+            while n > 0:
+                self.wfile.write(block[:n])
+                n -= min(n, len(block))
+            return
+        if self.path.startswith("/static/") and self.server.static:
+            path = os.path.realpath(os.path.join(self.server.static, self.path[8:].split("?")[0]))
+            if path.startswith(os.path.realpath(self.server.static)) and os.path.isfile(path):
+                with open(path, "rb") as f:
+                    return self.reply(200, f.read(), "application/octet-stream")
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())
             return self.reply(200, text.encode())
@@ -88,10 +105,17 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 def main():
     address, connlog = sys.argv[1:3]
+    opts = sys.argv[3:]
     if ":" in address:
         Server.address_family = __import__("socket").AF_INET6
     srv = Server((address, 0), Handler)
     srv.connlog = connlog
+    srv.static = opts[opts.index("--static") + 1] if "--static" in opts else None
+    if "--tls" in opts:
+        i = opts.index("--tls")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(opts[i + 1], opts[i + 2])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     open(connlog, "a").close()
     print(srv.server_address[1], flush=True)
     srv.serve_forever()

@@ -71,6 +71,8 @@ class Process {
     }
   }
 
+  int pid() const { return pid_; }
+
   void signal(int sig) {
     if (!exited_) ::kill(pid_, sig);
   }

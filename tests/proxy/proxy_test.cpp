@@ -26,10 +26,16 @@ std::string read_file(const fs::path& p) {
 
 // An origin server on a loopback address, with its connection log.
 struct Origin {
-  Origin(const std::string& address, const fs::path& dir)
-      : log(dir / ("conn-" + address + ".log")),
-        process({"python3", std::string(SANDGATE_TESTDATA) + "/proxy/origin.py", address, log.string()}) {
+  Origin(const std::string& address, const fs::path& dir, std::vector<std::string> extra = {},
+         const std::string& name = "")
+      : log(dir / ("conn-" + address + name + ".log")), process(argv(address, extra)) {
     port = std::stoi(process.read_line());
+  }
+  std::vector<std::string> argv(const std::string& address, const std::vector<std::string>& extra) const {
+    std::vector<std::string> a = {"python3", std::string(SANDGATE_TESTDATA) + "/proxy/origin.py", address,
+                                  log.string()};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
   }
   std::size_t connections() const {
     const auto text = read_file(log);
@@ -47,10 +53,27 @@ class ProxyTest : public ::testing::Test {
     fs::create_directories(dir_);
     origin_ = std::make_unique<Origin>("127.0.0.1", dir_);
     forbidden_ = std::make_unique<Origin>("127.0.0.2", dir_);
+    // An HTTPS origin for origin.test with a throwaway CA-less certificate,
+    // serving a git repository over the "dumb" HTTP protocol.
+    cert_ = dir_ / "cert.pem";
+    const auto key = dir_ / "key.pem";
+    shell("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=origin.test -addext "
+          "subjectAltName=DNS:origin.test -keyout " + key.string() + " -out " + cert_.string());
+    const auto repo = dir_ / "static" / "repo.git";
+    const auto work = dir_ / "work";
+    shell("git init -q --bare " + repo.string() + " && git init -q " + work.string() + " && cd " + work.string() +
+          " && echo hi > README && git add README && git -c user.name=t -c user.email=t@t commit -qm 'first commit'"
+          " && git push -q " + repo.string() + " HEAD:refs/heads/main && git -C " + repo.string() +
+          " symbolic-ref HEAD refs/heads/main && git -C " + repo.string() + " update-server-info");
+    tls_ = std::make_unique<Origin>("127.0.0.1", dir_,
+                                    std::vector<std::string>{"--tls", cert_.string(), key.string(), "--static",
+                                                             (dir_ / "static").string()},
+                                    "-tls");
   }
   static void TearDownTestSuite() {
     origin_.reset();
     forbidden_.reset();
+    tls_.reset();
     fs::remove_all(dir_);
   }
 
@@ -58,7 +81,8 @@ class ProxyTest : public ::testing::Test {
     const auto o = std::to_string(origin_->port);
     const auto f = std::to_string(forbidden_->port);
     policy_ = dir_ / "policy.yaml";
-    write_policy("version: 1\nmode: deny\nallow_hosts:\n  - origin.test:" + o +
+    write_policy("version: 1\nmode: deny\nallow_hosts:\n  - origin.test:" + std::to_string(tls_->port) +
+                 "\n  - origin.test:" + o +
                  "\n  - \"**.wild.test\"\n  - \"**.forbidden.test\"\n  - \"**.mixed.test\"\nblock_hosts:\n"
                  "  - evil.test\nallow_cidrs:\n  - 127.0.0.1/32\n");
     std::ofstream(dir_ / "hosts") << "127.0.0.1 origin.test a.wild.test\n127.0.0.2 forbidden.test\n"
@@ -98,7 +122,8 @@ class ProxyTest : public ::testing::Test {
   std::string f() const { return std::to_string(forbidden_->port); }
 
   static inline fs::path dir_;
-  static inline std::unique_ptr<Origin> origin_, forbidden_;
+  static inline std::unique_ptr<Origin> origin_, forbidden_, tls_;
+  static inline fs::path cert_;
   fs::path policy_;
   std::unique_ptr<Process> proxy_;
   std::size_t forbidden_before_ = 0;
@@ -283,6 +308,132 @@ TEST_F(ProxyTest, ReloadOnSighupKeepsLastGoodPolicy) {
   proxy_->signal(SIGHUP);
   ::usleep(200'000);
   EXPECT_NE(exchange("127.0.0.1", port, req).find("X-Proxy-Error: blocked-by-denylist"), std::string::npos);
+}
+
+TEST_F(ProxyTest, CurlHttpsThroughConnect) {
+  const int port = start_proxy();
+  auto r = shell("curl -sS --cacert " + cert_.string() + " -x http://127.0.0.1:" + std::to_string(port) +
+                 " https://origin.test:" + std::to_string(tls_->port) + "/small");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(r.out, std::string(100, 'x'));
+}
+
+TEST_F(ProxyTest, GitCloneOverHttps) {
+  const int port = start_proxy();
+  const auto clone = dir_ / ("clone-" + std::to_string(port));
+  auto r = shell("GIT_SSL_CAINFO=" + cert_.string() + " git -c http.proxy=http://127.0.0.1:" +
+                 std::to_string(port) + " clone -q https://origin.test:" + std::to_string(tls_->port) +
+                 "/static/repo.git " + clone.string() + " && git -C " + clone.string() + " log --format=%s");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(r.out, "first commit\n");
+}
+
+// Peak resident memory of a process, from /proc.
+long peak_rss_kib(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.starts_with("VmHWM:")) return std::stol(line.substr(6));
+  return -1;
+}
+
+TEST_F(ProxyTest, OneGibibyteTunnelAndChunkedUploadInBoundedMemory) {
+  const int port = start_proxy();
+  const std::string gib = "1073741824";
+  // The origin's pattern, hashed here without a proxy in the way.
+  const auto expect_down =
+      shell("python3 -c \"import hashlib; h = hashlib.sha256(); b = b'0123456789abcdef' * 65536\n"
+            "for _ in range(1024): h.update(b)\nprint(h.hexdigest())\"").out;
+  const auto down = shell("curl -sS -p -x http://127.0.0.1:" + std::to_string(port) + " http://origin.test:" + o() +
+                          "/bytes/" + gib + " | sha256sum | cut -c1-64");
+  EXPECT_EQ(down.out, expect_down);
+  const auto expect_up = shell("head -c " + gib + " /dev/zero | sha256sum | cut -c1-64").out;
+  const auto up = shell("head -c " + gib + " /dev/zero | curl -sS -x http://127.0.0.1:" + std::to_string(port) +
+                        " -T - -X POST -H 'Transfer-Encoding: chunked' http://origin.test:" + o() + "/sha256");
+  EXPECT_EQ(up.out, expect_up.substr(0, 64) + " " + gib + "\n");
+  // Both gibibytes streamed: the proxy never held more than a few buffers.
+  const long rss = peak_rss_kib(proxy_->pid());
+  EXPECT_GT(rss, 0);
+  EXPECT_LT(rss, 96 * 1024) << "peak RSS " << rss << " KiB";
+}
+
+TEST_F(ProxyTest, SigtermDrainFinishesOpenTransfers) {
+  const int port = start_proxy({"--drain-timeout", "20000"});
+  const auto before = origin_->connections();
+  // A 20 MB download at 10 MB/s: about two seconds in flight.
+  Process download({"sh", "-c", "curl -sS --limit-rate 10M -x http://127.0.0.1:" + std::to_string(port) +
+                                    " http://origin.test:" + o() + "/bytes/20000000 | sha256sum | cut -c1-64"});
+  for (int i = 0; i < 500 && origin_->connections() == before; ++i) ::usleep(10'000);
+  ASSERT_GT(origin_->connections(), before) << "the download never reached the origin";
+  proxy_->signal(SIGTERM);
+  const auto expect = shell("curl -sS http://127.0.0.1:" + o() + "/bytes/20000000 | sha256sum | cut -c1-64").out;
+  EXPECT_EQ(download.read_line(std::chrono::seconds(20)) + "\n", expect);
+  EXPECT_EQ(proxy_->wait_exit(std::chrono::seconds(20)), 0);
+  // After SIGTERM nothing new is accepted.
+  EXPECT_EQ(exchange("127.0.0.1", port, "CONNECT origin.test:443 HTTP/1.1\r\n\r\n"), "connect failed");
+}
+
+TEST_F(ProxyTest, HundredReloadsUnderLoadFailNoRequest) {
+  const int port = start_proxy();
+  const std::string url = "http://origin.test:" + o() + "/small";
+  Process load({"sh", "-c", "for i in $(seq 300); do curl -s -o /dev/null -w '%{http_code}\\n' -x "
+                            "http://127.0.0.1:" + std::to_string(port) + " " + url + "; done; echo done"});
+  const auto base = read_file(policy_);
+  for (int i = 0; i < 100; ++i) {
+    // Each version still allows the origin; one block rule changes.
+    write_policy(std::regex_replace(base, std::regex("block_hosts:\n"),
+                                    "block_hosts:\n  - reload-" + std::to_string(i) + ".test\n"));
+    proxy_->signal(SIGHUP);
+    ::usleep(5'000);
+  }
+  int ok = 0, other = 0;
+  for (std::string line = load.read_line(std::chrono::seconds(60)); line != "done" && !line.empty();
+       line = load.read_line(std::chrono::seconds(60)))
+    (line == "200" ? ok : other)++;
+  EXPECT_EQ(ok, 300);
+  EXPECT_EQ(other, 0);
+  // The reloads took effect: the last version's rule decides.
+  std::string r;
+  for (int i = 0; i < 200 && r.find("blocked-by-denylist") == std::string::npos; ++i) {
+    r = exchange("127.0.0.1", port, "CONNECT reload-99.test:443 HTTP/1.1\r\n\r\n");
+    ::usleep(10'000);
+  }
+  EXPECT_NE(r.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << r;
+}
+
+TEST_F(ProxyTest, ConnectionFloodGets503AndServiceGoesOn) {
+  const int port = start_proxy({"--max-connections", "20", "--threads", "1"});
+  std::vector<int> fds;
+  int ok = 0, busy = 0;
+  for (int i = 0; i < 60; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    const std::string req = "CONNECT origin.test:" + o() + " HTTP/1.1\r\n\r\n";
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    pollfd p{fd, POLLIN, 0};
+    char buf[512] = {};
+    if (::poll(&p, 1, 5000) > 0 && ::recv(fd, buf, sizeof buf - 1, 0) > 0) {
+      const std::string head(buf);
+      ok += head.starts_with("HTTP/1.1 200");
+      busy += head.starts_with("HTTP/1.1 503") && head.find("Retry-After: 1") != std::string::npos;
+    }
+    fds.push_back(fd);
+  }
+  EXPECT_EQ(ok, 20);
+  EXPECT_EQ(busy, 40);
+  for (int fd : fds) ::close(fd);
+  // Once the flood is gone, service resumes.
+  std::string r;
+  for (int i = 0; i < 200 && !r.starts_with("HTTP/1.1 200"); ++i) {
+    r = exchange("127.0.0.1", port, "GET " + std::string("http://origin.test:") + o() +
+                                        "/small HTTP/1.1\r\nHost: origin.test:" + o() + "\r\nConnection: close\r\n\r\n");
+    ::usleep(10'000);
+  }
+  EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
 }
 
 TEST_F(ProxyTest, SigtermExitsCleanly) {
