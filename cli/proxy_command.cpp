@@ -17,7 +17,9 @@ Runs the egress proxy: CONNECT tunnels and absolute-form HTTP/1.1 requests,
 each decided by POLICY (YAML, or Docker's proxy-config.json by its .json
 extension). Blocked requests get a 403 that names the rule and how to allow
 it; malformed ones a 400. SIGHUP reloads POLICY (a bad file keeps the last
-good policy); SIGTERM stops accepting and lets open connections finish.
+good policy), and so does any change to the file unless --no-watch; after
+a reload, open tunnels the new policy denies are closed unless
+--keep-denied-tunnels. SIGTERM stops accepting and lets open connections finish.
 
 Listeners:
   --listen ADDR            HOST:PORT, [IPv6]:PORT or unix:PATH (repeatable)
@@ -28,6 +30,8 @@ Options:
   --hosts-file FILE        "ADDRESS NAME..." lines consulted before DNS
   --threads N              event loops (default: one per core)
   --forbid-report          refuse policies with 'report: true'
+  --no-watch               reload on SIGHUP only, not when the file changes
+  --keep-denied-tunnels    leave open tunnels alone when a reload denies them
   --head-bytes N           request head limit (default 16384)
   --max-headers N          header field limit (default 100)
   --head-timeout MS        whole head within (default 10000)
@@ -66,6 +70,14 @@ int proxy_command(std::span<const std::string_view> args) {
     }
     if (a == "--forbid-report") {
       load.forbid_report = true;
+      continue;
+    }
+    if (a == "--no-watch") {
+      cfg.watch_policy = false;
+      continue;
+    }
+    if (a == "--keep-denied-tunnels") {
+      cfg.close_denied_tunnels = false;
       continue;
     }
     if (i + 1 >= args.size()) {

@@ -1,6 +1,8 @@
 #include "sandgate/proxy/server.h"
 
 #include <netinet/tcp.h>
+#include <sys/inotify.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -8,11 +10,13 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <thread>
@@ -113,6 +117,7 @@ struct Server::Impl {
   std::atomic<bool> stopping{false};
   asio::io_context control;
   std::optional<asio::signal_set> signals;
+  std::optional<asio::posix::stream_descriptor> watch;
 
   void close_acceptors() {
     for (std::size_t t = 0; t < threads.size(); ++t)
@@ -144,6 +149,7 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     ctx->store = store;
     ctx->hosts = hosts;
     ctx->limits = config.limits;
+    ctx->close_denied_tunnels = config.close_denied_tunnels;
     impl->threads.push_back(std::move(ctx));
   }
   impl->acceptors.resize(n);
@@ -207,27 +213,78 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
   impl->signals.emplace(impl->control, SIGHUP, SIGTERM, SIGINT);
   std::unique_ptr<Server> server(new Server(std::move(impl)));
   server->wait_signal();
+  if (server->impl_->config.watch_policy) server->watch_policy();
   return server;
+}
+
+void Server::reload() {
+  auto& im = *impl_;
+  auto r = im.store->reload();
+  if (!r) {
+    for (const auto& d : r.error()) std::cerr << d.to_string() << "\n";
+    std::cerr << "sandgate proxy: reload failed; the last good policy stays in force\n";
+    return;
+  }
+  std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)
+            << ")\n";
+  if (!im.config.close_denied_tunnels) return;
+  // Each thread re-decides its own open tunnels; no lock is shared.
+  for (auto& t : im.threads)
+    asio::post(t->io, [ctx = t.get(), set = *r] {
+      const std::vector<detail::OpenTunnel*> open(ctx->tunnels.begin(), ctx->tunnels.end());
+      for (auto* tunnel : open) tunnel->recheck(*set);
+    });
 }
 
 void Server::wait_signal() {
   impl_->signals->async_wait([this](const boost::system::error_code& ec, int sig) {
     if (ec) return;
-    auto& im = *impl_;
     if (sig == SIGHUP) {
-      auto r = im.store->reload();
-      if (r) {
-        std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)
-                  << ")\n";
-      } else {
-        for (const auto& d : r.error()) std::cerr << d.to_string() << "\n";
-        std::cerr << "sandgate proxy: reload failed; the last good policy stays in force\n";
-      }
+      reload();
       wait_signal();
       return;
     }
     stop();
   });
+}
+
+void Server::watch_policy() {
+  auto& im = *impl_;
+  // Watch the folder, not the file: editors and config managers replace
+  // files by renaming a new one over them.
+  const std::filesystem::path path = im.store->path();
+  const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (fd < 0) return;
+  const auto dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  if (::inotify_add_watch(fd, dir.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
+    ::close(fd);
+    return;
+  }
+  // Invariant: the stream_descriptor owns the inotify fd and closes it.
+  im.watch.emplace(im.control, fd);
+  asio::co_spawn(
+      im.control,
+      [this, name = path.filename().string()]() -> asio::awaitable<void> {
+        auto& im2 = *impl_;
+        alignas(inotify_event) char buf[4096];
+        asio::steady_timer settle(im2.control);
+        for (;;) {
+          auto [ec, n] = co_await im2.watch->async_read_some(asio::buffer(buf), token);
+          if (ec) co_return;
+          bool ours = false;
+          for (std::size_t at = 0; at < n;) {
+            const auto* e = reinterpret_cast<const inotify_event*>(buf + at);
+            ours |= e->len > 0 && name == e->name;
+            at += sizeof(inotify_event) + e->len;
+          }
+          if (!ours) continue;
+          // Let a burst of writes settle, then reload once.
+          settle.expires_after(std::chrono::milliseconds(100));
+          co_await settle.async_wait(token);
+          reload();
+        }
+      },
+      asio::detached);
 }
 
 void Server::run() {
@@ -259,6 +316,7 @@ void Server::stop() {
         for (auto& t : im2.threads) t->io.stop();
         boost::system::error_code ignored;
         im2.signals->cancel(ignored);
+        if (im2.watch) im2.watch->close(ignored);
         im2.control.stop();
       },
       asio::detached);

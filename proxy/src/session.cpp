@@ -75,7 +75,7 @@ policy::Address from_asio(const asio::ip::address& a) {
   return policy::Address::from_bytes(std::span<const std::uint8_t, 16>(b.data(), 16));
 }
 
-class Session : public std::enable_shared_from_this<Session> {
+class Session : public std::enable_shared_from_this<Session>, public OpenTunnel {
  public:
   Session(Socket client, ThreadContext& ctx, const Listener& listener)
       : client_(std::move(client)),
@@ -128,7 +128,18 @@ class Session : public std::enable_shared_from_this<Session> {
     finish();
   }
 
+  void recheck(const config::PolicySet& set) override {
+    const auto& p = *set.for_sandbox(listener_.sandbox);
+    const policy::Address addr[] = {upstream_addr_};
+    if (p.check(tunnel_target_, addr).verdict != policy::Verdict::deny) return;
+    // The new policy denies this destination: end the tunnel now.
+    boost::system::error_code ignored;
+    client_.close(ignored);
+    upstream_.close(ignored);
+  }
+
   void finish() {
+    ctx_.tunnels.erase(this);
     stage_ = Stage::done;
     timer_.cancel();
     boost::system::error_code ignored;
@@ -291,6 +302,8 @@ class Session : public std::enable_shared_from_this<Session> {
       if (wec) co_return;
       buf.consume(m);
     }
+    tunnel_target_ = *target;
+    if (ctx_.close_denied_tunnels) ctx_.tunnels.insert(this);
     const auto result =
         co_await relay_tunnel(client_, upstream_, [this] { arm(ctx_.limits.tunnel_idle_timeout); });
     (result.spliced ? ctx_.counters.spliced : ctx_.counters.buffered).fetch_add(1, std::memory_order_relaxed);
@@ -451,6 +464,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string upstream_host_;
   std::uint16_t upstream_port_ = 0;
   policy::Address upstream_addr_{};
+  policy::Target tunnel_target_;
 };
 
 }  // namespace

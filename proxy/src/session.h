@@ -4,6 +4,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <unordered_set>
 
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
@@ -13,6 +14,13 @@
 
 namespace sandgate::proxy::detail {
 
+// An open CONNECT tunnel, as its thread's registry sees it.
+struct OpenTunnel {
+  virtual ~OpenTunnel() = default;
+  // Decides the tunnel's destination again under `set`; closes it if denied.
+  virtual void recheck(const config::PolicySet& set) = 0;
+};
+
 // Shared by the sessions of one thread (one io_context): nothing here is
 // written by two threads, except the relaxed counters the Server sums.
 struct ThreadContext {
@@ -21,6 +29,8 @@ struct ThreadContext {
   std::shared_ptr<const HostsFile> hosts;
   Limits limits;
   std::atomic<std::size_t> open_connections{0};  // written by this thread, read by the drain
+  std::unordered_set<OpenTunnel*> tunnels;         // touched only on this thread
+  bool close_denied_tunnels = true;                // on reload
   struct Counters {
     std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};
   } counters;

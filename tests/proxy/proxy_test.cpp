@@ -436,6 +436,82 @@ TEST_F(ProxyTest, ConnectionFloodGets503AndServiceGoesOn) {
   EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
 }
 
+TEST_F(ProxyTest, ReloadsWhenThePolicyFileChanges) {
+  const int port = start_proxy();
+  const std::string req = "CONNECT changed.test:443 HTTP/1.1\r\n\r\n";
+  EXPECT_NE(exchange("127.0.0.1", port, req).find("X-Proxy-Error: blocked-by-default"), std::string::npos);
+  write_policy(std::regex_replace(read_file(policy_), std::regex("block_hosts:\n"),
+                                  "block_hosts:\n  - changed.test\n"));
+  std::string r;  // no signal: the file watch reloads it
+  for (int i = 0; i < 300 && r.find("blocked-by-denylist") == std::string::npos; ++i) {
+    r = exchange("127.0.0.1", port, req);
+    ::usleep(10'000);
+  }
+  EXPECT_NE(r.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << r;
+}
+
+// Opens a CONNECT tunnel to the origin; returns the socket, or -1.
+int open_tunnel(int proxy_port, const std::string& origin_port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(proxy_port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return -1;
+  const std::string req = "CONNECT origin.test:" + origin_port + " HTTP/1.1\r\n\r\n";
+  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  char buf[256] = {};
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, 5000) <= 0 || ::recv(fd, buf, sizeof buf - 1, 0) <= 0 ||
+      !std::string(buf).starts_with("HTTP/1.1 200")) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// True when the peer closes the socket within `limit`.
+bool closed_within(int fd, std::chrono::milliseconds limit) {
+  pollfd p{fd, POLLIN, 0};
+  char buf[256];
+  return ::poll(&p, 1, static_cast<int>(limit.count())) > 0 && ::recv(fd, buf, sizeof buf, 0) <= 0;
+}
+
+TEST_F(ProxyTest, ReloadClosesTunnelsTheNewPolicyDenies) {
+  const int port = start_proxy();
+  const int fd = open_tunnel(port, o());
+  ASSERT_GE(fd, 0);
+  EXPECT_FALSE(closed_within(fd, std::chrono::milliseconds(100)));
+  write_policy("version: 1\nmode: deny\n");
+  proxy_->signal(SIGHUP);
+  EXPECT_TRUE(closed_within(fd, std::chrono::seconds(5)));
+  ::close(fd);
+}
+
+TEST_F(ProxyTest, KeepDeniedTunnelsLeavesThemOpen) {
+  const int port = start_proxy({"--keep-denied-tunnels"});
+  const int fd = open_tunnel(port, o());
+  ASSERT_GE(fd, 0);
+  write_policy("version: 1\nmode: deny\n");
+  proxy_->signal(SIGHUP);
+  // New requests see the new policy; the open tunnel still carries bytes.
+  std::string r;
+  for (int i = 0; i < 300 && r.find("blocked-by-default") == std::string::npos; ++i) {
+    r = exchange("127.0.0.1", port, "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
+                                        "\r\nConnection: close\r\n\r\n");
+    ::usleep(10'000);
+  }
+  EXPECT_NE(r.find("X-Proxy-Error: blocked-by-default"), std::string::npos) << r;
+  const std::string get = "GET /small HTTP/1.1\r\nHost: origin.test\r\n\r\n";
+  ::send(fd, get.data(), get.size(), MSG_NOSIGNAL);
+  char buf[512] = {};
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_GT(::poll(&p, 1, 5000), 0);
+  ASSERT_GT(::recv(fd, buf, sizeof buf - 1, 0), 0);
+  EXPECT_TRUE(std::string(buf).starts_with("HTTP/1.1 200")) << buf;
+  ::close(fd);
+}
+
 TEST_F(ProxyTest, SigtermExitsCleanly) {
   start_proxy();
   proxy_->signal(SIGTERM);

@@ -41,6 +41,8 @@ struct ServerConfig {
   std::string hosts_file;  // static "ADDRESS NAME..." lines consulted before DNS; "" for none
   Limits limits;
   unsigned threads = 0;  // 0: one per core
+  bool watch_policy = true;          // reload when the policy file changes, as on SIGHUP
+  bool close_denied_tunnels = true;  // on reload, end open tunnels the new policy denies
 };
 
 // Counters the server keeps, read at any time (relaxed).
@@ -59,8 +61,8 @@ class Server {
                                                                           std::shared_ptr<config::PolicyStore> store);
   ~Server();
 
-  // Runs until stop(): serves on all threads. Handles SIGHUP (reload) and
-  // SIGTERM/SIGINT (drain, then stop) itself.
+  // Runs until stop(): serves on all threads. Handles SIGHUP and changes of
+  // the policy file (reload) and SIGTERM/SIGINT (drain, then stop) itself.
   void run();
   // Stops accepting; open connections get drain_timeout to finish.
   void stop();
@@ -72,6 +74,8 @@ class Server {
   struct Impl;
   explicit Server(std::unique_ptr<Impl> impl);
   void wait_signal();
+  void watch_policy();
+  void reload();
   std::unique_ptr<Impl> impl_;
 };
 
