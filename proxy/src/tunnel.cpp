@@ -19,8 +19,7 @@ namespace {
 namespace asio = boost::asio;
 using asio::experimental::awaitable_operators::operator&&;
 constexpr auto token = asio::as_tuple(asio::use_awaitable);
-constexpr std::size_t chunk = 1 << 16;        // buffered fallback
-constexpr std::size_t pipe_bytes = 1 << 20;   // a larger pipe: fewer wakeups per byte
+constexpr std::size_t chunk = 1 << 16;  // buffered fallback
 
 // Invariant: a Pipe owns both ends and closes them when the direction ends.
 struct Pipe {
@@ -28,8 +27,9 @@ struct Pipe {
   std::size_t size = 0;
   Pipe() {
     if (::pipe2(fd, O_NONBLOCK | O_CLOEXEC) != 0) fd[0] = fd[1] = -1;
-    // Best effort: an unprivileged process may be capped below 1 MiB.
-    else ::fcntl(fd[1], F_SETPIPE_SZ, static_cast<int>(pipe_bytes));
+    // The default capacity (64 KiB). Larger pipes gained little here, and an
+    // unprivileged user's pipe pages are capped (pipe-user-pages-soft): big
+    // pipes would starve later tunnels.
     size = fd[1] >= 0 ? static_cast<std::size_t>(std::max(::fcntl(fd[1], F_GETPIPE_SZ), 4096)) : 0;
   }
   ~Pipe() {
