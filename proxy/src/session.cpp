@@ -296,17 +296,16 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
     auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), token);
     if (ec) co_return;
-    // Bytes the client sent right after its head (a TLS ClientHello) go first.
-    if (buf.size() > 0) {
-      auto [wec, m] = co_await asio::async_write(upstream_, buf.data(), token);
-      if (wec) co_return;
-      buf.consume(m);
-    }
     tunnel_target_ = *target;
     if (ctx_.close_denied_tunnels) ctx_.tunnels.insert(this);
-    const auto result =
-        co_await relay_tunnel(client_, upstream_, [this] { arm(ctx_.limits.tunnel_idle_timeout); });
+    // Bytes the client sent right after its head (a TLS ClientHello) go
+    // through the first-flight check with the rest of it.
+    std::string prefix(static_cast<const char*>(buf.data().data()), buf.size());
+    buf.consume(buf.size());
+    const auto result = co_await relay_tunnel(client_, upstream_, std::move(prefix), target->host,
+                                              [this] { arm(ctx_.limits.tunnel_idle_timeout); });
     (result.spliced ? ctx_.counters.spliced : ctx_.counters.buffered).fetch_add(1, std::memory_order_relaxed);
+    if (result.sni_refused) ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
   }
 
   template <bool isRequest>

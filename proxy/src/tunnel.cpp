@@ -1,5 +1,7 @@
 #include "tunnel.h"
 
+#include "client_hello.h"
+
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -112,17 +114,57 @@ asio::awaitable<void> splice_one_way(Socket& from, Socket& to, Direction& d,
   to.shutdown(asio::socket_base::shutdown_send, ignored);
 }
 
+// The client's first flight goes through a buffer and the SNI check, then
+// the rest of the direction is spliced.
+asio::awaitable<void> check_then_splice(Socket& client, Socket& upstream, std::string buf, std::string_view host,
+                                        Direction& d, bool& refused, const std::function<void()>& on_activity) {
+  FirstFlight verdict = check_first_flight(buf, host);
+  bool eof = false;
+  while (verdict == FirstFlight::need_more) {
+    const std::size_t have = buf.size();
+    buf.resize(max_first_flight);
+    auto [ec, n] = co_await client.async_read_some(asio::buffer(buf.data() + have, buf.size() - have), token);
+    buf.resize(have + (ec ? 0 : n));
+    if (ec == asio::error::eof) {
+      eof = true;
+      verdict = buf.empty() ? FirstFlight::allow : check_first_flight(buf, host);
+      if (verdict == FirstFlight::need_more) verdict = FirstFlight::refuse;  // a cut-off hello
+      break;
+    }
+    if (ec) co_return abort_both(client, upstream);
+    verdict = check_first_flight(buf, host);
+  }
+  if (verdict == FirstFlight::refuse) {
+    refused = true;
+    co_return abort_both(client, upstream);
+  }
+  if (!buf.empty()) {
+    auto [ec, n] = co_await asio::async_write(upstream, asio::buffer(buf), token);
+    if (ec) co_return abort_both(client, upstream);
+    d.bytes += n;
+    on_activity();
+  }
+  if (eof) {
+    boost::system::error_code ignored;
+    upstream.shutdown(asio::socket_base::shutdown_send, ignored);
+    co_return;
+  }
+  co_await splice_one_way(client, upstream, d, on_activity);
+}
+
 }  // namespace
 
-asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream,
+asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream, std::string prefix,
+                                           std::string_view target_host,
                                            const std::function<void()>& on_activity) {
   // splice needs the fds in non-blocking mode; Asio waits for readiness.
   client.native_non_blocking(true);
   upstream.native_non_blocking(true);
   Direction up, down;
-  co_await (splice_one_way(client, upstream, up, on_activity) &&
+  bool refused = false;
+  co_await (check_then_splice(client, upstream, std::move(prefix), target_host, up, refused, on_activity) &&
             splice_one_way(upstream, client, down, on_activity));
-  co_return TunnelResult{up.bytes, down.bytes, up.spliced && down.spliced};
+  co_return TunnelResult{up.bytes, down.bytes, up.spliced && down.spliced, refused};
 }
 
 }  // namespace sandgate::proxy::detail

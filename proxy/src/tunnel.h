@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <string_view>
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
@@ -16,6 +18,7 @@ struct TunnelResult {
   std::uint64_t bytes_up = 0;    // client to upstream
   std::uint64_t bytes_down = 0;  // upstream to client
   bool spliced = true;           // false: splice was refused, bytes went through a buffer
+  bool sni_refused = false;      // the ClientHello named another host: closed at once
 };
 
 // Moves bytes with splice(2) through one pipe per direction, waiting for
@@ -24,7 +27,14 @@ struct TunnelResult {
 // EOF shuts down writing on the other side (half-close) and the tunnel ends
 // when both directions have. on_activity is called whenever bytes move (the
 // caller's idle timer). Either socket closing ends both directions.
-boost::asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream,
+//
+// The client's first flight (starting with `prefix`, bytes it sent after its
+// CONNECT head) is read into a buffer and checked first: a TLS ClientHello
+// whose SNI names another host than target_host ends the tunnel before a
+// byte reaches the upstream. The other direction runs meanwhile, so
+// protocols where the server speaks first work.
+boost::asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream, std::string prefix,
+                                                  std::string_view target_host,
                                                   const std::function<void()>& on_activity);
 
 }  // namespace sandgate::proxy::detail

@@ -1,0 +1,26 @@
+// The first bytes a client sends through a CONNECT tunnel, checked against
+// the tunnel's target: a TLS ClientHello whose SNI names another host than
+// the one the policy allowed is domain fronting, and is refused.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace sandgate::proxy::detail {
+
+enum class FirstFlight : std::uint8_t {
+  need_more,  // a TLS record has started; wait for the rest of it
+  allow,      // not TLS, no SNI, or the SNI names the target
+  refuse,     // the SNI names another host, or the ClientHello is malformed
+};
+
+// The most a check reads before it decides: one full TLS record.
+inline constexpr std::size_t max_first_flight = 5 + (1 << 14);
+
+// Decides on the bytes received so far. target_host is the normalized host
+// of the CONNECT target. The ClientHello is parsed by OpenSSL (a client-hello
+// callback on a memory BIO), not by hand. Cost: one SSL object per call that
+// sees a complete record; no network I/O.
+FirstFlight check_first_flight(std::string_view bytes, std::string_view target_host);
+
+}  // namespace sandgate::proxy::detail
