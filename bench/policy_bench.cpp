@@ -145,29 +145,22 @@ BENCHMARK_CAPTURE(BM_CheckAddress, miss, false)->Apply(sizes);
 
 // --- Compile time and memory per rule ---
 
-void BM_CompileHosts(benchmark::State& state) {
+// Compiles N rules per iteration; `compile(n)` returns the policy.
+template <class Compile>
+void compile_benchmark(benchmark::State& state, Compile compile) {
   const auto n = static_cast<std::size_t>(state.range(0));
   std::size_t bytes = 0;
-  for (auto _ : state) {
-    auto p = host_policy(n);
-    bytes = p->memory_bytes();
-  }
+  for (auto _ : state) bytes = compile(n)->memory_bytes();
   state.counters["rules"] = static_cast<double>(n);
   state.counters["bytes_per_rule"] = static_cast<double>(bytes) / static_cast<double>(n);
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
 }
 
+void BM_CompileHosts(benchmark::State& state) { compile_benchmark(state, host_policy); }
+
 void BM_CompileCidrs(benchmark::State& state) {
-  const auto n = static_cast<std::size_t>(state.range(0));
-  const auto cidrs = random_cidrs(n);
-  std::size_t bytes = 0;
-  for (auto _ : state) {
-    auto p = cidr_policy(cidrs);
-    bytes = p->memory_bytes();
-  }
-  state.counters["rules"] = static_cast<double>(n);
-  state.counters["bytes_per_rule"] = static_cast<double>(bytes) / static_cast<double>(n);
-  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+  const auto cidrs = random_cidrs(static_cast<std::size_t>(state.range(0)));
+  compile_benchmark(state, [&](std::size_t) { return cidr_policy(cidrs); });
 }
 
 BENCHMARK(BM_CompileHosts)->Apply(sizes)->Unit(benchmark::kMillisecond);

@@ -2,8 +2,9 @@
 # Sets up sandgate and runs its main job on the bundled default policy.
 #
 # Until sandboxes land (`sandgate run WORKSPACE`), the main job is the policy
-# engine: validate the default policy and show how it decides the requests an
-# agent typically makes, including the ones it blocks and why.
+# engine and the proxy: validate the default policy, show how it decides the
+# requests an agent typically makes and why, then run the proxy on it and send
+# it a request it blocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/build.sh
@@ -22,3 +23,20 @@ show pastebin.com:443
 show github.com:22
 show metadata.google.internal:80 --addr 169.254.169.254
 show 0x7f.1:8080
+
+# The proxy itself, on the default policy: a request the policy blocks gets a
+# 403 that names the rule and the fix (decided before any DNS lookup).
+log=$(mktemp)
+"$sg" proxy --config "$policy" --listen 127.0.0.1:0 >"$log" 2>&1 &
+pid=$!
+trap 'kill "$pid" 2>/dev/null; rm -f "$log"' EXIT
+port=""
+for _ in $(seq 50); do
+  port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log")
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+echo
+echo "\$ sandgate proxy --config $policy --listen 127.0.0.1:$port &"
+echo "\$ curl -x http://127.0.0.1:$port http://pastebin.com/"
+curl -sS -i -x "http://127.0.0.1:$port" http://pastebin.com/

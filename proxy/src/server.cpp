@@ -1,6 +1,7 @@
 #include "sandgate/proxy/server.h"
 
 #include <netinet/tcp.h>
+#include <csignal>
 #include <sys/inotify.h>
 #include <unistd.h>
 #include <sys/stat.h>
@@ -135,6 +136,9 @@ Server::~Server() = default;
 
 boost::system::result<std::unique_ptr<Server>, std::string> Server::start(ServerConfig config,
                                                                          std::shared_ptr<config::PolicyStore> store) {
+  // splice(2) has no MSG_NOSIGNAL: a peer that closed mid-write must be an
+  // EPIPE for the one connection, not a SIGPIPE for the process.
+  ::signal(SIGPIPE, SIG_IGN);
   auto impl = std::make_unique<Impl>();
   std::shared_ptr<const detail::HostsFile> hosts;
   if (!config.hosts_file.empty()) {

@@ -309,13 +309,35 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   }
 
   template <bool isRequest>
+  // Writes the (rewritten) header of p's message to `out`, then its body.
+  // A Content-Length body is spliced socket to socket after the bytes already
+  // read; any other body (chunked) is re-framed by Beast through a fixed
+  // buffer. `complete` says whether the whole body went through.
   asio::awaitable<boost::system::error_code> relay_body(Socket& in, beast::flat_buffer& inbuf,
-                                                        http::parser<isRequest, http::buffer_body>& p, Socket& out) {
-    // Invariant: the body moves through this fixed buffer, whatever its size.
-    std::array<char, 16 * 1024> chunk;
+                                                        http::parser<isRequest, http::buffer_body>& p, Socket& out,
+                                                        bool& complete) {
+    complete = false;
     http::serializer<isRequest, http::buffer_body> sr{p.get()};
     auto [hec, hn] = co_await http::async_write_header(out, sr, token);
     if (hec) co_return hec;
+    if (const auto length = p.content_length(); length && !p.chunked() && !p.is_done()) {
+      auto remaining = *length;
+      const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
+      if (first > 0) {
+        arm(ctx_.limits.idle_timeout);
+        auto [wec, m] = co_await asio::async_write(out, asio::buffer(inbuf.data().data(), first), token);
+        if (wec) co_return wec;
+        inbuf.consume(first);
+        remaining -= first;
+      }
+      arm(ctx_.limits.idle_timeout);
+      if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); }))
+        co_return asio::error::make_error_code(asio::error::connection_aborted);
+      complete = true;
+      co_return boost::system::error_code{};
+    }
+    // Invariant: a chunked body moves through this fixed buffer, whatever its size.
+    std::array<char, 16 * 1024> chunk;
     do {
       arm(ctx_.limits.idle_timeout);
       if (!p.is_done()) {
@@ -333,6 +355,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       auto [wec, m] = co_await http::async_write(out, sr, token);
       if (wec && wec != http::error::need_buffer) co_return wec;
     } while (!p.is_done() && !sr.is_done());
+    complete = p.is_done();
     co_return boost::system::error_code{};
   }
 
@@ -404,7 +427,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       auto [ec, n] = co_await asio::async_write(client_, asio::buffer(cont), token);
       if (ec) co_return false;
     }
-    if (auto ec = co_await relay_body(client_, buf, parser, upstream_)) co_return false;
+    bool request_complete = false;
+    if (auto ec = co_await relay_body(client_, buf, parser, upstream_, request_complete)) co_return false;
 
     beast::flat_buffer upbuf;
     std::optional<http::response_parser<http::buffer_body>> rp;
@@ -437,9 +461,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     res.version(11);  // an intermediary sends its own HTTP version
     res.keep_alive(keep);
-    if (auto ec = co_await relay_body(upstream_, upbuf, *rp, client_)) co_return false;
+    bool response_complete = false;
+    if (auto ec = co_await relay_body(upstream_, upbuf, *rp, client_, response_complete)) co_return false;
     // Bytes past the response (a misbehaving origin) mean the stream is not reusable.
-    upstream_open_ = origin_keeps && rp->is_done() && upbuf.size() == 0;
+    upstream_open_ = origin_keeps && (response_complete || rp->is_done()) && upbuf.size() == 0;
     if (!upstream_open_) {
       boost::system::error_code ignored;
       upstream_.close(ignored);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <memory>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -153,6 +154,60 @@ asio::awaitable<void> check_then_splice(Socket& client, Socket& upstream, std::s
 }
 
 }  // namespace
+
+asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
+                                  const std::function<void()>& on_activity) {
+  from.native_non_blocking(true);
+  to.native_non_blocking(true);
+  Pipe pipe;
+  bool use_splice = pipe.ok();
+  std::unique_ptr<char[]> copy_buf;
+  while (bytes > 0) {
+    if (!use_splice) {
+      // Buffered fallback: only where the kernel refuses splice.
+      if (!copy_buf) copy_buf.reset(new char[chunk]);
+      auto [ec, n] = co_await from.async_read_some(
+          asio::buffer(copy_buf.get(), static_cast<std::size_t>(std::min<std::uint64_t>(bytes, chunk))), token);
+      if (ec) co_return false;
+      auto [wec, m] = co_await asio::async_write(to, asio::buffer(copy_buf.get(), n), token);
+      if (wec) co_return false;
+      bytes -= m;
+      on_activity();
+      continue;
+    }
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(bytes, pipe.size));
+    const ssize_t n = ::splice(from.native_handle(), nullptr, pipe.fd[1], nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n == 0) co_return false;  // the body ended early
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL) {
+        use_splice = false;
+        continue;
+      }
+      if (errno != EAGAIN) co_return false;
+      auto [ec] = co_await from.async_wait(asio::socket_base::wait_read, token);
+      if (ec) co_return false;
+      continue;
+    }
+    bytes -= static_cast<std::uint64_t>(n);
+    for (auto in_pipe = static_cast<std::size_t>(n); in_pipe > 0;) {
+      const ssize_t m = ::splice(pipe.fd[0], nullptr, to.native_handle(), nullptr, in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (m > 0) {
+        in_pipe -= static_cast<std::size_t>(m);
+        continue;
+      }
+      if (m < 0 && errno == EINTR) continue;
+      if (m < 0 && errno == EAGAIN) {
+        auto [ec] = co_await to.async_wait(asio::socket_base::wait_write, token);
+        if (ec) co_return false;
+        continue;
+      }
+      co_return false;
+    }
+    on_activity();
+  }
+  co_return true;
+}
 
 asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream, std::string prefix,
                                            std::string_view target_host,

@@ -37,4 +37,10 @@ boost::asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstre
                                                   std::string_view target_host,
                                                   const std::function<void()>& on_activity);
 
+// Moves exactly `bytes` from `from` to `to` (an HTTP body of known length)
+// with splice(2), or a buffered copy where splice is refused. False if a side
+// fails or the body ends early. on_activity is called as bytes move.
+boost::asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
+                                         const std::function<void()>& on_activity);
+
 }  // namespace sandgate::proxy::detail
