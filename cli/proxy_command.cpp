@@ -36,6 +36,8 @@ Options:
   --max-headers N          header field limit (default 100)
   --head-timeout MS        whole head within (default 10000)
   --resolve-timeout MS     DNS lookup (default 5000)
+  --dns-cache MS           reuse resolved answers this long, per thread (default
+                           5000; 0 = off); cached addresses are still checked
   --connect-timeout MS     per address dialed (default 10000)
   --idle-timeout MS        keep-alive and body idle (default 60000)
   --tunnel-idle-timeout MS CONNECT tunnel idle (default 300000)
@@ -114,6 +116,11 @@ int proxy_command(std::span<const std::string_view> args) {
     else if (a == "--head-timeout") ok = ms(cfg.limits.head_timeout);
     else if (a == "--connect-timeout") ok = ms(cfg.limits.connect_timeout);
     else if (a == "--resolve-timeout") ok = ms(cfg.limits.resolve_timeout);
+    else if (a == "--dns-cache") {
+      auto n = number(v);
+      ok = n.has_value();
+      if (ok) cfg.limits.dns_cache = std::chrono::milliseconds(*n);
+    }
     else if (a == "--idle-timeout") ok = ms(cfg.limits.idle_timeout);
     else if (a == "--tunnel-idle-timeout") ok = ms(cfg.limits.tunnel_idle_timeout);
     else if (a == "--drain-timeout") ok = ms(cfg.limits.drain_timeout);

@@ -217,6 +217,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       addrs.push_back(*target.address);
     } else if (const auto* pinned = ctx_.hosts ? ctx_.hosts->find(target.host) : nullptr) {
       addrs = *pinned;
+    } else if (auto hit = ctx_.dns_cache.find(target.host);
+               hit != ctx_.dns_cache.end() && Clock::now() < hit->second.expires) {
+      addrs = hit->second.addresses;
     } else {
       stage_ = Stage::dial;
       arm(ctx_.limits.resolve_timeout);
@@ -228,6 +231,11 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         co_return false;
       }
       for (const auto& r : results) addrs.push_back(from_asio(r.endpoint().address()));
+      if (ctx_.limits.dns_cache.count() > 0) {
+        // Bounded: a full cache starts over rather than growing without limit.
+        if (ctx_.dns_cache.size() >= 10'000) ctx_.dns_cache.clear();
+        ctx_.dns_cache[target.host] = {addrs, Clock::now() + ctx_.limits.dns_cache};
+      }
     }
     const policy::Decision d = policy_->check(target, addrs);
     if (d.verdict == policy::Verdict::deny) {

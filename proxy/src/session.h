@@ -4,7 +4,10 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <chrono>
+#include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
@@ -30,6 +33,11 @@ struct ThreadContext {
   Limits limits;
   std::atomic<std::size_t> open_connections{0};  // written by this thread, read by the drain
   std::unordered_set<OpenTunnel*> tunnels;         // touched only on this thread
+  struct CachedAnswer {
+    std::vector<policy::Address> addresses;
+    std::chrono::steady_clock::time_point expires;
+  };
+  std::unordered_map<std::string, CachedAnswer> dns_cache;  // touched only on this thread
   bool close_denied_tunnels = true;                // on reload
   struct Counters {
     std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};

@@ -122,8 +122,9 @@ asio::awaitable<void> check_then_splice(Socket& client, Socket& upstream, std::s
   FirstFlight verdict = check_first_flight(buf, host);
   bool eof = false;
   while (verdict == FirstFlight::need_more) {
+    // Grow as needed: most first flights (a ClientHello, a request line) fit in 2 KiB.
     const std::size_t have = buf.size();
-    buf.resize(max_first_flight);
+    buf.resize(std::min(max_first_flight, std::max<std::size_t>(2048, have * 2)));
     auto [ec, n] = co_await client.async_read_some(asio::buffer(buf.data() + have, buf.size() - have), token);
     buf.resize(have + (ec ? 0 : n));
     if (ec == asio::error::eof) {

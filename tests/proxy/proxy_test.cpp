@@ -150,6 +150,18 @@ TEST_F(ProxyTest, CurlConnectTunnel) {
   EXPECT_EQ(r.out, direct.out);
 }
 
+TEST_F(ProxyTest, SystemResolverPathAndItsCache) {
+  // "localhost" is not in the hosts file: the system resolver answers (from
+  // /etc/hosts, no network), maybe with ::1 first, where nothing listens; the
+  // proxy tries the next checked address. The second request uses the cache.
+  write_policy("version: 1\nmode: deny\nallow_hosts:\n  - localhost:" + o() + "\n");
+  const int port = start_proxy();
+  for (int i = 0; i < 2; ++i) {
+    auto r = shell("curl -sS -x http://127.0.0.1:" + std::to_string(port) + " http://localhost:" + o() + "/small");
+    EXPECT_EQ(r.out, std::string(100, 'x')) << "request " << i;
+  }
+}
+
 TEST_F(ProxyTest, PythonUrllibThroughTheProxy) {
   const int port = start_proxy();
   auto r = shell("python3 -c \"import urllib.request as u; "
