@@ -43,6 +43,8 @@ Options:
   --tunnel-idle-timeout MS CONNECT tunnel idle (default 300000)
   --drain-timeout MS       on SIGTERM (default 10000)
   --max-connections N      per thread (default 10000); more get 503
+  --max-tunnels N          open CONNECT tunnels per listener, i.e. per sandbox
+                           (default: no limit); more get 429
   -h, --help               show this help
 
 Examples:
@@ -65,6 +67,7 @@ int proxy_command(std::span<const std::string_view> args) {
   proxy::ServerConfig cfg;
   std::string policy_path;
   config::LoadOptions load;
+  std::size_t max_tunnels = 0;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const auto a = args[i];
     if (a == "-h" || a == "--help") {
@@ -113,6 +116,7 @@ int proxy_command(std::span<const std::string_view> args) {
     } else if (a == "--head-bytes") ok = count(cfg.limits.head_bytes);
     else if (a == "--max-headers") ok = count(cfg.limits.header_count);
     else if (a == "--max-connections") ok = count(cfg.limits.max_connections);
+    else if (a == "--max-tunnels") ok = count(max_tunnels);
     else if (a == "--head-timeout") ok = ms(cfg.limits.head_timeout);
     else if (a == "--connect-timeout") ok = ms(cfg.limits.connect_timeout);
     else if (a == "--resolve-timeout") ok = ms(cfg.limits.resolve_timeout);
@@ -133,6 +137,7 @@ int proxy_command(std::span<const std::string_view> args) {
       return 2;
     }
   }
+  for (auto& l : cfg.listeners) l.max_tunnels = max_tunnels;
   if (policy_path.empty() || cfg.listeners.empty()) {
     std::cerr << "sandgate proxy: --config and at least one --listen are required (see --help)\n";
     return 2;

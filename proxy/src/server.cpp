@@ -78,7 +78,7 @@ boost::system::result<ParsedListen, std::string> parse_listen(const std::string&
 }
 
 asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx, const Listener& listener,
-                                  bool is_tcp) {
+                                  std::atomic<std::size_t>& open_tunnels, bool is_tcp) {
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(token);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
@@ -102,7 +102,7 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
       const int one = 1;
       ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
-    detail::start_session(std::move(socket), ctx, listener);
+    detail::start_session(std::move(socket), ctx, listener, open_tunnels);
   }
 }
 
@@ -115,6 +115,7 @@ struct Server::Impl {
   // acceptors[t]: thread t's acceptors, as (listener index, acceptor).
   std::vector<std::vector<std::pair<std::size_t, std::unique_ptr<Acceptor>>>> acceptors;
   std::vector<std::string> bound;
+  std::vector<std::unique_ptr<std::atomic<std::size_t>>> open_tunnels;  // per listener
   std::atomic<bool> stopping{false};
   asio::io_context control;
   std::optional<asio::signal_set> signals;
@@ -207,10 +208,12 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
   }
   impl->config = std::move(config);
   impl->store = std::move(store);
+  for (std::size_t i = 0; i < impl->config.listeners.size(); ++i)
+    impl->open_tunnels.push_back(std::make_unique<std::atomic<std::size_t>>(0));
   for (std::size_t t = 0; t < n; ++t)
     for (auto& [i, a] : impl->acceptors[t])
       asio::co_spawn(impl->threads[t]->io,
-                     accept_loop(*a, *impl->threads[t], impl->config.listeners[i],
+                     accept_loop(*a, *impl->threads[t], impl->config.listeners[i], *impl->open_tunnels[i],
                                  a->local_endpoint().protocol().family() != AF_UNIX),
                      asio::detached);
   // Signals are caught from here on: one that arrives before run() waits for it.

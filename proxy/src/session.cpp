@@ -77,8 +77,9 @@ policy::Address from_asio(const asio::ip::address& a) {
 
 class Session : public std::enable_shared_from_this<Session>, public OpenTunnel {
  public:
-  Session(Socket client, ThreadContext& ctx, const Listener& listener)
-      : client_(std::move(client)),
+  Session(Socket client, ThreadContext& ctx, const Listener& listener, std::atomic<std::size_t>& open_tunnels)
+      : open_tunnels_(open_tunnels),
+        client_(std::move(client)),
         upstream_(client_.get_executor()),
         resolver_(client_.get_executor()),
         timer_(client_.get_executor()),
@@ -139,6 +140,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   }
 
   void finish() {
+    if (counted_tunnel_) open_tunnels_.fetch_sub(1, std::memory_order_relaxed);
     ctx_.tunnels.erase(this);
     stage_ = Stage::done;
     timer_.cancel();
@@ -298,7 +300,19 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       co_return;
     }
     std::vector<policy::Address> allowed;
-    if (!co_await decide(*target, allowed) || !co_await dial(allowed, target->port)) co_return;
+    if (!co_await decide(*target, allowed)) co_return;
+    // One counter per listener (sandbox), shared by the threads: an atomic, no lock.
+    if (listener_.max_tunnels > 0 &&
+        open_tunnels_.fetch_add(1, std::memory_order_relaxed) >= listener_.max_tunnels) {
+      open_tunnels_.fetch_sub(1, std::memory_order_relaxed);
+      co_await answer(error_answer(429, "too-many-tunnels",
+                                   "this sandbox has " + std::to_string(listener_.max_tunnels) +
+                                       " tunnels open, its limit; close one or retry shortly",
+                                   1));
+      co_return;
+    }
+    counted_tunnel_ = listener_.max_tunnels > 0;
+    if (!co_await dial(allowed, target->port)) co_return;
     stage_ = Stage::relay;
     arm(ctx_.limits.tunnel_idle_timeout);
     constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
@@ -480,6 +494,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_return keep;
   }
 
+  std::atomic<std::size_t>& open_tunnels_;
+  bool counted_tunnel_ = false;
   Socket client_;
   Socket upstream_;
   tcp::resolver resolver_;
@@ -501,8 +517,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 
 }  // namespace
 
-void start_session(Socket client, ThreadContext& ctx, const Listener& listener) {
-  std::make_shared<Session>(std::move(client), ctx, listener)->start();
+void start_session(Socket client, ThreadContext& ctx, const Listener& listener,
+                   std::atomic<std::size_t>& open_tunnels) {
+  std::make_shared<Session>(std::move(client), ctx, listener, open_tunnels)->start();
 }
 
 }  // namespace sandgate::proxy::detail

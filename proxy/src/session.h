@@ -45,7 +45,8 @@ struct ThreadContext {
 };
 
 // Starts serving one accepted connection; the session keeps itself alive.
+// open_tunnels counts the listener's open tunnels across all threads.
 void start_session(boost::asio::generic::stream_protocol::socket client, ThreadContext& ctx,
-                   const Listener& listener);
+                   const Listener& listener, std::atomic<std::size_t>& open_tunnels);
 
 }  // namespace sandgate::proxy::detail

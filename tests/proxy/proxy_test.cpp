@@ -544,6 +544,32 @@ TEST_F(ProxyTest, KeepDeniedTunnelsLeavesThemOpen) {
   ::close(fd);
 }
 
+TEST_F(ProxyTest, TunnelLimitPerSandboxAnswers429) {
+  const int port = start_proxy({"--max-tunnels", "3"});
+  std::vector<int> open;
+  for (int i = 0; i < 3; ++i) open.push_back(open_tunnel(port, o()));
+  for (int fd : open) ASSERT_GE(fd, 0);
+  const auto over = exchange("127.0.0.1", port, "CONNECT origin.test:" + o() + " HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(status_line(over), "HTTP/1.1 429 Too Many Requests") << over;
+  EXPECT_NE(over.find("X-Proxy-Error: too-many-tunnels"), std::string::npos) << over;
+  EXPECT_NE(over.find("Retry-After: 1"), std::string::npos) << over;
+  // Plain requests are not tunnels: still served.
+  EXPECT_TRUE(exchange("127.0.0.1", port, "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" +
+                                              o() + "\r\nConnection: close\r\n\r\n")
+                  .starts_with("HTTP/1.1 200"));
+  // A closed tunnel frees its place.
+  ::close(open.back());
+  open.pop_back();
+  int again = -1;
+  for (int i = 0; i < 200 && again < 0; ++i) {
+    again = open_tunnel(port, o());
+    if (again < 0) ::usleep(10'000);
+  }
+  EXPECT_GE(again, 0);
+  open.push_back(again);
+  for (int fd : open) ::close(fd);
+}
+
 TEST_F(ProxyTest, SigtermExitsCleanly) {
   start_proxy();
   proxy_->signal(SIGTERM);

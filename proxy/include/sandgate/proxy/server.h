@@ -38,6 +38,7 @@ struct Limits {
 struct Listener {
   std::string address;  // "host:port", "[v6]:port" or "unix:PATH"
   std::string sandbox;  // the sandbox whose named policy applies ("" = default policy)
+  std::size_t max_tunnels = 0;  // open CONNECT tunnels through this listener; more get 429 (0 = no limit)
 };
 
 struct ServerConfig {
