@@ -43,6 +43,9 @@ Options:
   --tunnel-idle-timeout MS CONNECT tunnel idle (default 300000)
   --drain-timeout MS       on SIGTERM (default 10000)
   --max-connections N      per thread (default 10000); more get 503
+  --max-client-connections N
+                           per client address, all threads (default: no limit);
+                           more get 429
   --max-tunnels N          open CONNECT tunnels per listener, i.e. per sandbox
                            (default: no limit); more get 429
   -h, --help               show this help
@@ -117,6 +120,7 @@ int proxy_command(std::span<const std::string_view> args) {
     else if (a == "--max-headers") ok = count(cfg.limits.header_count);
     else if (a == "--max-connections") ok = count(cfg.limits.max_connections);
     else if (a == "--max-tunnels") ok = count(max_tunnels);
+    else if (a == "--max-client-connections") ok = count(cfg.limits.max_client_connections);
     else if (a == "--head-timeout") ok = ms(cfg.limits.head_timeout);
     else if (a == "--connect-timeout") ok = ms(cfg.limits.connect_timeout);
     else if (a == "--resolve-timeout") ok = ms(cfg.limits.resolve_timeout);

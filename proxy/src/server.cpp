@@ -98,11 +98,38 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
       socket.close(ignored);
       continue;
     }
+    std::atomic<std::uint32_t>* slot = nullptr;
     if (is_tcp) {
       const int one = 1;
       ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      if (ctx.limits.max_client_connections > 0 && ctx.clients) {
+        // The client's share, by its address (not its port).
+        boost::system::error_code peer_ec;
+        const auto peer = socket.remote_endpoint(peer_ec);
+        std::size_t h = 0;
+        const auto* sa = reinterpret_cast<const sockaddr*>(peer.data());
+        if (!peer_ec && sa->sa_family == AF_INET)
+          h = std::hash<std::uint32_t>{}(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr);
+        else if (!peer_ec && sa->sa_family == AF_INET6)
+          h = std::hash<std::string_view>{}(std::string_view(
+              reinterpret_cast<const char*>(&reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr), 16));
+        slot = &ctx.clients->open[h % detail::ClientCounts::buckets];
+        if (slot->fetch_add(1, std::memory_order_relaxed) >= ctx.limits.max_client_connections) {
+          slot->fetch_sub(1, std::memory_order_relaxed);
+          const auto over = detail::error_answer(
+              429, "too-many-client-connections",
+              "this client has " + std::to_string(ctx.limits.max_client_connections) +
+                  " connections open, its limit; close one or retry shortly",
+              1);
+          boost::system::error_code ignored;
+          socket.non_blocking(true, ignored);
+          socket.write_some(asio::buffer(over), ignored);
+          socket.close(ignored);
+          continue;
+        }
+      }
     }
-    detail::start_session(std::move(socket), ctx, listener, open_tunnels);
+    detail::start_session(std::move(socket), ctx, listener, open_tunnels, slot);
   }
 }
 
@@ -116,6 +143,7 @@ struct Server::Impl {
   std::vector<std::vector<std::pair<std::size_t, std::unique_ptr<Acceptor>>>> acceptors;
   std::vector<std::string> bound;
   std::vector<std::unique_ptr<std::atomic<std::size_t>>> open_tunnels;  // per listener
+  std::unique_ptr<detail::ClientCounts> clients = std::make_unique<detail::ClientCounts>();
   std::atomic<bool> stopping{false};
   asio::io_context control;
   std::optional<asio::signal_set> signals;
@@ -155,6 +183,7 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     ctx->hosts = hosts;
     ctx->limits = config.limits;
     ctx->close_denied_tunnels = config.close_denied_tunnels;
+    ctx->clients = impl->clients.get();
     impl->threads.push_back(std::move(ctx));
   }
   impl->acceptors.resize(n);

@@ -77,8 +77,10 @@ policy::Address from_asio(const asio::ip::address& a) {
 
 class Session : public std::enable_shared_from_this<Session>, public OpenTunnel {
  public:
-  Session(Socket client, ThreadContext& ctx, const Listener& listener, std::atomic<std::size_t>& open_tunnels)
+  Session(Socket client, ThreadContext& ctx, const Listener& listener, std::atomic<std::size_t>& open_tunnels,
+          std::atomic<std::uint32_t>* client_slot)
       : open_tunnels_(open_tunnels),
+        client_slot_(client_slot),
         client_(std::move(client)),
         upstream_(client_.get_executor()),
         resolver_(client_.get_executor()),
@@ -141,6 +143,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 
   void finish() {
     if (counted_tunnel_) open_tunnels_.fetch_sub(1, std::memory_order_relaxed);
+    if (client_slot_) client_slot_->fetch_sub(1, std::memory_order_relaxed);
     ctx_.tunnels.erase(this);
     stage_ = Stage::done;
     timer_.cancel();
@@ -495,6 +498,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   }
 
   std::atomic<std::size_t>& open_tunnels_;
+  std::atomic<std::uint32_t>* client_slot_;
   bool counted_tunnel_ = false;
   Socket client_;
   Socket upstream_;
@@ -518,8 +522,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 }  // namespace
 
 void start_session(Socket client, ThreadContext& ctx, const Listener& listener,
-                   std::atomic<std::size_t>& open_tunnels) {
-  std::make_shared<Session>(std::move(client), ctx, listener, open_tunnels)->start();
+                   std::atomic<std::size_t>& open_tunnels, std::atomic<std::uint32_t>* client_slot) {
+  std::make_shared<Session>(std::move(client), ctx, listener, open_tunnels, client_slot)->start();
 }
 
 }  // namespace sandgate::proxy::detail

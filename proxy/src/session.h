@@ -1,6 +1,7 @@
 // One client connection, from accept to close.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -24,6 +25,14 @@ struct OpenTunnel {
   virtual void recheck(const config::PolicySet& set) = 0;
 };
 
+// Open connections per client address, approximately: addresses hash into
+// a fixed table of atomic counters shared by all threads (no lock; two
+// clients that collide share a budget).
+struct ClientCounts {
+  static constexpr std::size_t buckets = 4096;
+  std::array<std::atomic<std::uint32_t>, buckets> open{};
+};
+
 // Shared by the sessions of one thread (one io_context): nothing here is
 // written by two threads, except the relaxed counters the Server sums.
 struct ThreadContext {
@@ -39,6 +48,7 @@ struct ThreadContext {
   };
   std::unordered_map<std::string, CachedAnswer> dns_cache;  // touched only on this thread
   bool close_denied_tunnels = true;                // on reload
+  ClientCounts* clients = nullptr;                 // shared by all threads (atomics)
   struct Counters {
     std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};
   } counters;
@@ -46,7 +56,9 @@ struct ThreadContext {
 
 // Starts serving one accepted connection; the session keeps itself alive.
 // open_tunnels counts the listener's open tunnels across all threads.
+// client_slot, when not null, is the client's counter; the session releases it.
 void start_session(boost::asio::generic::stream_protocol::socket client, ThreadContext& ctx,
-                   const Listener& listener, std::atomic<std::size_t>& open_tunnels);
+                   const Listener& listener, std::atomic<std::size_t>& open_tunnels,
+                   std::atomic<std::uint32_t>* client_slot);
 
 }  // namespace sandgate::proxy::detail

@@ -570,6 +570,24 @@ TEST_F(ProxyTest, TunnelLimitPerSandboxAnswers429) {
   for (int fd : open) ::close(fd);
 }
 
+TEST_F(ProxyTest, PerClientConnectionLimitAnswers429) {
+  const int port = start_proxy({"--max-client-connections", "4"});
+  std::vector<int> open;
+  for (int i = 0; i < 4; ++i) open.push_back(open_tunnel(port, o()));
+  for (int fd : open) ASSERT_GE(fd, 0);
+  const auto over = exchange("127.0.0.1", port, "");
+  EXPECT_EQ(status_line(over), "HTTP/1.1 429 Too Many Requests") << over;
+  EXPECT_NE(over.find("X-Proxy-Error: too-many-client-connections"), std::string::npos) << over;
+  for (int fd : open) ::close(fd);
+  std::string r;
+  for (int i = 0; i < 200 && !r.starts_with("HTTP/1.1 200"); ++i) {
+    r = exchange("127.0.0.1", port, "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
+                                        "\r\nConnection: close\r\n\r\n");
+    if (!r.starts_with("HTTP/1.1 200")) ::usleep(10'000);
+  }
+  EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
+}
+
 TEST_F(ProxyTest, SigtermExitsCleanly) {
   start_proxy();
   proxy_->signal(SIGTERM);

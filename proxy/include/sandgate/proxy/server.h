@@ -29,6 +29,7 @@ struct Limits {
   std::chrono::milliseconds tunnel_idle_timeout{300'000};
   std::chrono::milliseconds drain_timeout{10'000};    // SIGTERM: time for open connections to finish
   std::size_t max_connections = 10'000;               // per thread; more get 503
+  std::size_t max_client_connections = 0;             // per client address, all threads; more get 429 (0 = off)
   // Resolved answers are reused for this long (per thread). getaddrinfo does
   // not report record TTLs, so this is a floor most records outlive; 0 turns
   // caching off. Cached addresses are still checked on every request.
