@@ -262,8 +262,12 @@ Decision Policy::check_address(const Decision& host, const Target& target, const
 }
 
 Decision Policy::check(const Target& target, std::span<const Address> resolved) const noexcept {
-  const Decision host = host_decision(target);
-  if (!needs_address_phase(host, target)) return finish(host);
+  return check_addresses(check_host(target), target, resolved);
+}
+
+Decision Policy::check_addresses(const Decision& host, const Target& target,
+                                 std::span<const Address> resolved) const noexcept {
+  if (!needs_address_phase(host, target)) return host;
   const std::span<const Address> addrs = target.address ? std::span<const Address>(&*target.address, 1) : resolved;
   if (addrs.empty()) {
     Decision d;

@@ -33,7 +33,7 @@ boost::system::result<HostsFile, std::string> HostsFile::load(const std::string&
 }
 
 const std::vector<policy::Address>* HostsFile::find(std::string_view name) const noexcept {
-  auto it = entries_.find(std::string(name));
+  auto it = entries_.find(name);
   return it == entries_.end() ? nullptr : &it->second;
 }
 

@@ -4,6 +4,7 @@
 // them: it never hands a name to another resolver.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -25,7 +26,12 @@ class HostsFile {
   bool empty() const noexcept { return entries_.empty(); }
 
  private:
-  std::unordered_map<std::string, std::vector<policy::Address>> entries_;
+  // Transparent hashing: find() takes the string_view without a copy.
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, std::vector<policy::Address>, Hash, std::equal_to<>> entries_;
 };
 
 }  // namespace sandgate::proxy::detail

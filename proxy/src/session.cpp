@@ -217,14 +217,14 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       co_await refuse(host, target);
       co_return false;
     }
-    std::vector<policy::Address> addrs;
+    // `allowed` is the answer; it is dialed only if the address phase passes it.
     if (target.address) {
-      addrs.push_back(*target.address);
+      allowed.push_back(*target.address);
     } else if (const auto* pinned = ctx_.hosts ? ctx_.hosts->find(target.host) : nullptr) {
-      addrs = *pinned;
+      allowed = *pinned;
     } else if (auto hit = ctx_.dns_cache.find(target.host);
                hit != ctx_.dns_cache.end() && Clock::now() < hit->second.expires) {
-      addrs = hit->second.addresses;
+      allowed = hit->second.addresses;
     } else {
       stage_ = Stage::dial;
       arm(ctx_.limits.resolve_timeout);
@@ -235,21 +235,20 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
                                      "cannot resolve " + target.host + ": " + ec.message()));
         co_return false;
       }
-      for (const auto& r : results) addrs.push_back(from_asio(r.endpoint().address()));
+      for (const auto& r : results) allowed.push_back(from_asio(r.endpoint().address()));
       if (ctx_.limits.dns_cache.count() > 0) {
         // Bounded: a full cache starts over rather than growing without limit.
         if (ctx_.dns_cache.size() >= 10'000) ctx_.dns_cache.clear();
-        ctx_.dns_cache[target.host] = {addrs, Clock::now() + ctx_.limits.dns_cache};
+        ctx_.dns_cache[target.host] = {allowed, Clock::now() + ctx_.limits.dns_cache};
       }
     }
-    const policy::Decision d = policy_->check(target, addrs);
+    // Any denied address denies the request, so what passes is the whole
+    // answer (report mode lets it all through, as it lets everything).
+    const policy::Decision d = policy_->check_addresses(host, target, allowed);
     if (d.verdict == policy::Verdict::deny) {
       co_await refuse(d, target);
       co_return false;
     }
-    // Dial only what was checked; report mode lets every address through.
-    for (const auto& a : addrs)
-      if (policy_->check_address(host, target, a).lets_through()) allowed.push_back(a);
     co_return true;
   }
 

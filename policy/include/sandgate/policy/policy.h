@@ -107,6 +107,12 @@ class Policy {
   // address is blocked the connection is denied, naming that address.
   Decision check(const Target& target, std::span<const Address> resolved) const noexcept;
 
+  // The address phase for a whole answer, given check_host's decision (for
+  // callers that ran the host phase before resolving). Unless it denies, every
+  // address in `resolved` may be dialed. check() is check_host + this.
+  Decision check_addresses(const Decision& host, const Target& target,
+                           std::span<const Address> resolved) const noexcept;
+
   // True when the proxy must resolve the target before deciding: the host
   // phase let it through, or an address literal may still be allowed by an
   // allow_cidrs rule. A host-phase deny of a name never reaches DNS.
