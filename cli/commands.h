@@ -9,5 +9,6 @@ namespace sandgate::cli {
 
 int policy_command(std::span<const std::string_view> args);
 int proxy_command(std::span<const std::string_view> args);
+int network_command(std::span<const std::string_view> args);
 
 }  // namespace sandgate::cli

@@ -15,6 +15,9 @@ it may go out, and says which rule decided.
 Commands:
   proxy --config POLICY --listen ADDR
                                 run the egress proxy (CONNECT and absolute-form HTTP)
+  network log [SANDBOX]         what was blocked and allowed, by host and rule
+  network log verify            check the log's hash chain: edits, deletions, truncation
+  network log suggest           policy YAML that would allow what was blocked
   policy check FILE...          validate policy files; print every error and warning
   policy explain FILE TARGET    show how a policy decides a host[:port] and why
 
@@ -22,6 +25,7 @@ Run 'sandgate COMMAND --help' for a command's options and examples.
 
 Examples:
   sandgate proxy --config /etc/sandgate/policy.yaml --listen 127.0.0.1:3128
+  sandgate network log --since 1h --verdict deny
   sandgate policy check /etc/sandgate/policy.yaml
   sandgate policy explain policy.yaml api.anthropic.com:443
   sandgate policy explain policy.yaml db.internal:5432 --addr 10.0.0.7
@@ -51,6 +55,7 @@ int main(int argc, char** argv) {
   }
   if (cmd == "policy") return sandgate::cli::policy_command(rest);
   if (cmd == "proxy") return sandgate::cli::proxy_command(rest);
+  if (cmd == "network") return sandgate::cli::network_command(rest);
   std::fprintf(stderr, "sandgate: unknown command '%.*s'\n\n%s", static_cast<int>(cmd.size()), cmd.data(),
                usage.data());
   return 2;

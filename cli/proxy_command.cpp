@@ -6,6 +6,7 @@
 #include <string>
 
 #include "commands.h"
+#include "paths.h"
 #include "sandgate/proxy/server.h"
 
 namespace sandgate::cli {
@@ -20,6 +21,10 @@ it; malformed ones a 400. SIGHUP reloads POLICY (a bad file keeps the last
 good policy), and so does any change to the file unless --no-watch; after
 a reload, open tunnels the new policy denies are closed unless
 --keep-denied-tunnels. SIGTERM stops accepting and lets open connections finish.
+
+Every decision and every connection's end is written to the network log
+(JSON Lines, hash-chained; read it with 'sandgate network log'). SIGUSR1
+reopens the log file (for logrotate).
 
 Listeners:
   --listen ADDR            HOST:PORT, [IPv6]:PORT or unix:PATH (repeatable)
@@ -48,6 +53,24 @@ Options:
                            more get 429
   --max-tunnels N          open CONNECT tunnels per listener, i.e. per sandbox
                            (default: no limit); more get 429
+
+Network log:
+  --log FILE               the log (default $SANDGATE_HOME/log/network.jsonl,
+                           $SANDGATE_HOME defaulting to ~/.sandgate)
+  --log-key FILE           HMAC key for checkpoints, created if missing; must be
+                           outside the log's folder (default
+                           $SANDGATE_HOME/keys/log.key)
+  --no-log                 write no log (not for production)
+  --log-flush MS           write queued records at least this often; a kill -9
+                           loses at most this much (default 200)
+  --log-fsync MS           fsync at least this often (default 1000; 0 = every write)
+  --log-max-bytes N        rotate to FILE.1, FILE.2, ... past N bytes
+                           (default 268435456; 0 = only on SIGUSR1)
+  --log-queue N            queued records per thread (default 4096)
+  --log-when-full MODE     block: new connections wait for room (default);
+                           drop: count and log the loss, never wait
+  --checkpoint-records N   an HMAC checkpoint at least every N records (default 10000)
+
   -h, --help               show this help
 
 Examples:
@@ -71,6 +94,10 @@ int proxy_command(std::span<const std::string_view> args) {
   std::string policy_path;
   config::LoadOptions load;
   std::size_t max_tunnels = 0;
+  netlog::WriterConfig log;
+  log.path = default_log_path();
+  log.key_file = default_key_path();
+  bool no_log = false;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const auto a = args[i];
     if (a == "-h" || a == "--help") {
@@ -83,6 +110,10 @@ int proxy_command(std::span<const std::string_view> args) {
     }
     if (a == "--no-watch") {
       cfg.watch_policy = false;
+      continue;
+    }
+    if (a == "--no-log") {
+      no_log = true;
       continue;
     }
     if (a == "--keep-denied-tunnels") {
@@ -132,6 +163,26 @@ int proxy_command(std::span<const std::string_view> args) {
     else if (a == "--idle-timeout") ok = ms(cfg.limits.idle_timeout);
     else if (a == "--tunnel-idle-timeout") ok = ms(cfg.limits.tunnel_idle_timeout);
     else if (a == "--drain-timeout") ok = ms(cfg.limits.drain_timeout);
+    else if (a == "--log") log.path = v;
+    else if (a == "--log-key") log.key_file = v;
+    else if (a == "--log-flush") ok = ms(log.flush_interval) && log.flush_interval.count() > 0;
+    else if (a == "--log-fsync") ok = ms(log.fsync_interval);
+    else if (a == "--log-max-bytes") {
+      auto n = number(v);
+      ok = n.has_value();
+      if (ok) log.max_file_bytes = *n;
+    } else if (a == "--log-queue") ok = count(log.queue_slots);
+    else if (a == "--checkpoint-records") {
+      std::size_t n = 0;
+      ok = count(n);
+      log.checkpoint_records = n;
+    } else if (a == "--log-when-full") {
+      if (v != "block" && v != "drop") {
+        std::cerr << "sandgate proxy: --log-when-full takes block or drop, not '" << v << "'\n";
+        return 2;
+      }
+      log.drop_when_full = v == "drop";
+    }
     else {
       std::cerr << "sandgate proxy: unknown option '" << a << "' (see --help)\n";
       return 2;
@@ -157,6 +208,7 @@ int proxy_command(std::span<const std::string_view> args) {
     if (!l.sandbox.empty() && !shared->current()->named.contains(l.sandbox))
       std::cerr << "sandgate proxy: warning: " << policy_path << " has no policy for sandbox '" << l.sandbox
                 << "'; its default policy applies\n";
+  if (!no_log) cfg.log = log;
   auto server = proxy::Server::start(cfg, shared);
   if (!server) {
     std::cerr << "sandgate proxy: " << server.error() << "\n";
@@ -165,11 +217,14 @@ int proxy_command(std::span<const std::string_view> args) {
   for (std::size_t i = 0; i < cfg.listeners.size(); ++i)
     std::cout << "sandgate proxy: listening on " << (*server)->bound_address(i)
               << (cfg.listeners[i].sandbox.empty() ? "" : " for sandbox " + cfg.listeners[i].sandbox) << "\n";
+  if (cfg.log) std::cout << "sandgate proxy: logging to " << cfg.log->path << "\n";
   std::cout.flush();
   (*server)->run();
   const auto s = (*server)->stats();
   std::cerr << "sandgate proxy: stopped after " << s.connections << " connections, " << s.requests << " requests, "
             << s.denied << " denied\n";
+  if (s.log.dropped > 0)
+    std::cerr << "sandgate proxy: " << s.log.dropped << " log records were dropped (--log-when-full drop)\n";
   return 0;
 }
 

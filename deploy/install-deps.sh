@@ -15,6 +15,7 @@ build_pkgs=(
   libre2-dev        # re: host rules, compiled once into an RE2::Set
   libyaml-cpp-dev   # policy YAML with line and column marks
   libidn2-dev       # IDNA2008 host names to punycode (not hand-written)
+  zlib1g-dev        # reading gzip-compressed rotated network logs (gzread reads plain files too)
 )
 # Tests, fuzzing and benchmarks.
 test_pkgs=(

@@ -78,7 +78,8 @@ boost::system::result<ParsedListen, std::string> parse_listen(const std::string&
 }
 
 asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx, const Listener& listener,
-                                  std::atomic<std::size_t>& open_tunnels, bool is_tcp) {
+                                  const netlog::Source* source, std::atomic<std::size_t>& open_tunnels,
+                                  bool is_tcp) {
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(token);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
@@ -129,7 +130,7 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
         }
       }
     }
-    detail::start_session(std::move(socket), ctx, listener, open_tunnels, slot);
+    detail::start_session(std::move(socket), ctx, listener, source, open_tunnels, slot);
   }
 }
 
@@ -144,6 +145,8 @@ struct Server::Impl {
   std::vector<std::string> bound;
   std::vector<std::unique_ptr<std::atomic<std::size_t>>> open_tunnels;  // per listener
   std::unique_ptr<detail::ClientCounts> clients = std::make_unique<detail::ClientCounts>();
+  std::unique_ptr<netlog::Writer> log;
+  std::vector<const netlog::Source*> sources;  // per listener
   std::atomic<bool> stopping{false};
   asio::io_context control;
   std::optional<asio::signal_set> signals;
@@ -185,6 +188,12 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     ctx->close_denied_tunnels = config.close_denied_tunnels;
     ctx->clients = impl->clients.get();
     impl->threads.push_back(std::move(ctx));
+  }
+  if (config.log) {
+    auto w = netlog::Writer::open(*config.log, n);
+    if (!w) return "--log: " + w.error();
+    impl->log = std::move(*w);
+    for (unsigned t = 0; t < n; ++t) impl->threads[t]->log = &impl->log->producer(t);
   }
   impl->acceptors.resize(n);
   for (std::size_t i = 0; i < config.listeners.size(); ++i) {
@@ -237,16 +246,22 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
   }
   impl->config = std::move(config);
   impl->store = std::move(store);
-  for (std::size_t i = 0; i < impl->config.listeners.size(); ++i)
+  for (std::size_t i = 0; i < impl->config.listeners.size(); ++i) {
     impl->open_tunnels.push_back(std::make_unique<std::atomic<std::size_t>>(0));
+    impl->sources.push_back(impl->log ? impl->log->add_source(impl->config.listeners[i].sandbox, impl->bound[i])
+                                      : nullptr);
+  }
+  if (impl->log) impl->log->policy_loaded("start", impl->store->current().get(), impl->store->path(), {});
   for (std::size_t t = 0; t < n; ++t)
     for (auto& [i, a] : impl->acceptors[t])
       asio::co_spawn(impl->threads[t]->io,
-                     accept_loop(*a, *impl->threads[t], impl->config.listeners[i], *impl->open_tunnels[i],
+                     accept_loop(*a, *impl->threads[t], impl->config.listeners[i], impl->sources[i],
+                                 *impl->open_tunnels[i],
                                  a->local_endpoint().protocol().family() != AF_UNIX),
                      asio::detached);
   // Signals are caught from here on: one that arrives before run() waits for it.
   impl->signals.emplace(impl->control, SIGHUP, SIGTERM, SIGINT);
+  impl->signals->add(SIGUSR1);
   std::unique_ptr<Server> server(new Server(std::move(impl)));
   server->wait_signal();
   if (server->impl_->config.watch_policy) server->watch_policy();
@@ -259,8 +274,10 @@ void Server::reload() {
   if (!r) {
     for (const auto& d : r.error()) std::cerr << d.to_string() << "\n";
     std::cerr << "sandgate proxy: reload failed; the last good policy stays in force\n";
+    if (im.log) im.log->policy_loaded("reload", nullptr, im.store->path(), r.error());
     return;
   }
+  if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {});
   std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)
             << ")\n";
   if (!im.config.close_denied_tunnels) return;
@@ -277,6 +294,11 @@ void Server::wait_signal() {
     if (ec) return;
     if (sig == SIGHUP) {
       reload();
+      wait_signal();
+      return;
+    }
+    if (sig == SIGUSR1) {
+      if (impl_->log) impl_->log->reopen();
       wait_signal();
       return;
     }
@@ -329,6 +351,8 @@ void Server::run() {
   for (auto& t : im.threads) workers.emplace_back([&io = t->io] { io.run(); });
   im.control.run();
   for (auto& w : workers) w.join();
+  // Every session has written its records: flush, final checkpoint, close.
+  im.log.reset();
 }
 
 void Server::stop() {
@@ -342,11 +366,24 @@ void Server::stop() {
         auto& im2 = *impl_;
         const auto end = std::chrono::steady_clock::now() + im2.config.limits.drain_timeout;
         asio::steady_timer tick(im2.control);
-        for (;;) {
-          bool idle = true;
-          for (auto& t : im2.threads) idle &= t->open_connections.load(std::memory_order_relaxed) == 0;
-          if (idle || std::chrono::steady_clock::now() >= end) break;
+        auto idle = [&] {
+          for (auto& t : im2.threads)
+            if (t->open_connections.load(std::memory_order_relaxed) != 0) return false;
+          return true;
+        };
+        while (!idle() && std::chrono::steady_clock::now() < end) {
           tick.expires_after(std::chrono::milliseconds(20));
+          co_await tick.async_wait(token);
+        }
+        // Time is up: close what is still open; each session logs its end.
+        for (auto& t : im2.threads)
+          asio::post(t->io, [ctx = t.get()] {
+            const std::vector<detail::OpenTunnel*> open(ctx->sessions.begin(), ctx->sessions.end());
+            for (auto* s : open) s->end_for_shutdown();
+          });
+        const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+        while (!idle() && std::chrono::steady_clock::now() < grace) {
+          tick.expires_after(std::chrono::milliseconds(10));
           co_await tick.async_wait(token);
         }
         for (auto& t : im2.threads) t->io.stop();
@@ -368,7 +405,9 @@ Stats Server::stats() const {
     s.denied += t->counters.denied.load(std::memory_order_relaxed);
     s.tunnels_spliced += t->counters.spliced.load(std::memory_order_relaxed);
     s.tunnels_buffered += t->counters.buffered.load(std::memory_order_relaxed);
+    s.log_waits += t->counters.log_waits.load(std::memory_order_relaxed);
   }
+  if (impl_->log) s.log = impl_->log->stats();
   return s;
 }
 

@@ -77,9 +77,10 @@ policy::Address from_asio(const asio::ip::address& a) {
 
 class Session : public std::enable_shared_from_this<Session>, public OpenTunnel {
  public:
-  Session(Socket client, ThreadContext& ctx, const Listener& listener, std::atomic<std::size_t>& open_tunnels,
-          std::atomic<std::uint32_t>* client_slot)
-      : open_tunnels_(open_tunnels),
+  Session(Socket client, ThreadContext& ctx, const Listener& listener, const netlog::Source* source,
+          std::atomic<std::size_t>& open_tunnels, std::atomic<std::uint32_t>* client_slot)
+      : source_(source),
+        open_tunnels_(open_tunnels),
         client_slot_(client_slot),
         client_(std::move(client)),
         upstream_(client_.get_executor()),
@@ -90,6 +91,17 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 
   void start() {
     ++ctx_.open_connections;
+    ctx_.sessions.insert(this);
+    boost::system::error_code ec;
+    const auto peer = client_.remote_endpoint(ec);
+    const auto* sa = reinterpret_cast<const sockaddr*>(peer.data());
+    if (!ec && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)) {
+      tcp::endpoint tep;
+      std::memcpy(tep.data(), peer.data(), std::min<std::size_t>(peer.size(), sizeof(sockaddr_in6)));
+      client_addr_ = from_asio(tep.address());
+      client_port_ = tep.port();
+      client_is_ip_ = true;
+    }
     ctx_.counters.connections.fetch_add(1, std::memory_order_relaxed);
     asio::co_spawn(client_.get_executor(), watchdog(shared_from_this()), asio::detached);
     asio::co_spawn(client_.get_executor(), run(shared_from_this()), asio::detached);
@@ -136,6 +148,14 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     const policy::Address addr[] = {upstream_addr_};
     if (p.check(tunnel_target_, addr).verdict != policy::Verdict::deny) return;
     // The new policy denies this destination: end the tunnel now.
+    end_ = netlog::EndReason::reload;
+    boost::system::error_code ignored;
+    client_.close(ignored);
+    upstream_.close(ignored);
+  }
+
+  void end_for_shutdown() override {
+    end_ = netlog::EndReason::shutdown;
     boost::system::error_code ignored;
     client_.close(ignored);
     upstream_.close(ignored);
@@ -145,6 +165,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     if (counted_tunnel_) open_tunnels_.fetch_sub(1, std::memory_order_relaxed);
     if (client_slot_) client_slot_->fetch_sub(1, std::memory_order_relaxed);
     ctx_.tunnels.erase(this);
+    ctx_.sessions.erase(this);
     stage_ = Stage::done;
     timer_.cancel();
     boost::system::error_code ignored;
@@ -159,8 +180,96 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_await asio::async_write(client_, asio::buffer(response), token);
   }
 
-  asio::awaitable<void> bad_request(std::string_view why) {
-    co_await answer(error_answer(400, "bad-request", std::string(why)));
+  // Refuses the request for a reason other than policy: logs, then answers.
+  asio::awaitable<void> fail(int status, const char* code, std::string_view why, int retry_after = 0) {
+    co_await log_decision(static_cast<std::uint16_t>(status), code);
+    co_await answer(error_answer(status, code, why, retry_after));
+  }
+
+  asio::awaitable<void> bad_request(std::string_view why) { co_await fail(400, "bad-request", why); }
+
+  // --- The network log: one decision per request, one close per allowed one. ---
+
+  // Waits for room in this thread's log queue (back-pressure), or counts a
+  // drop. True when claim() will succeed: only this thread fills the queue.
+  asio::awaitable<bool> log_room() {
+    auto* log = ctx_.log;
+    if (!log) co_return false;
+    while (!log->claim()) {
+      if (log->drop_when_full()) {
+        log->drop();
+        co_return false;
+      }
+      ctx_.counters.log_waits.fetch_add(1, std::memory_order_relaxed);
+      asio::steady_timer wait(client_.get_executor(), std::chrono::milliseconds(1));
+      co_await wait.async_wait(token);
+    }
+    co_return true;
+  }
+
+  void begin_audit(netlog::ProxyType type, std::string_view method, std::string_view requested) {
+    audit_ = Audit{};
+    audit_.start = Clock::now();
+    audit_.start_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+    audit_.id = ctx_.log ? ctx_.log->next_id() : 0;
+    audit_.type = type;
+    audit_.method = method;
+    audit_.requested = requested;
+  }
+
+  // status: the proxy's own answer (0 when the origin's answer follows).
+  asio::awaitable<void> log_decision(std::uint16_t status, const char* code) {
+    if (audit_.logged || !co_await log_room()) co_return;
+    audit_.logged = true;
+    netlog::Event& e = *ctx_.log->claim();
+    e.kind = netlog::Event::Kind::decision;
+    e.id = audit_.id;
+    e.time_us = audit_.start_us;
+    e.source = source_;
+    e.client = client_addr_;
+    e.client_port = client_port_;
+    e.client_is_ip = client_is_ip_;
+    e.proxy_type = audit_.type;
+    e.method.assign(audit_.method);
+    e.requested.assign(audit_.requested);
+    e.host.assign(audit_.target ? std::string_view(audit_.target->host) : std::string_view());
+    e.port = audit_.target ? audit_.target->port : 0;
+    const std::size_t n = audit_.addresses ? audit_.addresses->size() : 0;
+    e.address_count = static_cast<std::uint8_t>(std::min(n, netlog::Event::max_addresses));
+    e.addresses_cut = static_cast<std::uint8_t>(std::min<std::size_t>(n - e.address_count, 255));
+    for (std::size_t i = 0; i < e.address_count; ++i) e.addresses[i] = (*audit_.addresses)[i];
+    e.has_used = audit_.connected;
+    e.used = upstream_addr_;
+    e.decided = audit_.decided;
+    e.decision = audit_.decision;
+    e.policy_set = set_;
+    e.policy = policy_;
+    e.status = status;
+    e.error = code;
+    e.dns_us = audit_.dns_us;
+    e.connect_us = audit_.connect_us;
+    ctx_.log->publish();
+  }
+
+  asio::awaitable<void> log_close(std::uint64_t up, std::uint64_t down, netlog::EndReason end,
+                                  std::uint16_t http_status) {
+    if (!co_await log_room()) co_return;
+    netlog::Event& e = *ctx_.log->claim();
+    e.kind = netlog::Event::Kind::close;
+    e.id = audit_.id;
+    e.time_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+    e.source = source_;
+    e.bytes_up = up;
+    e.bytes_down = down;
+    e.duration_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - audit_.start).count();
+    e.end = end;
+    e.http_status = http_status;
+    e.policy_set.reset();
+    ctx_.log->publish();
   }
 
   // Reads and serves one request; false when the connection is done.
@@ -173,6 +282,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     RequestParser parser;
     parser.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
     parser.body_limit(boost::none);  // bodies stream through a fixed buffer
+    // Until the head parses, the log names what the request line held.
+    const auto line = head.substr(0, head.find("\r\n"));
+    const auto sp1 = line.find(' ');
+    const auto sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+    const auto method = line.substr(0, std::min(sp1, line.size()));
+    begin_audit(method == "CONNECT" ? netlog::ProxyType::connect : netlog::ProxyType::http, method,
+                sp1 == std::string_view::npos ? std::string_view() : line.substr(sp1 + 1, sp2 - sp1 - 1));
     if (auto why = parse_request_head(head, ctx_.limits.header_count, parser); !why.empty()) {
       co_await bad_request(why);
       co_return false;
@@ -198,9 +314,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       searched = have.size() < 3 ? 0 : have.size() - 3;
       const std::size_t room = ctx_.limits.head_bytes - std::min(ctx_.limits.head_bytes, buf.size());
       if (room == 0) {
-        co_await answer(error_answer(431, "header-too-large",
-                                     "the request head is larger than " + std::to_string(ctx_.limits.head_bytes) +
-                                         " bytes"));
+        begin_audit(netlog::ProxyType::http, {}, {});
+        co_await fail(431, "header-too-large",
+                      "the request head is larger than " + std::to_string(ctx_.limits.head_bytes) + " bytes");
         co_return 0;
       }
       auto [ec, n] = co_await client_.async_read_some(buf.prepare(std::min<std::size_t>(room, 4096)), token);
@@ -213,6 +329,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // addresses that passed, in order; otherwise the client has its answer.
   asio::awaitable<bool> decide(const policy::Target& target, std::vector<policy::Address>& allowed) {
     const policy::Decision host = policy_->check_host(target);
+    audit_.target = &target;
+    audit_.addresses = &allowed;
+    audit_.decision = host;
+    audit_.decided = true;
     if (host.verdict == policy::Verdict::deny && !policy_->needs_address_phase(host, target)) {
       co_await refuse(host, target);
       co_return false;
@@ -229,10 +349,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       stage_ = Stage::dial;
       arm(ctx_.limits.resolve_timeout);
       timed_out_ = false;
+      const auto asked = Clock::now();
       auto [ec, results] = co_await resolver_.async_resolve(target.host, "", token);
+      audit_.dns_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - asked).count();
       if (ec) {
-        co_await answer(error_answer(timed_out_ ? 504 : 502, timed_out_ ? "dns-timeout" : "dns-failure",
-                                     "cannot resolve " + target.host + ": " + ec.message()));
+        co_await fail(timed_out_ ? 504 : 502, timed_out_ ? "dns-timeout" : "dns-failure",
+                      "cannot resolve " + target.host + ": " + ec.message());
         co_return false;
       }
       for (const auto& r : results) allowed.push_back(from_asio(r.endpoint().address()));
@@ -245,6 +367,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     // Any denied address denies the request, so what passes is the whole
     // answer (report mode lets it all through, as it lets everything).
     const policy::Decision d = policy_->check_addresses(host, target, allowed);
+    audit_.decision = d;
     if (d.verdict == policy::Verdict::deny) {
       co_await refuse(d, target);
       co_return false;
@@ -254,6 +377,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 
   asio::awaitable<void> refuse(const policy::Decision& d, const policy::Target& target) {
     ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
+    co_await log_decision(403, policy::to_string(d.reason).data());
     co_await answer(blocked_answer(*policy_, d, target, listener_.sandbox, set_->file));
   }
 
@@ -268,6 +392,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // Tries each allowed address in turn until one connects.
   asio::awaitable<bool> dial(const std::vector<policy::Address>& addrs, std::uint16_t port) {
     stage_ = Stage::dial;
+    const auto started = Clock::now();
     bool any_timeout = false;
     boost::system::error_code last;
     for (const auto& a : addrs) {
@@ -285,13 +410,16 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         ::setsockopt(upstream_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         upstream_addr_ = a;
         upstream_open_ = true;
+        audit_.connected = true;
+        audit_.connect_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count();
         co_return true;
       }
       any_timeout |= timed_out_;
       last = ec;
     }
-    co_await answer(any_timeout ? error_answer(504, "connect-timeout", "the destination did not answer in time")
-                                : error_answer(502, "connect-failed", "cannot connect: " + last.message()));
+    audit_.connect_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count();
+    if (any_timeout) co_await fail(504, "connect-timeout", "the destination did not answer in time");
+    else co_await fail(502, "connect-failed", "cannot connect: " + last.message());
     co_return false;
   }
 
@@ -307,19 +435,23 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     if (listener_.max_tunnels > 0 &&
         open_tunnels_.fetch_add(1, std::memory_order_relaxed) >= listener_.max_tunnels) {
       open_tunnels_.fetch_sub(1, std::memory_order_relaxed);
-      co_await answer(error_answer(429, "too-many-tunnels",
-                                   "this sandbox has " + std::to_string(listener_.max_tunnels) +
-                                       " tunnels open, its limit; close one or retry shortly",
-                                   1));
+      co_await fail(429, "too-many-tunnels",
+                    "this sandbox has " + std::to_string(listener_.max_tunnels) +
+                        " tunnels open, its limit; close one or retry shortly",
+                    1);
       co_return;
     }
     counted_tunnel_ = listener_.max_tunnels > 0;
     if (!co_await dial(allowed, target->port)) co_return;
+    co_await log_decision(200, nullptr);
     stage_ = Stage::relay;
     arm(ctx_.limits.tunnel_idle_timeout);
     constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
     auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), token);
-    if (ec) co_return;
+    if (ec) {
+      co_await log_close(0, 0, netlog::EndReason::client_close, 0);
+      co_return;
+    }
     tunnel_target_ = *target;
     if (ctx_.close_denied_tunnels) ctx_.tunnels.insert(this);
     // Bytes the client sent right after its head (a TLS ClientHello) go
@@ -330,6 +462,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
                                               [this] { arm(ctx_.limits.tunnel_idle_timeout); });
     (result.spliced ? ctx_.counters.spliced : ctx_.counters.buffered).fetch_add(1, std::memory_order_relaxed);
     if (result.sni_refused) ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
+    auto end = end_;
+    if (result.sni_refused) end = netlog::EndReason::sni_mismatch;
+    else if (end == netlog::EndReason::client_close && timed_out_) end = netlog::EndReason::idle_timeout;
+    else if (end == netlog::EndReason::client_close && result.upstream_ended_first)
+      end = netlog::EndReason::upstream_close;
+    co_await log_close(result.bytes_up, result.bytes_down, end, 0);
   }
 
   template <bool isRequest>
@@ -339,8 +477,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // buffer. `complete` says whether the whole body went through.
   asio::awaitable<boost::system::error_code> relay_body(Socket& in, beast::flat_buffer& inbuf,
                                                         http::parser<isRequest, http::buffer_body>& p, Socket& out,
-                                                        bool& complete) {
+                                                        bool& complete, std::uint64_t& moved) {
     complete = false;
+    moved = 0;
     http::serializer<isRequest, http::buffer_body> sr{p.get()};
     auto [hec, hn] = co_await http::async_write_header(out, sr, token);
     if (hec) co_return hec;
@@ -355,8 +494,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         remaining -= first;
       }
       arm(ctx_.limits.idle_timeout);
+      moved = first;
       if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); }))
         co_return asio::error::make_error_code(asio::error::connection_aborted);
+      moved = *length;
       complete = true;
       co_return boost::system::error_code{};
     }
@@ -370,6 +511,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         auto [ec, n] = co_await http::async_read(in, inbuf, p, token);
         if (ec && ec != http::error::need_buffer) co_return ec;
         p.get().body().size = chunk.size() - p.get().body().size;
+        moved += p.get().body().size;
         p.get().body().data = chunk.data();
         p.get().body().more = !p.is_done();
       } else {
@@ -406,6 +548,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     // Copies: url views req.target(), which is rewritten below.
     const std::string host_and_port(url->encoded_host_and_port());
+    audit_.requested = host_and_port;
     std::string origin_form(url->encoded_target());
     if (origin_form.empty()) origin_form = "/";
     auto target = policy::parse_target(host_and_port, 80);
@@ -433,7 +576,11 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       if (!co_await dial(allowed, target->port)) co_return false;
       upstream_host_ = target->host;
       upstream_port_ = target->port;
+    } else {
+      audit_.connected = true;
+      audit_.connect_us = 0;  // the kept-alive connection
     }
+    co_await log_decision(0, nullptr);
 
     const bool client_keep_alive = req.keep_alive();
     const bool expect_continue = beast::iequals(req[http::field::expect], "100-continue");
@@ -449,10 +596,17 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       // The policy passed and the origin is connected: ask for the body.
       constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
       auto [ec, n] = co_await asio::async_write(client_, asio::buffer(cont), token);
-      if (ec) co_return false;
+      if (ec) {
+        co_await log_close(0, 0, netlog::EndReason::client_close, 0);
+        co_return false;
+      }
     }
     bool request_complete = false;
-    if (auto ec = co_await relay_body(client_, buf, parser, upstream_, request_complete)) co_return false;
+    std::uint64_t sent = 0;
+    if (auto ec = co_await relay_body(client_, buf, parser, upstream_, request_complete, sent)) {
+      co_await log_close(sent, 0, timed_out_ ? netlog::EndReason::idle_timeout : netlog::EndReason::error, 0);
+      co_return false;
+    }
 
     beast::flat_buffer upbuf;
     std::optional<http::response_parser<http::buffer_body>> rp;
@@ -465,6 +619,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       arm(ctx_.limits.idle_timeout);
       auto [ec, n] = co_await http::async_read_header(upstream_, upbuf, *rp, token);
       if (ec) {
+        co_await log_close(sent, 0, ec == http::error::end_of_stream ? netlog::EndReason::upstream_close
+                                                                      : netlog::EndReason::error,
+                           502);
         co_await answer(error_answer(502, "bad-upstream-response", "the origin's answer was not valid HTTP: " + ec.message()));
         co_return false;
       }
@@ -486,7 +643,17 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     res.version(11);  // an intermediary sends its own HTTP version
     res.keep_alive(keep);
     bool response_complete = false;
-    if (auto ec = co_await relay_body(upstream_, upbuf, *rp, client_, response_complete)) co_return false;
+    std::uint64_t received = 0;
+    if (auto ec = co_await relay_body(upstream_, upbuf, *rp, client_, response_complete, received)) {
+      co_await log_close(sent, received,
+                         end_ != netlog::EndReason::client_close ? end_
+                         : timed_out_                             ? netlog::EndReason::idle_timeout
+                                                                  : netlog::EndReason::error,
+                         static_cast<std::uint16_t>(status));
+      co_return false;
+    }
+    co_await log_close(sent, received, keep ? netlog::EndReason::complete : netlog::EndReason::client_close,
+                       static_cast<std::uint16_t>(status));
     // Bytes past the response (a misbehaving origin) mean the stream is not reusable.
     upstream_open_ = origin_keeps && (response_complete || rp->is_done()) && upbuf.size() == 0;
     if (!upstream_open_) {
@@ -496,6 +663,29 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_return keep;
   }
 
+  // What the network log needs of the request under way.
+  struct Audit {
+    std::uint64_t id = 0;
+    std::int64_t start_us = 0;
+    Clock::time_point start;
+    netlog::ProxyType type = netlog::ProxyType::http;
+    std::string_view method;     // views the request head; logged before the head is rewritten
+    std::string_view requested;
+    const policy::Target* target = nullptr;
+    const std::vector<policy::Address>* addresses = nullptr;
+    policy::Decision decision{};
+    bool decided = false;
+    bool connected = false;
+    bool logged = false;
+    std::int64_t dns_us = -1, connect_us = -1;
+  };
+
+  const netlog::Source* source_;
+  policy::Address client_addr_{};
+  std::uint16_t client_port_ = 0;
+  bool client_is_ip_ = false;
+  Audit audit_;
+  netlog::EndReason end_ = netlog::EndReason::client_close;  // set by reload or shutdown
   std::atomic<std::size_t>& open_tunnels_;
   std::atomic<std::uint32_t>* client_slot_;
   bool counted_tunnel_ = false;
@@ -520,9 +710,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 
 }  // namespace
 
-void start_session(Socket client, ThreadContext& ctx, const Listener& listener,
+void start_session(Socket client, ThreadContext& ctx, const Listener& listener, const netlog::Source* source,
                    std::atomic<std::size_t>& open_tunnels, std::atomic<std::uint32_t>* client_slot) {
-  std::make_shared<Session>(std::move(client), ctx, listener, open_tunnels, client_slot)->start();
+  std::make_shared<Session>(std::move(client), ctx, listener, source, open_tunnels, client_slot)->start();
 }
 
 }  // namespace sandgate::proxy::detail

@@ -14,15 +14,19 @@
 #include <boost/asio/io_context.hpp>
 
 #include "resolver.h"
+#include "sandgate/netlog/writer.h"
 #include "sandgate/proxy/server.h"
 
 namespace sandgate::proxy::detail {
 
-// An open CONNECT tunnel, as its thread's registry sees it.
+// An open connection, as its thread's registries see it.
 struct OpenTunnel {
   virtual ~OpenTunnel() = default;
   // Decides the tunnel's destination again under `set`; closes it if denied.
   virtual void recheck(const config::PolicySet& set) = 0;
+  // The proxy is stopping and the drain time is up: close both sides now
+  // (the session still writes its close record).
+  virtual void end_for_shutdown() = 0;
 };
 
 // Open connections per client address, approximately: addresses hash into
@@ -41,7 +45,9 @@ struct ThreadContext {
   std::shared_ptr<const HostsFile> hosts;
   Limits limits;
   std::atomic<std::size_t> open_connections{0};  // written by this thread, read by the drain
-  std::unordered_set<OpenTunnel*> tunnels;         // touched only on this thread
+  std::unordered_set<OpenTunnel*> tunnels;         // open CONNECT tunnels; touched only on this thread
+  std::unordered_set<OpenTunnel*> sessions;        // every open session; touched only on this thread
+  netlog::Producer* log = nullptr;                 // this thread's queue to the network log, if any
   struct CachedAnswer {
     std::vector<policy::Address> addresses;
     std::chrono::steady_clock::time_point expires;
@@ -51,14 +57,16 @@ struct ThreadContext {
   ClientCounts* clients = nullptr;                 // shared by all threads (atomics)
   struct Counters {
     std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};
+    std::atomic<std::uint64_t> log_waits{0};  // times a session waited for room in the log queue
   } counters;
 };
 
 // Starts serving one accepted connection; the session keeps itself alive.
 // open_tunnels counts the listener's open tunnels across all threads.
 // client_slot, when not null, is the client's counter; the session releases it.
+// source names the listener in the network log.
 void start_session(boost::asio::generic::stream_protocol::socket client, ThreadContext& ctx,
-                   const Listener& listener, std::atomic<std::size_t>& open_tunnels,
+                   const Listener& listener, const netlog::Source* source, std::atomic<std::size_t>& open_tunnels,
                    std::atomic<std::uint32_t>* client_slot);
 
 }  // namespace sandgate::proxy::detail

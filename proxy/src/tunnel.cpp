@@ -55,6 +55,7 @@ void abort_both(Socket& a, Socket& b) {
 struct Direction {
   std::uint64_t bytes = 0;
   bool spliced = true;
+  std::chrono::steady_clock::time_point ended = std::chrono::steady_clock::time_point::max();
 };
 
 // Buffered copy: used only where splice is refused (EINVAL).
@@ -218,9 +219,13 @@ asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream, std
   upstream.native_non_blocking(true);
   Direction up, down;
   bool refused = false;
-  co_await (check_then_splice(client, upstream, std::move(prefix), target_host, up, refused, on_activity) &&
-            splice_one_way(upstream, client, down, on_activity));
-  co_return TunnelResult{up.bytes, down.bytes, up.spliced && down.spliced, refused};
+  auto timed = [](asio::awaitable<void> a, Direction& d) -> asio::awaitable<void> {
+    co_await std::move(a);
+    d.ended = std::chrono::steady_clock::now();
+  };
+  co_await (timed(check_then_splice(client, upstream, std::move(prefix), target_host, up, refused, on_activity), up) &&
+            timed(splice_one_way(upstream, client, down, on_activity), down));
+  co_return TunnelResult{up.bytes, down.bytes, up.spliced && down.spliced, refused, down.ended < up.ended};
 }
 
 }  // namespace sandgate::proxy::detail

@@ -19,6 +19,7 @@ struct TunnelResult {
   std::uint64_t bytes_down = 0;  // upstream to client
   bool spliced = true;           // false: splice was refused, bytes went through a buffer
   bool sni_refused = false;      // the ClientHello named another host: closed at once
+  bool upstream_ended_first = false;  // the origin's side ended (EOF or error) before the client's
 };
 
 // Moves bytes with splice(2) through one pipe per direction, waiting for

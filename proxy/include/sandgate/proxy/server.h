@@ -9,12 +9,14 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <boost/system/result.hpp>
 
 #include "sandgate/config/policy_store.h"
+#include "sandgate/netlog/writer.h"
 
 namespace sandgate::proxy {
 
@@ -49,6 +51,8 @@ struct ServerConfig {
   unsigned threads = 0;  // 0: one per core
   bool watch_policy = true;          // reload when the policy file changes, as on SIGHUP
   bool close_denied_tunnels = true;  // on reload, end open tunnels the new policy denies
+  // The network log; none when unset. SIGUSR1 reopens it (for logrotate).
+  std::optional<netlog::WriterConfig> log;
 };
 
 // Counters the server keeps, read at any time (relaxed).
@@ -58,6 +62,8 @@ struct Stats {
   std::uint64_t denied = 0;
   std::uint64_t tunnels_spliced = 0;
   std::uint64_t tunnels_buffered = 0;
+  std::uint64_t log_waits = 0;  // times a connection waited for room in the log queue
+  netlog::WriterStats log;
 };
 
 class Server {
@@ -68,9 +74,11 @@ class Server {
   ~Server();
 
   // Runs until stop(): serves on all threads. Handles SIGHUP and changes of
-  // the policy file (reload) and SIGTERM/SIGINT (drain, then stop) itself.
+  // the policy file (reload), SIGUSR1 (reopen the log) and SIGTERM/SIGINT
+  // (drain, then stop) itself. Returns once the log is flushed and closed.
   void run();
-  // Stops accepting; open connections get drain_timeout to finish.
+  // Stops accepting; open connections get drain_timeout to finish, then are
+  // closed (each still logged).
   void stop();
   // The bound address of listener i ("127.0.0.1:41234"), for port 0.
   std::string bound_address(std::size_t i) const;

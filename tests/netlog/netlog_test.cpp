@@ -1,0 +1,353 @@
+// The network log's writer and readers on real files: concurrency, the hash
+// chain under tampering, torn tails, rotation (plain and gzip), restarts.
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <zlib.h>
+
+#include <boost/json/parse.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "sandgate/config/policy_file.h"
+#include "sandgate/netlog/reader.h"
+#include "sandgate/netlog/writer.h"
+
+namespace sandgate::netlog {
+namespace {
+
+namespace fs = std::filesystem;
+
+class NetlogTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("sandgate-netlog-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "log");
+    auto set = config::load_policy_text("version: 1\nmode: deny\nallow_hosts:\n  - \"*.example.com\"\n",
+                                        "policy.yaml", config::Format::yaml);
+    ASSERT_TRUE(set.has_value());
+    set_ = std::make_shared<const config::PolicySet>(std::move(*set));
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  WriterConfig config() const {
+    WriterConfig c;
+    c.path = (dir_ / "log" / "network.jsonl").string();
+    c.key_file = (dir_ / "log.key").string();
+    c.flush_interval = std::chrono::milliseconds(20);
+    return c;
+  }
+
+  std::string key() const {
+    std::ifstream in(dir_ / "log.key");
+    std::string k;
+    in >> k;
+    return k;
+  }
+
+  // Publishes one decision for host `n`.example.com, waiting for room.
+  void publish(Producer& p, const Source* src, std::uint64_t n) {
+    Event* e = nullptr;
+    while (!(e = p.claim())) std::this_thread::yield();
+    e->kind = Event::Kind::decision;
+    e->id = p.next_id();
+    e->time_us = 1'800'000'000'000'000 + static_cast<std::int64_t>(n);
+    e->source = src;
+    e->proxy_type = ProxyType::connect;
+    const auto host = "h" + std::to_string(n) + ".example.com";
+    e->requested.assign(host + ":443");
+    e->host.assign(host);
+    e->port = 443;
+    e->address_count = 1;
+    e->addresses[0] = policy::Address::from_v4(0x5db8d822);
+    e->has_used = true;
+    e->used = e->addresses[0];
+    e->decided = true;
+    e->policy_set = set_;
+    e->policy = set_->default_policy.get();
+    e->decision = e->policy->check_host(*policy::parse_target(host + ":443", std::nullopt));
+    e->status = 200;
+    e->error = nullptr;
+    e->dns_us = 10;
+    e->connect_us = 20;
+    p.publish();
+  }
+
+  // Writes `records` decisions through one producer and closes the log.
+  void write_log(std::uint64_t records, WriterConfig c) {
+    auto w = Writer::open(c, 1);
+    ASSERT_TRUE(w.has_value()) << w.error();
+    const auto* src = (*w)->add_source("agent1", "127.0.0.1:3128");
+    for (std::uint64_t i = 0; i < records; ++i) publish((*w)->producer(0), src, i);
+  }
+
+  std::vector<std::string> lines(const fs::path& p) const {
+    std::ifstream in(p);
+    std::vector<std::string> out;
+    for (std::string l; std::getline(in, l);) out.push_back(l);
+    return out;
+  }
+  void write_lines(const fs::path& p, const std::vector<std::string>& ls) const {
+    std::ofstream out(p, std::ios::trunc);
+    for (const auto& l : ls) out << l << "\n";
+  }
+
+  VerifyReport check(bool with_key = true) const {
+    auto files = log_files(config().path);
+    EXPECT_TRUE(files.has_value());
+    VerifyOptions o;
+    if (with_key) o.key = key();
+    o.max_checkpoint_gap = 50;
+    return verify(files ? *files : std::vector<std::string>{}, o);
+  }
+
+  fs::path dir_;
+  std::shared_ptr<const config::PolicySet> set_;
+};
+
+std::string describe(const VerifyReport& r) {
+  std::string s;
+  for (const auto& p : r.problems) s += p.file + ":" + std::to_string(p.line) + " " + p.kind + " " + p.message + "\n";
+  return s;
+}
+
+TEST_F(NetlogTest, ManyThreadsEveryRecordOnceAndTheChainVerifies) {
+  constexpr unsigned threads = 4;
+  constexpr std::uint64_t per_thread = 25'000;
+  auto c = config();
+  c.queue_slots = 256;  // small: the producers must wait for the writer
+  c.checkpoint_records = 50;
+  {
+    auto w = Writer::open(c, threads);
+    ASSERT_TRUE(w.has_value()) << w.error();
+    const auto* src = (*w)->add_source("agent1", "127.0.0.1:3128");
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        for (std::uint64_t i = 0; i < per_thread; ++i) publish((*w)->producer(t), src, t * per_thread + i);
+      });
+    for (auto& t : ts) t.join();
+  }
+  std::set<std::string> ids, hosts;
+  std::uint64_t decisions = 0;
+  for (const auto& l : lines(c.path)) {
+    const auto v = boost::json::parse(l).as_object();
+    EXPECT_EQ(v.at("schema_version").as_int64(), 1);
+    if (v.at("type").as_string() != "decision") continue;
+    ++decisions;
+    ids.insert(std::string(v.at("id").as_string()));
+    hosts.insert(std::string(v.at("host").as_string()));
+    EXPECT_EQ(v.at("verdict").as_string(), "allow");
+    EXPECT_EQ(v.at("rule").as_object().at("text").as_string(), "*.example.com");
+    EXPECT_EQ(v.at("policy_sha256").as_string(), set_->sha256);
+  }
+  EXPECT_EQ(decisions, threads * per_thread);
+  EXPECT_EQ(ids.size(), threads * per_thread) << "an id repeated";
+  EXPECT_EQ(hosts.size(), threads * per_thread) << "a record was lost or written twice";
+  const auto r = check();
+  EXPECT_TRUE(r.problems.empty()) << describe(r);
+  EXPECT_GE(r.hmacs_checked, threads * per_thread / 50);
+}
+
+// One tampering case: what is done to the lines, and what verify must say where.
+struct Tamper {
+  const char* name;
+  std::function<void(std::vector<std::string>&)> edit;
+  const char* kind;
+  std::uint64_t line;  // 1-based line of the first problem
+};
+
+TEST_F(NetlogTest, TamperingIsCaughtAtTheRightRecord) {
+  auto c = config();
+  c.checkpoint_records = 50;
+  write_log(200, c);
+  const auto original = lines(c.path);
+  ASSERT_GT(original.size(), 200u);
+  ASSERT_TRUE(check().problems.empty()) << describe(check());
+  // Line 101 is some decision in the middle (line 1 is the file record).
+  const std::vector<Tamper> cases = {
+      {"edit a host", [](auto& ls) { ls[100].replace(ls[100].find("example.com"), 11, "exampl3.com"); }, "edited", 101},
+      {"delete a record", [](auto& ls) { ls.erase(ls.begin() + 100); }, "missing", 101},
+      {"swap two records", [](auto& ls) { std::swap(ls[100], ls[101]); }, "out-of-order", 101},
+      {"cut the tail", [](auto& ls) { ls.resize(150); }, "truncated", 150},
+      {"not JSON", [](auto& ls) { ls[100] = "{oops"; }, "invalid", 101},
+  };
+  for (const auto& t : cases) {
+    SCOPED_TRACE(t.name);
+    auto ls = original;
+    t.edit(ls);
+    write_lines(c.path, ls);
+    const auto r = check();
+    ASSERT_FALSE(r.problems.empty()) << "not caught";
+    EXPECT_EQ(r.problems[0].kind, t.kind) << describe(r);
+    EXPECT_EQ(r.problems[0].line, t.line) << describe(r);
+  }
+}
+
+TEST_F(NetlogTest, ARewrittenChainFailsTheHmac) {
+  auto c = config();
+  c.checkpoint_records = 50;
+  write_log(120, c);
+  auto ls = lines(c.path);
+  // Edit line 30 and recompute every later prev, as an attacker without the key could.
+  ls[29].replace(ls[29].find("example.com"), 11, "exampl3.com");
+  for (std::size_t i = 30; i < ls.size(); ++i) {
+    auto v = boost::json::parse(ls[i]).as_object();
+    unsigned char md[32];
+    unsigned len = 0;
+    EVP_Digest(ls[i - 1].data(), ls[i - 1].size(), md, &len, EVP_sha256(), nullptr);
+    std::string hex;
+    for (unsigned char b : md) {
+      char h[3];
+      std::snprintf(h, sizeof h, "%02x", b);
+      hex += h;
+    }
+    const auto at = ls[i].rfind("\"prev\":\"");
+    ls[i].replace(at + 8, 64, hex);
+  }
+  write_lines(c.path, ls);
+  const auto chain_only = check(false);
+  EXPECT_TRUE(chain_only.problems.empty()) << "a rewritten chain is consistent without the key";
+  const auto keyed = check(true);
+  ASSERT_FALSE(keyed.problems.empty());
+  EXPECT_EQ(keyed.problems[0].kind, "hmac") << describe(keyed);
+}
+
+TEST_F(NetlogTest, TornTailIsReportedAndTheNextRunChainsPastIt) {
+  auto c = config();
+  write_log(20, c);
+  // A crash mid-line: half a record, no newline.
+  {
+    std::ofstream out(c.path, std::ios::app);
+    out << R"({"schema_version":1,"type":"decision","seq":23,"ti)";
+  }
+  auto torn = check();
+  ASSERT_EQ(torn.problems.size(), 1u) << describe(torn);
+  EXPECT_EQ(torn.problems[0].kind, "torn");
+  EXPECT_EQ(torn.problems[0].line, 23u);
+  // The next start leaves the torn line in a rotated file and chains past it.
+  write_log(5, c);
+  EXPECT_TRUE(fs::exists(c.path + ".1"));
+  const auto after = check();
+  ASSERT_EQ(after.problems.size(), 1u) << describe(after);
+  EXPECT_EQ(after.problems[0].kind, "torn");
+  EXPECT_EQ(fs::path(after.problems[0].file).filename(), "network.jsonl.1");
+}
+
+TEST_F(NetlogTest, RestartContinuesTheChainAndSequence) {
+  auto c = config();
+  write_log(10, c);
+  write_log(10, c);
+  const auto r = check();
+  EXPECT_TRUE(r.problems.empty()) << describe(r);
+  EXPECT_EQ(r.first_seq, 1u);
+  EXPECT_EQ(r.last_seq, r.records);
+  EXPECT_TRUE(r.notes.empty());  // both runs stopped cleanly
+}
+
+TEST_F(NetlogTest, RotationBySizeAndGzipSiblingsReadInOrder) {
+  auto c = config();
+  c.max_file_bytes = 20'000;
+  write_log(300, c);
+  auto files = log_files(c.path);
+  ASSERT_TRUE(files.has_value());
+  ASSERT_GE(files->size(), 3u);
+  EXPECT_EQ(files->back(), c.path);
+  // logrotate-style compression of an older file: still read, still verified.
+  const auto old = c.path + ".2";
+  ASSERT_TRUE(fs::exists(old));
+  {
+    std::ifstream in(old, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    gzFile gz = gzopen((old + ".gz").c_str(), "wb");
+    gzwrite(gz, bytes.data(), static_cast<unsigned>(bytes.size()));
+    gzclose(gz);
+    fs::remove(old);
+  }
+  const auto r = check();
+  EXPECT_TRUE(r.problems.empty()) << describe(r);
+  EXPECT_EQ(r.files, files->size());
+  LineReader reader(*log_files(c.path));
+  const auto s = summarize(reader, Filter{});
+  EXPECT_EQ(s.decisions, 300u);
+  // Removing a middle file breaks the chain where the next one starts.
+  auto again = *log_files(c.path);
+  fs::remove(again[1]);
+  const auto gap = check();
+  ASSERT_FALSE(gap.problems.empty());
+  EXPECT_EQ(gap.problems[0].kind, "missing") << describe(gap);
+  EXPECT_EQ(gap.problems[0].file, again[2]);
+}
+
+TEST_F(NetlogTest, DropModeCountsAndLogsWhatItLost) {
+  auto c = config();
+  c.queue_slots = 16;
+  c.drop_when_full = true;
+  c.flush_interval = std::chrono::milliseconds(200);
+  std::uint64_t offered = 20'000, published = 0;
+  WriterStats stats;
+  {
+    auto w = Writer::open(c, 1);
+    ASSERT_TRUE(w.has_value());
+    auto& p = (*w)->producer(0);
+    for (std::uint64_t i = 0; i < offered; ++i) {
+      if (!p.claim()) {
+        p.drop();
+        continue;
+      }
+      p.claim()->kind = Event::Kind::close;
+      p.claim()->policy_set.reset();
+      p.publish();
+      ++published;
+    }
+    stats = (*w)->stats();
+  }
+  EXPECT_GT(stats.dropped, 0u);
+  std::uint64_t closes = 0, dropped_logged = 0;
+  for (const auto& l : lines(c.path)) {
+    const auto v = boost::json::parse(l).as_object();
+    if (v.at("type").as_string() == "close") ++closes;
+    if (v.at("type").as_string() == "drops") dropped_logged += static_cast<std::uint64_t>(v.at("count").as_int64());
+  }
+  EXPECT_EQ(closes, published);
+  EXPECT_EQ(dropped_logged, offered - published) << "every drop is itself logged";
+}
+
+TEST_F(NetlogTest, KeyInsideTheLogFolderIsRefused) {
+  auto c = config();
+  c.key_file = (dir_ / "log" / "log.key").string();
+  auto w = Writer::open(c, 1);
+  ASSERT_FALSE(w.has_value());
+  EXPECT_NE(w.error().find("inside the log folder"), std::string::npos) << w.error();
+}
+
+TEST_F(NetlogTest, SecondWriterOnTheSameLogIsRefused) {
+  auto w1 = Writer::open(config(), 1);
+  ASSERT_TRUE(w1.has_value());
+  auto w2 = Writer::open(config(), 1);
+  ASSERT_FALSE(w2.has_value());
+  EXPECT_NE(w2.error().find("locked by another"), std::string::npos) << w2.error();
+  // The live log verifies as live, not truncated.
+  const auto r = check();
+  EXPECT_TRUE(r.live);
+  EXPECT_TRUE(r.problems.empty()) << describe(r);
+}
+
+TEST(ParseTime, DurationsAndTimes) {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'800'000'000));
+  EXPECT_EQ(*parse_time("90s", now), now - std::chrono::seconds(90));
+  EXPECT_EQ(*parse_time("2h", now), now - std::chrono::hours(2));
+  EXPECT_EQ(*parse_time("1970-01-01T00:01:00Z", now), std::chrono::system_clock::time_point(std::chrono::seconds(60)));
+  EXPECT_EQ(*parse_time("1970-01-01T01:01:00+01:00", now),
+            std::chrono::system_clock::time_point(std::chrono::seconds(60)));
+  EXPECT_FALSE(parse_time("yesterday", now).has_value());
+  EXPECT_FALSE(parse_time("2026-13-45T00:00:00Z", now).has_value());
+}
+
+}  // namespace
+}  // namespace sandgate::netlog

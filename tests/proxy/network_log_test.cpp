@@ -1,0 +1,206 @@
+// The network log as the proxy writes it and `sandgate network log` reads
+// it: real proxy binary, real curl, real signals (SIGTERM, SIGUSR1, SIGKILL).
+#include <boost/json/parse.hpp>
+
+#include <set>
+
+#include "fixture.h"
+
+namespace sandgate {
+namespace {
+
+namespace json = boost::json;
+
+std::vector<json::object> records(const fs::path& p, const std::string& type = "") {
+  std::ifstream in(p);
+  std::vector<json::object> out;
+  for (std::string l; std::getline(in, l);) {
+    auto v = json::parse(l).as_object();
+    if (type.empty() || v.at("type").as_string() == type) out.push_back(std::move(v));
+  }
+  return out;
+}
+
+const json::object* find_decision(const std::vector<json::object>& rs, std::string_view target) {
+  for (const auto& r : rs)
+    if (r.at("type").as_string() == "decision" && r.at("target").is_string() && r.at("target").as_string() == target)
+      return &r;
+  return nullptr;
+}
+
+class NetworkLogTest : public ProxyTest {
+ protected:
+  // Stops the proxy (SIGTERM) so that the log is complete.
+  void stop_proxy() {
+    proxy_->signal(SIGTERM);
+    ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(15)), 0);
+    proxy_.reset();
+  }
+  testing::Run cli(const std::string& args) {
+    return shell(std::string(SANDGATE_BIN) + " network log " + args + " --log " + log_path().string());
+  }
+};
+
+TEST_F(NetworkLogTest, EveryRequestHasADecisionAndEveryAllowedOneACloseRecord) {
+  const int port = start_proxy();
+  const auto proxy = "http://127.0.0.1:" + std::to_string(port);
+  EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' -x " + proxy + " http://origin.test:" + o() + "/small").out,
+            "200");
+  EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' -p -x " + proxy + " http://origin.test:" + o() + "/small").out,
+            "200");
+  EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' -x " + proxy + " http://evil.test/").out, "403");
+  EXPECT_EQ(status_line(exchange("127.0.0.1", port, "GET /relative HTTP/1.1\r\nHost: x\r\n\r\n")),
+            "HTTP/1.1 400 Bad Request");
+  stop_proxy();
+
+  const auto all = records(log_path());
+  ASSERT_FALSE(all.empty());
+  EXPECT_EQ(all.front().at("type").as_string(), "file");
+  const auto policy = records(log_path(), "policy");
+  ASSERT_EQ(policy.size(), 1u);
+  EXPECT_EQ(policy[0].at("event").as_string(), "start");
+  EXPECT_EQ(policy[0].at("sha256").as_string().size(), 64u);
+  EXPECT_EQ(all.back().at("type").as_string(), "checkpoint");
+  EXPECT_TRUE(all.back().at("final").as_bool());
+
+  const auto decisions = records(log_path(), "decision");
+  ASSERT_EQ(decisions.size(), 4u);
+  const auto* blocked = find_decision(decisions, "evil.test:80");
+  ASSERT_NE(blocked, nullptr);
+  EXPECT_EQ(blocked->at("verdict").as_string(), "deny");
+  EXPECT_EQ(blocked->at("reason").as_string(), "blocked-by-denylist");
+  EXPECT_EQ(blocked->at("rule").as_object().at("text").as_string(), "evil.test");
+  EXPECT_EQ(blocked->at("rule").as_object().at("line").as_int64(), 10);
+  EXPECT_EQ(blocked->at("status").as_int64(), 403);
+  EXPECT_EQ(blocked->at("policy_sha256").as_string(), policy[0].at("sha256").as_string());
+
+  std::set<std::string> allowed_ids;
+  for (const auto& d : decisions) {
+    EXPECT_TRUE(d.at("time").as_string().ends_with("Z"));
+    EXPECT_EQ(d.at("time").as_string().size(), 27u) << "RFC 3339 with microseconds";
+    if (d.at("verdict").as_string() != "allow") continue;
+    EXPECT_EQ(d.at("target").as_string(), "origin.test:" + o());
+    EXPECT_EQ(d.at("address").as_string(), "127.0.0.1");
+    EXPECT_GE(d.at("connect_us").as_int64(), 0);
+    EXPECT_TRUE(d.at("client").as_string().starts_with("127.0.0.1:"));
+    allowed_ids.insert(std::string(d.at("id").as_string()));
+  }
+  EXPECT_EQ(allowed_ids.size(), 2u);
+  std::set<std::string> proxy_types;
+  for (const auto& d : decisions) proxy_types.insert(std::string(d.at("proxy_type").as_string()));
+  EXPECT_TRUE(proxy_types.contains("connect") && proxy_types.contains("http"));
+  bool malformed = false;
+  for (const auto& d : decisions)
+    malformed |= d.at("verdict").as_string() == "error" && d.at("reason").as_string() == "bad-request" &&
+                 d.at("status").as_int64() == 400;
+  EXPECT_TRUE(malformed) << "a 400 is a decision too";
+
+  const auto closes = records(log_path(), "close");
+  ASSERT_EQ(closes.size(), 2u);
+  for (const auto& c : closes) {
+    EXPECT_TRUE(allowed_ids.contains(std::string(c.at("id").as_string())));
+    EXPECT_GT(c.at("bytes_down").as_int64(), 0);
+    EXPECT_GE(c.at("duration_us").as_int64(), 0);
+  }
+
+  const auto verify = cli("verify --key " + key_path().string());
+  EXPECT_EQ(verify.status, 0) << verify.out;
+  EXPECT_NE(verify.out.find("OK: the chain is intact"), std::string::npos) << verify.out;
+
+  const auto table = cli("");
+  EXPECT_EQ(table.status, 0) << table.out;
+  const auto b = table.out.find("Blocked requests"), a = table.out.find("Allowed requests");
+  ASSERT_NE(b, std::string::npos) << table.out;
+  ASSERT_NE(a, std::string::npos) << table.out;
+  const auto evil = table.out.find("evil.test:80");
+  EXPECT_TRUE(evil > b && evil < a) << table.out;
+  EXPECT_NE(table.out.find("blocked-by-denylist", b), std::string::npos) << table.out;
+  EXPECT_GT(table.out.find("origin.test:" + o(), a), a) << table.out;
+
+  const auto denied = cli("--verdict deny --json");
+  auto v = json::parse(denied.out).as_object();
+  EXPECT_EQ(v.at("blocked").as_array().size(), 1u) << denied.out;
+  EXPECT_EQ(v.at("allowed").as_array().size(), 0u) << denied.out;
+  const auto none = cli("--host '*.origin.test' --raw");
+  EXPECT_EQ(none.status, 0) << none.out;
+  EXPECT_EQ(none.out, "") << "*. excludes the apex";
+  const auto raw = cli("--host '**.origin.test' --raw --verdict allow");
+  EXPECT_NE(raw.out.find("\"type\":\"close\""), std::string::npos) << raw.out;
+  EXPECT_EQ(raw.out.find("evil.test"), std::string::npos) << raw.out;
+  EXPECT_NE(cli("suggest").out.find("host: \"evil.test:80\""), std::string::npos);
+}
+
+TEST_F(NetworkLogTest, KillNineLosesAtMostTheFlushIntervalAndVerifyShowsTheTail) {
+  const int port = start_proxy({"--log-flush", "100"});
+  const auto req = "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
+                   "\r\nConnection: close\r\n\r\n";
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(exchange("127.0.0.1", port, req).starts_with("HTTP/1.1 200"));
+  // Wait out the flush interval (polling the file), then kill without warning.
+  for (int i = 0; i < 200 && records(log_path(), "close").size() < 20; ++i) ::usleep(10'000);
+  proxy_->signal(SIGKILL);
+  proxy_->wait_exit(std::chrono::seconds(5));
+  proxy_.reset();
+  EXPECT_EQ(records(log_path(), "decision").size(), 20u);
+  EXPECT_EQ(records(log_path(), "close").size(), 20u);
+  const auto killed = cli("verify --key " + key_path().string());
+  EXPECT_EQ(killed.status, 1) << killed.out;
+  EXPECT_NE(killed.out.find("truncated"), std::string::npos) << killed.out;
+  EXPECT_NE(killed.out.find("FAILED: 1 problem"), std::string::npos) << "only the tail: " << killed.out;
+  // A restart continues the chain; the kill stays on record as an unclean stop.
+  start_proxy();
+  stop_proxy();
+  const auto after = cli("verify --key " + key_path().string());
+  EXPECT_EQ(after.status, 0) << after.out;
+  EXPECT_NE(after.out.find("unclean stop"), std::string::npos) << after.out;
+}
+
+TEST_F(NetworkLogTest, SigusrReopensForLogrotateAndTheChainSpansBothFiles) {
+  const int port = start_proxy();
+  const auto req = "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
+                   "\r\nConnection: close\r\n\r\n";
+  ASSERT_TRUE(exchange("127.0.0.1", port, req).starts_with("HTTP/1.1 200"));
+  for (int i = 0; i < 200 && records(log_path(), "close").empty(); ++i) ::usleep(10'000);
+  fs::rename(log_path(), log_path().string() + ".1");
+  proxy_->signal(SIGUSR1);
+  for (int i = 0; i < 200 && !fs::exists(log_path()); ++i) ::usleep(10'000);
+  ASSERT_TRUE(fs::exists(log_path()));
+  ASSERT_TRUE(exchange("127.0.0.1", port, req).starts_with("HTTP/1.1 200"));
+  stop_proxy();
+  EXPECT_EQ(records(log_path(), "decision").size(), 1u);
+  EXPECT_EQ(records(log_path().string() + ".1", "decision").size(), 1u);
+  const auto r = cli("verify --key " + key_path().string());
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("checked 2 files"), std::string::npos) << r.out;
+}
+
+TEST_F(NetworkLogTest, TunnelOpenAtShutdownGetsItsCloseRecord) {
+  const int port = start_proxy({"--drain-timeout", "200"});
+  const int fd = open_tunnel(port, o());
+  ASSERT_GE(fd, 0);
+  stop_proxy();
+  ::close(fd);
+  const auto closes = records(log_path(), "close");
+  ASSERT_EQ(closes.size(), 1u);
+  EXPECT_EQ(closes[0].at("end").as_string(), "shutdown");
+}
+
+TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
+  start_proxy({"--no-watch"});
+  write_policy("version: 1\nmode: deny\nallow_hosts: [\"*.example.com\"]\n");
+  proxy_->signal(SIGHUP);
+  for (int i = 0; i < 300 && records(log_path(), "policy").size() < 2; ++i) ::usleep(10'000);
+  write_policy("version: 1\nmode: sideways\n");
+  proxy_->signal(SIGHUP);
+  for (int i = 0; i < 300 && records(log_path(), "policy").size() < 3; ++i) ::usleep(10'000);
+  stop_proxy();
+  const auto p = records(log_path(), "policy");
+  ASSERT_EQ(p.size(), 3u);
+  EXPECT_EQ(p[1].at("result").as_string(), "ok");
+  EXPECT_NE(p[0].at("sha256").as_string(), p[1].at("sha256").as_string());
+  EXPECT_EQ(p[2].at("result").as_string(), "error");
+  ASSERT_FALSE(p[2].at("errors").as_array().empty());
+  EXPECT_NE(std::string(p[2].at("errors").as_array()[0].as_string()).find("mode"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sandgate
