@@ -26,10 +26,13 @@ show 0x7f.1:8080
 
 # The proxy itself, on the default policy: a request the policy blocks gets a
 # 403 that names the rule and the fix (decided before any DNS lookup).
+# Its network log goes to a folder of this run's own.
 log=$(mktemp)
-"$sg" proxy --config "$policy" --listen 127.0.0.1:0 >"$log" 2>&1 &
+netlog=$(mktemp -d)
+"$sg" proxy --config "$policy" --listen 127.0.0.1:0 --log "$netlog/log/network.jsonl" \
+  --log-key "$netlog/keys/log.key" >"$log" 2>&1 &
 pid=$!
-trap 'kill "$pid" 2>/dev/null; rm -f "$log"' EXIT
+trap 'kill "$pid" 2>/dev/null; rm -rf "$log" "$netlog"' EXIT
 port=""
 for _ in $(seq 50); do
   port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log")
@@ -40,3 +43,14 @@ echo
 echo "\$ sandgate proxy --config $policy --listen 127.0.0.1:$port &"
 echo "\$ curl -x http://127.0.0.1:$port http://pastebin.com/"
 curl -sS -i -x "http://127.0.0.1:$port" http://pastebin.com/
+
+# Every decision is in the network log, hash-chained: stop the proxy, then
+# read and verify it.
+kill -TERM "$pid"
+wait "$pid" || true
+echo
+echo "\$ sandgate network log"
+"$sg" network log --log "$netlog/log/network.jsonl"
+echo
+echo "\$ sandgate network log verify"
+"$sg" network log verify --log "$netlog/log/network.jsonl" --key "$netlog/keys/log.key"

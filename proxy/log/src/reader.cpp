@@ -303,7 +303,9 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
   const Bounds b = bounds(filter);
   detail::RecordParser parser;
   std::unordered_map<std::string, std::size_t> groups;
-  std::unordered_map<std::string, std::size_t> open;  // decision id -> row, until its close record
+  // Decision id (hashed: no allocation per record) -> row, until its close record.
+  std::unordered_map<std::uint64_t, std::size_t> open;
+  const std::hash<std::string_view> id_hash;
   std::string key;
   std::string_view line;
   bool terminated = false;
@@ -316,7 +318,7 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
       continue;
     }
     if (r->type == "close") {
-      if (auto it = open.find(std::string(r->id)); it != open.end()) {
+      if (auto it = open.find(id_hash(r->id)); it != open.end()) {
         s.rows[it->second].bytes += r->bytes_up + r->bytes_down;
         open.erase(it);
         if (raw) raw(line);
@@ -329,7 +331,7 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
     ++s.matched;
     if (raw) raw(line);
     if (s.first_time.empty()) s.first_time = std::string(r->time);
-    s.last_time = std::string(r->time);
+    s.last_time.assign(r->time);
     const bool blocked = r->verdict != "allow";
     const std::string_view target = r->target.empty() ? r->requested : r->target;
     key.clear();
@@ -352,8 +354,8 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
     }
     auto& row = s.rows[it->second];
     ++row.count;
-    row.last_seen = r->time;
-    if (r->verdict == "allow" || r->verdict == "report") open[std::string(r->id)] = it->second;
+    row.last_seen.assign(r->time);
+    if (r->verdict == "allow" || r->verdict == "report") open[id_hash(r->id)] = it->second;
   }
   std::stable_sort(s.rows.begin(), s.rows.end(), [](const Row& a, const Row& c) {
     if (a.blocked != c.blocked) return a.blocked;

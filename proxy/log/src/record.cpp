@@ -5,19 +5,6 @@ namespace {
 
 namespace json = boost::json;
 
-std::string_view text(const json::object& o, std::string_view key) {
-  const auto* v = o.if_contains(key);
-  return v && v->is_string() ? std::string_view(v->get_string()) : std::string_view();
-}
-
-std::int64_t integer(const json::object& o, std::string_view key) {
-  const auto* v = o.if_contains(key);
-  if (!v) return 0;
-  if (v->is_int64()) return v->get_int64();
-  if (v->is_uint64()) return static_cast<std::int64_t>(v->get_uint64());
-  return 0;
-}
-
 }  // namespace
 
 RecordParser::RecordParser() : mr_(buffer_, sizeof buffer_), parser_(json::storage_ptr(), json::parse_options{}) {}
@@ -36,36 +23,76 @@ const Record* RecordParser::parse(std::string_view line) {
   const auto& o = value_.get_object();
   Record& r = record_;
   r = Record{};
-  r.type = text(o, "type");
-  r.seq = static_cast<std::uint64_t>(integer(o, "seq"));
-  r.prev = text(o, "prev");
-  if (r.type.empty() || r.seq == 0 || r.prev.size() != 64) return nullptr;
-  r.schema_version = integer(o, "schema_version");
-  r.time = text(o, "time");
-  r.id = text(o, "id");
-  r.sandbox = text(o, "sandbox");
-  r.verdict = text(o, "verdict");
-  r.target = text(o, "target");
-  r.requested = text(o, "requested");
-  r.host = text(o, "host");
-  r.port = integer(o, "port");
-  r.reason = text(o, "reason");
-  r.phase = text(o, "phase");
-  r.address = text(o, "address");
-  r.decided_address = text(o, "decided_address");
-  if (const auto* rule = o.if_contains("rule"); rule && rule->is_object()) {
-    const auto& ro = rule->get_object();
-    r.rule_text = text(ro, "text");
-    r.rule_file = text(ro, "file");
-    r.rule_action = text(ro, "action");
-    r.rule_line = integer(ro, "line");
+  // One pass over the members (a lookup per field would rescan the object).
+  auto str = [](const json::value& v) {
+    return v.is_string() ? std::string_view(v.get_string()) : std::string_view();
+  };
+  auto num = [](const json::value& v) -> std::int64_t {
+    return v.is_int64() ? v.get_int64() : v.is_uint64() ? static_cast<std::int64_t>(v.get_uint64()) : 0;
+  };
+  for (const auto& kv : o) {
+    const std::string_view k = kv.key();
+    const auto& v = kv.value();
+    switch (k.empty() ? '\0' : k[0]) {
+      case 'a':
+        if (k == "address") r.address = str(v);
+        break;
+      case 'b':
+        if (k == "bytes_up") r.bytes_up = static_cast<std::uint64_t>(num(v));
+        else if (k == "bytes_down") r.bytes_down = static_cast<std::uint64_t>(num(v));
+        break;
+      case 'd':
+        if (k == "decided_address") r.decided_address = str(v);
+        break;
+      case 'f':
+        if (k == "file") r.file = str(v);
+        else if (k == "final" && v.is_bool()) r.final = v.get_bool();
+        break;
+      case 'h':
+        if (k == "host") r.host = str(v);
+        else if (k == "hmac") r.hmac = str(v);
+        break;
+      case 'i':
+        if (k == "id") r.id = str(v);
+        break;
+      case 'p':
+        if (k == "prev") r.prev = str(v);
+        else if (k == "port") r.port = num(v);
+        else if (k == "phase") r.phase = str(v);
+        break;
+      case 'r':
+        if (k == "reason") r.reason = str(v);
+        else if (k == "requested") r.requested = str(v);
+        else if (k == "rule" && v.is_object()) {
+          const auto& ro = v.get_object();
+          for (const auto& rkv : ro) {
+            const std::string_view rk = rkv.key();
+            if (rk == "text") r.rule_text = str(rkv.value());
+            else if (rk == "file") r.rule_file = str(rkv.value());
+            else if (rk == "action") r.rule_action = str(rkv.value());
+            else if (rk == "line") r.rule_line = num(rkv.value());
+          }
+        }
+        break;
+      case 's':
+        if (k == "seq") r.seq = static_cast<std::uint64_t>(num(v));
+        else if (k == "sandbox") r.sandbox = str(v);
+        else if (k == "schema_version") r.schema_version = num(v);
+        else if (k == "sha256") r.sha256 = str(v);
+        break;
+      case 't':
+        if (k == "type") r.type = str(v);
+        else if (k == "time") r.time = str(v);
+        else if (k == "target") r.target = str(v);
+        break;
+      case 'v':
+        if (k == "verdict") r.verdict = str(v);
+        break;
+      default:
+        break;
+    }
   }
-  r.bytes_up = static_cast<std::uint64_t>(integer(o, "bytes_up"));
-  r.bytes_down = static_cast<std::uint64_t>(integer(o, "bytes_down"));
-  r.file = text(o, "file");
-  r.sha256 = text(o, "sha256");
-  r.hmac = text(o, "hmac");
-  if (const auto* f = o.if_contains("final"); f && f->is_bool()) r.final = f->get_bool();
+  if (r.type.empty() || r.seq == 0 || r.prev.size() != 64) return nullptr;
   return &r;
 }
 

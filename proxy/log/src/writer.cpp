@@ -175,8 +175,13 @@ struct Writer::Impl {
   }
 
   void emit_event(const Event& e) {
-    char id[40];
-    std::snprintf(id, sizeof id, "%s-%016llx", run_id.c_str(), static_cast<unsigned long long>(e.id));
+    // "<run>-<16 hex digits>": unique across threads and runs.
+    char id_buf[40];
+    const auto run = run_id.size();
+    std::memcpy(id_buf, run_id.data(), run);
+    id_buf[run] = '-';
+    for (int i = 0; i < 16; ++i) id_buf[run + 1 + i] = "0123456789abcdef"[(e.id >> (60 - 4 * i)) & 15];
+    const std::string_view id(id_buf, run + 17);
     if (e.kind == Event::Kind::close) {
       emit("close", e.time_us, [&](detail::JsonLine& j) {
         j.str("id", id).str("sandbox", e.source ? e.source->sandbox : "");
@@ -318,8 +323,8 @@ struct Writer::Impl {
       std::lock_guard lock(control_mutex);
       rare.swap(control);
     }
-    for (auto& [type, members] : rare) {
-      emit(type, now_us(), [&](detail::JsonLine& j) { j.raw(members); });
+    for (const auto& record : rare) {
+      emit(record.first, now_us(), [&](detail::JsonLine& j) { j.raw(record.second); });
       any = true;
     }
     for (auto* p : producers) {
@@ -350,17 +355,20 @@ struct Writer::Impl {
 
   void run() {
     using namespace std::chrono;
+    bool busy = false;
     for (;;) {
-      {
+      // Sleep only when the last round found nothing: under load the writer
+      // keeps draining, and the producers never wait on a sleeping writer.
+      if (!busy) {
         std::unique_lock lock(wake_mutex);
         wake_cv.wait_for(lock, config.flush_interval, [&] { return wake_flag.load() || stop.load(); });
         wake_flag = false;
       }
       const bool stopping = stop.load();
       if (reopen.exchange(false)) reopen_file();
+      busy = drain_once();
       // On stop, drain until every producer is empty.
-      while (drain_once() && stopping) {
-      }
+      while (busy && stopping) busy = drain_once();
       const auto now = steady_clock::now();
       if (since_checkpoint > 0 && now - last_checkpoint >= config.checkpoint_interval) emit_checkpoint(false);
       if (stopping) {
