@@ -55,8 +55,8 @@ Options:
   --limit N          at most N rows per section
   --json             the summary as JSON
   --raw              the matching records themselves (JSON Lines)
-  --follow           stream matching records as they are written (across
-                     rotation) until interrupted
+  --follow           print the matching records, then stream new ones as they
+                     are written (across rotation) until interrupted
   -q, --quiet        rows only: no section titles or column headers
   --key FILE         verify: the HMAC key (default $SANDGATE_HOME/keys/log.key)
   --no-key           verify: check the chain only
@@ -173,9 +173,19 @@ int show_summary(const netlog::Summary& s, const Options& o) {
   return 0;
 }
 
-// Streams records appended to the live file, across rotation, until killed.
+// Prints the matching records already written (rotated files first), then
+// streams those appended to the live file, across rotation, until killed.
 int follow(const Options& o) {
   netlog::Matcher match(o.filter);
+  if (auto files = netlog::log_files(o.log)) {
+    std::error_code ec;
+    std::erase_if(*files, [&](const std::string& f) { return std::filesystem::equivalent(f, o.log, ec); });
+    netlog::LineReader older(*files);
+    std::string_view line;
+    bool terminated = false;
+    while (older.next(line, terminated))
+      if (terminated && match(line)) std::cout << line << "\n";
+  }
   int fd = -1;
   ino_t inode = 0;
   off_t at = 0;
@@ -191,7 +201,7 @@ int follow(const Options& o) {
     at = from_end ? st.st_size : 0;
     partial.clear();
   };
-  open_live(true);
+  open_live(false);
   std::vector<char> buf(1 << 16);
   for (;;) {
     bool read_any = false;

@@ -33,6 +33,7 @@ Listeners:
 Options:
   --config POLICY          the policy file (required)
   --hosts-file FILE        "ADDRESS NAME..." lines consulted before DNS
+  --admin HOST:PORT        serve GET /metrics (Prometheus) and /healthz there
   --threads N              event loops (default: one per core)
   --forbid-report          refuse policies with 'report: true'
   --no-watch               reload on SIGHUP only, not when the file changes
@@ -143,6 +144,7 @@ int proxy_command(std::span<const std::string_view> args) {
       const auto eq = v.find('=');
       cfg.listeners.push_back({std::string(v.substr(0, eq)), eq == std::string_view::npos ? "" : std::string(v.substr(eq + 1))});
     } else if (a == "--hosts-file") cfg.hosts_file = v;
+    else if (a == "--admin") cfg.admin = v;
     else if (a == "--threads") {
       std::size_t n = 0;
       ok = count(n);
@@ -218,6 +220,7 @@ int proxy_command(std::span<const std::string_view> args) {
     std::cout << "sandgate proxy: listening on " << (*server)->bound_address(i)
               << (cfg.listeners[i].sandbox.empty() ? "" : " for sandbox " + cfg.listeners[i].sandbox) << "\n";
   if (cfg.log) std::cout << "sandgate proxy: logging to " << cfg.log->path << "\n";
+  if (!cfg.admin.empty()) std::cout << "sandgate proxy: admin on " << (*server)->admin_address() << "\n";
   std::cout.flush();
   (*server)->run();
   const auto s = (*server)->stats();

@@ -22,6 +22,7 @@
 #include <optional>
 #include <thread>
 
+#include "admin.h"
 #include "answers.h"
 #include "session.h"
 
@@ -147,6 +148,10 @@ struct Server::Impl {
   std::unique_ptr<detail::ClientCounts> clients = std::make_unique<detail::ClientCounts>();
   std::unique_ptr<netlog::Writer> log;
   std::vector<const netlog::Source*> sources;  // per listener
+  std::optional<asio::ip::tcp::acceptor> admin;
+  std::string admin_bound;
+  detail::AdminHandlers admin_handlers;
+  std::atomic<std::uint64_t> reloads_ok{0}, reloads_failed{0};
   std::atomic<bool> stopping{false};
   asio::io_context control;
   std::optional<asio::signal_set> signals;
@@ -259,12 +264,31 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
                                  *impl->open_tunnels[i],
                                  a->local_endpoint().protocol().family() != AF_UNIX),
                      asio::detached);
+  if (!impl->config.admin.empty()) {
+    auto parsed = parse_listen(impl->config.admin);
+    if (!parsed || parsed->is_unix) return "--admin " + impl->config.admin + ": write HOST:PORT";
+    boost::system::error_code ec;
+    impl->admin.emplace(impl->control);
+    impl->admin->open(parsed->tcp.protocol(), ec);
+    if (!ec) impl->admin->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) impl->admin->bind(parsed->tcp, ec);
+    if (!ec) impl->admin->listen(64, ec);
+    if (ec) return "--admin " + impl->config.admin + ": " + ec.message();
+    const auto ep = impl->admin->local_endpoint();
+    impl->admin_bound = (ep.address().is_v6() ? "[" + ep.address().to_string() + "]" : ep.address().to_string()) +
+                        ":" + std::to_string(ep.port());
+  }
   // Signals are caught from here on: one that arrives before run() waits for it.
   impl->signals.emplace(impl->control, SIGHUP, SIGTERM, SIGINT);
   impl->signals->add(SIGUSR1);
   std::unique_ptr<Server> server(new Server(std::move(impl)));
   server->wait_signal();
   if (server->impl_->config.watch_policy) server->watch_policy();
+  if (auto& im = *server->impl_; im.admin) {
+    im.admin_handlers.metrics = [s = server.get()] { return s->metrics_text(); };
+    im.admin_handlers.healthy = [&im] { return !im.stopping.load(); };
+    asio::co_spawn(im.control, detail::serve_admin(*im.admin, im.admin_handlers), asio::detached);
+  }
   return server;
 }
 
@@ -274,10 +298,12 @@ void Server::reload() {
   if (!r) {
     for (const auto& d : r.error()) std::cerr << d.to_string() << "\n";
     std::cerr << "sandgate proxy: reload failed; the last good policy stays in force\n";
+    im.reloads_failed.fetch_add(1, std::memory_order_relaxed);
     if (im.log) im.log->policy_loaded("reload", nullptr, im.store->path(), r.error());
     return;
   }
   if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {});
+  im.reloads_ok.fetch_add(1, std::memory_order_relaxed);
   std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)
             << ")\n";
   if (!im.config.close_denied_tunnels) return;
@@ -390,12 +416,69 @@ void Server::stop() {
         boost::system::error_code ignored;
         im2.signals->cancel(ignored);
         if (im2.watch) im2.watch->close(ignored);
+        if (im2.admin) im2.admin->close(ignored);
         im2.control.stop();
       },
       asio::detached);
 }
 
 std::string Server::bound_address(std::size_t i) const { return impl_->bound.at(i); }
+std::string Server::admin_address() const { return impl_->admin_bound; }
+
+std::string Server::metrics_text() const {
+  const auto& im = *impl_;
+  std::string out;
+  auto metric = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {
+    out += "# HELP " + std::string(name) + " " + std::string(help) + "\n# TYPE " + std::string(name) + " " +
+           std::string(type) + "\n" + std::string(name) + " " + std::to_string(value) + "\n";
+  };
+  std::uint64_t open = 0, up = 0, down = 0;
+  std::vector<const detail::Histogram*> decision, connect;
+  for (const auto& t : im.threads) {
+    open += t->open_connections.load(std::memory_order_relaxed);
+    up += t->metrics.bytes_up.load(std::memory_order_relaxed);
+    down += t->metrics.bytes_down.load(std::memory_order_relaxed);
+    decision.push_back(&t->metrics.decision_seconds);
+    connect.push_back(&t->metrics.connect_seconds);
+  }
+  const auto s = stats();
+  metric("sandgate_connections_open", "gauge", "Client connections open now.", open);
+  metric("sandgate_connections_total", "counter", "Client connections accepted.", s.connections);
+  metric("sandgate_requests_total", "counter", "Requests read (CONNECT and plain HTTP).", s.requests);
+  out += "# HELP sandgate_decisions_total Decisions by verdict and reason code.\n"
+         "# TYPE sandgate_decisions_total counter\n";
+  for (std::size_t v = 0; v < detail::verdicts.size(); ++v)
+    for (std::size_t r = 0; r < detail::reason_codes.size(); ++r) {
+      std::uint64_t n = 0;
+      for (const auto& t : im.threads)
+        n += t->metrics.decisions[v * detail::reason_codes.size() + r].load(std::memory_order_relaxed);
+      if (n == 0) continue;  // only what happened: the label set stays small
+      out += "sandgate_decisions_total{verdict=\"" + std::string(detail::verdicts[v]) + "\",reason=\"" +
+             std::string(detail::reason_codes[r]) + "\"} " + std::to_string(n) + "\n";
+    }
+  out += "# HELP sandgate_bytes_total Bytes relayed for allowed connections.\n"
+         "# TYPE sandgate_bytes_total counter\n"
+         "sandgate_bytes_total{direction=\"up\"} " + std::to_string(up) + "\n"
+         "sandgate_bytes_total{direction=\"down\"} " + std::to_string(down) + "\n";
+  detail::append_histogram(out, "sandgate_decision_seconds", "Request head read to verdict, DNS included.",
+                           decision);
+  detail::append_histogram(out, "sandgate_connect_seconds", "Dialing the checked addresses.", connect);
+  metric("sandgate_log_queue_depth", "gauge", "Records waiting for the log writer.", s.log.queue_depth);
+  metric("sandgate_log_records_total", "counter", "Records written to the network log.", s.log.records);
+  metric("sandgate_log_dropped_total", "counter", "Records dropped on a full queue (--log-when-full drop).",
+         s.log.dropped);
+  metric("sandgate_log_waits_total", "counter", "Times a connection waited for room in the log queue.",
+         s.log_waits);
+  metric("sandgate_log_write_errors_total", "counter", "Failed writes to the log file (retried).",
+         s.log.write_errors);
+  out += "# HELP sandgate_reloads_total Policy reloads by result.\n# TYPE sandgate_reloads_total counter\n"
+         "sandgate_reloads_total{result=\"ok\"} " + std::to_string(im.reloads_ok.load()) + "\n"
+         "sandgate_reloads_total{result=\"error\"} " + std::to_string(im.reloads_failed.load()) + "\n";
+  const auto set = im.store->current();
+  out += "# HELP sandgate_policy_info The policy in force.\n# TYPE sandgate_policy_info gauge\n"
+         "sandgate_policy_info{sha256=\"" + set->sha256 + "\"} 1\n";
+  return out;
+}
 
 Stats Server::stats() const {
   Stats s;

@@ -219,10 +219,22 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     audit_.requested = requested;
   }
 
+  // Counts the request's decision (metrics) and logs it, once per request.
   // status: the proxy's own answer (0 when the origin's answer follows).
   asio::awaitable<void> log_decision(std::uint16_t status, const char* code) {
-    if (audit_.logged || !co_await log_room()) co_return;
+    if (audit_.logged) co_return;
     audit_.logged = true;
+    const auto verdict = netlog::outcome(audit_.decided, audit_.decision.verdict, status);
+    const bool refused_otherwise = status >= 400 && status != 403;
+    ctx_.metrics.decided(verdict, refused_otherwise && code ? std::string_view(code)
+                                  : audit_.decided           ? policy::to_string(audit_.decision.reason)
+                                                             : std::string_view("bad-request"));
+    ctx_.metrics.decision_seconds.observe(
+        audit_.decision_us >= 0 ? audit_.decision_us
+                                : std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - audit_.start)
+                                      .count());
+    if (audit_.connect_us > 0) ctx_.metrics.connect_seconds.observe(audit_.connect_us);
+    if (!co_await log_room()) co_return;
     netlog::Event& e = *ctx_.log->claim();
     e.kind = netlog::Event::Kind::decision;
     e.id = audit_.id;
@@ -255,6 +267,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 
   asio::awaitable<void> log_close(std::uint64_t up, std::uint64_t down, netlog::EndReason end,
                                   std::uint16_t http_status) {
+    ctx_.metrics.bytes_up.fetch_add(up, std::memory_order_relaxed);
+    ctx_.metrics.bytes_down.fetch_add(down, std::memory_order_relaxed);
     if (!co_await log_room()) co_return;
     netlog::Event& e = *ctx_.log->claim();
     e.kind = netlog::Event::Kind::close;
@@ -333,6 +347,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     audit_.addresses = &allowed;
     audit_.decision = host;
     audit_.decided = true;
+    audit_.decision_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - audit_.start).count();
     if (host.verdict == policy::Verdict::deny && !policy_->needs_address_phase(host, target)) {
       co_await refuse(host, target);
       co_return false;
@@ -368,6 +383,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     // answer (report mode lets it all through, as it lets everything).
     const policy::Decision d = policy_->check_addresses(host, target, allowed);
     audit_.decision = d;
+    audit_.decision_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - audit_.start).count();
     if (d.verdict == policy::Verdict::deny) {
       co_await refuse(d, target);
       co_return false;
@@ -678,6 +694,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     bool connected = false;
     bool logged = false;
     std::int64_t dns_us = -1, connect_us = -1;
+    std::int64_t decision_us = -1;  // head parsed to verdict
   };
 
   const netlog::Source* source_;

@@ -13,6 +13,7 @@
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "metrics.h"
 #include "resolver.h"
 #include "sandgate/netlog/writer.h"
 #include "sandgate/proxy/server.h"
@@ -59,6 +60,7 @@ struct ThreadContext {
     std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};
     std::atomic<std::uint64_t> log_waits{0};  // times a session waited for room in the log queue
   } counters;
+  Metrics metrics;  // written by this thread, summed by /metrics
 };
 
 // Starts serving one accepted connection; the session keeps itself alive.

@@ -202,5 +202,53 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   EXPECT_NE(std::string(p[2].at("errors").as_array()[0].as_string()).find("mode"), std::string::npos);
 }
 
+TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
+  const int port = start_proxy({"--admin", "127.0.0.1:0"});
+  std::string admin;
+  for (int i = 0; i < 3 && admin.empty(); ++i) {
+    const auto line = proxy_->read_line();
+    if (auto at = line.find("admin on 127.0.0.1:"); at != std::string::npos) admin = line.substr(at + 19);
+  }
+  ASSERT_FALSE(admin.empty());
+  const int admin_port = std::stoi(admin);
+  const auto req = "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
+                   "\r\nConnection: close\r\n\r\n";
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(exchange("127.0.0.1", port, req).starts_with("HTTP/1.1 200"));
+  ASSERT_TRUE(exchange("127.0.0.1", port, "GET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+                  .starts_with("HTTP/1.1 403"));
+  const auto m = exchange("127.0.0.1", admin_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_TRUE(m.starts_with("HTTP/1.1 200")) << m;
+  EXPECT_NE(m.find("sandgate_decisions_total{verdict=\"allow\",reason=\"allowed-by-rule\"} 3"), std::string::npos) << m;
+  EXPECT_NE(m.find("sandgate_decisions_total{verdict=\"deny\",reason=\"blocked-by-denylist\"} 1"), std::string::npos)
+      << m;
+  EXPECT_NE(m.find("sandgate_connections_total 4"), std::string::npos) << m;
+  EXPECT_NE(m.find("sandgate_decision_seconds_count 4"), std::string::npos) << m;
+  EXPECT_NE(m.find("sandgate_connect_seconds_count 3"), std::string::npos) << m;
+  EXPECT_NE(m.find("sandgate_policy_info{sha256=\""), std::string::npos) << m;
+  EXPECT_NE(m.find("sandgate_log_dropped_total 0"), std::string::npos) << m;
+  const auto h = exchange("127.0.0.1", admin_port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_TRUE(h.starts_with("HTTP/1.1 200")) << h;
+  EXPECT_TRUE(exchange("127.0.0.1", admin_port, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+                  .starts_with("HTTP/1.1 404"));
+}
+
+TEST_F(NetworkLogTest, FollowStreamsNewRecordsAcrossRotation) {
+  const int port = start_proxy({"--log-flush", "20"});
+  Process follow({SANDGATE_BIN, "network", "log", "--follow", "--log", log_path().string(), "--verdict", "deny"});
+  auto blocked = [&](const std::string& host) {
+    return exchange("127.0.0.1", port, "GET http://" + host + "/ HTTP/1.1\r\nHost: " + host + "\r\n\r\n");
+  };
+  ASSERT_TRUE(blocked("evil.test").starts_with("HTTP/1.1 403"));
+  const auto first = follow.read_line(std::chrono::seconds(5));
+  EXPECT_NE(first.find("\"target\":\"evil.test:80\""), std::string::npos) << first;
+  // logrotate: rename, then SIGUSR1; --follow moves on to the new file.
+  fs::rename(log_path(), log_path().string() + ".1");
+  proxy_->signal(SIGUSR1);
+  for (int i = 0; i < 200 && !fs::exists(log_path()); ++i) ::usleep(10'000);
+  ASSERT_TRUE(blocked("other.example").starts_with("HTTP/1.1 403"));
+  const auto second = follow.read_line(std::chrono::seconds(5));
+  EXPECT_NE(second.find("\"target\":\"other.example:80\""), std::string::npos) << second;
+}
+
 }  // namespace
 }  // namespace sandgate

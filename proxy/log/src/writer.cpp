@@ -227,9 +227,7 @@ struct Writer::Impl {
       // The outcome: deny and report are policy verdicts; error is a refusal
       // for any other reason (malformed, lookup or connect failure, limits).
       const bool refused_otherwise = e.status >= 400 && e.status != 403;
-      const auto verdict = refused_otherwise ? std::string_view("error")
-                           : e.decided       ? policy::to_string(e.decision.verdict)
-                                             : std::string_view("error");
+      const auto verdict = outcome(e.decided, e.decision.verdict, e.status);
       j.str("verdict", verdict).boolean("would_deny", e.decided && e.decision.would_deny());
       const policy::RuleInfo* rule = e.decided && e.policy ? e.policy->rule(e.decision.rule) : nullptr;
       if (rule) {

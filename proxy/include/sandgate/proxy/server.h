@@ -53,6 +53,8 @@ struct ServerConfig {
   bool close_denied_tunnels = true;  // on reload, end open tunnels the new policy denies
   // The network log; none when unset. SIGUSR1 reopens it (for logrotate).
   std::optional<netlog::WriterConfig> log;
+  // "host:port" for GET /metrics (Prometheus) and /healthz; "" for none.
+  std::string admin;
 };
 
 // Counters the server keeps, read at any time (relaxed).
@@ -82,7 +84,11 @@ class Server {
   void stop();
   // The bound address of listener i ("127.0.0.1:41234"), for port 0.
   std::string bound_address(std::size_t i) const;
+  // The admin listener's bound address ("" without one).
+  std::string admin_address() const;
   Stats stats() const;
+  // The /metrics body: Prometheus text format.
+  std::string metrics_text() const;
 
  private:
   struct Impl;

@@ -50,6 +50,14 @@ enum class EndReason : std::uint8_t {
   error,           // a read or write failed
 };
 std::string_view to_string(EndReason r) noexcept;
+
+// The verdict a decision record carries: the policy's (allow, deny, report),
+// or "error" when the proxy refused for another reason (status >= 400 but
+// not 403) or before any decision.
+inline std::string_view outcome(bool decided, policy::Verdict v, std::uint16_t status) noexcept {
+  if ((status >= 400 && status != 403) || !decided) return "error";
+  return policy::to_string(v);
+}
 std::string_view to_string(ProxyType t) noexcept;
 
 struct Event {

@@ -1,0 +1,21 @@
+// The admin listener: GET /metrics (Prometheus text) and GET /healthz.
+// Separate from the proxy listeners, on the server's control thread; one
+// request per connection, bounded and timed.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+namespace sandgate::proxy::detail {
+
+struct AdminHandlers {
+  std::function<std::string()> metrics;  // the /metrics body
+  std::function<bool()> healthy;         // /healthz: 200 "ok" or 503 "stopping"
+};
+
+boost::asio::awaitable<void> serve_admin(boost::asio::ip::tcp::acceptor& acceptor, const AdminHandlers& handlers);
+
+}  // namespace sandgate::proxy::detail
