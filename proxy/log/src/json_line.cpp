@@ -1,5 +1,7 @@
 #include "json_line.h"
 
+#include <arpa/inet.h>
+
 namespace sandgate::netlog::detail {
 namespace {
 
@@ -47,6 +49,36 @@ JsonLine& JsonLine::string(std::string_view v) {
   sr_.reset(v);
   char buf[256];
   while (!sr_.done()) out_ += sr_.read(buf);
+  return *this;
+}
+
+JsonLine& JsonLine::address(const policy::Address& a, int port) {
+  char buf[64];
+  char* p = buf;
+  *p++ = '"';
+  if (a.is_v4()) {
+    const std::uint32_t v = a.v4();
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      p = std::to_chars(p, buf + sizeof buf, (v >> shift) & 255).ptr;
+      if (shift) *p++ = '.';
+    }
+  } else {
+    std::uint8_t b[16];
+    for (int i = 0; i < 8; ++i) {
+      b[i] = static_cast<std::uint8_t>(a.hi >> (56 - 8 * i));
+      b[8 + i] = static_cast<std::uint8_t>(a.lo >> (56 - 8 * i));
+    }
+    if (port >= 0) *p++ = '[';
+    inet_ntop(AF_INET6, b, p, static_cast<socklen_t>(buf + sizeof buf - p));
+    p += std::char_traits<char>::length(p);
+    if (port >= 0) *p++ = ']';
+  }
+  if (port >= 0) {
+    *p++ = ':';
+    p = std::to_chars(p, buf + sizeof buf, port).ptr;
+  }
+  *p++ = '"';
+  out_.append(buf, p);
   return *this;
 }
 

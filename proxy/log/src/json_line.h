@@ -10,6 +10,8 @@
 
 #include <boost/json/serializer.hpp>
 
+#include "sandgate/policy/address.h"
+
 namespace sandgate::netlog::detail {
 
 class JsonLine {
@@ -43,6 +45,9 @@ class JsonLine {
     return *this;
   }
   JsonLine& string(std::string_view v);
+  // An address as a JSON string, optionally with ":port" ("[v6]:port").
+  // IPv4 is formatted here (inet_ntop goes through sprintf); IPv6 by inet_ntop.
+  JsonLine& address(const policy::Address& a, int port = -1);
   JsonLine& raw(std::string_view v) {
     out_ += v;
     return *this;

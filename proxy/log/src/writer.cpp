@@ -4,6 +4,7 @@
 #include "sandgate/netlog/writer.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -193,36 +194,32 @@ struct Writer::Impl {
     }
     emit("decision", e.time_us, [&](detail::JsonLine& j) {
       j.str("id", id).str("sandbox", e.source ? e.source->sandbox : "").str("listener", e.source ? e.source->listener : "");
-      if (e.client_is_ip) {
-        const auto a = e.client.to_string();
-        j.str("client", e.client.is_v4() ? a + ":" + std::to_string(e.client_port)
-                                         : "[" + a + "]:" + std::to_string(e.client_port));
-      } else {
-        j.null("client");
-      }
+      if (e.client_is_ip) j.key("client").address(e.client, e.client_port);
+      else j.null("client");
       j.str("proxy_type", to_string(e.proxy_type));
       if (e.proxy_type == ProxyType::http) j.str("method", e.method.view());
       j.str("requested", e.requested.view());
       if (e.host.size > 0) {
         j.str("host", e.host.view()).num("port", e.port);
+        // host:port, IPv6 in brackets; hosts are normalized, nothing to escape.
         const auto h = e.host.view();
         const bool v6 = h.find(':') != std::string_view::npos;
-        j.str("target", (v6 ? "[" + std::string(h) + "]" : std::string(h)) + ":" + std::to_string(e.port));
+        j.key("target").raw(v6 ? "\"[" : "\"").raw(h).raw(v6 ? "]:" : ":").number(e.port).raw("\"");
       } else {
         j.null("host").null("port").null("target");
       }
       j.key("addresses").raw("[");
       for (std::uint8_t i = 0; i < e.address_count; ++i) {
         if (i) j.raw(",");
-        j.string(e.addresses[i].to_string());
+        j.address(e.addresses[i]);
       }
       j.raw("]");
       if (e.addresses_cut) j.num("addresses_cut", e.addresses_cut);
-      if (e.has_used) j.str("address", e.used.to_string());
+      if (e.has_used) j.key("address").address(e.used);
       else j.null("address");
       // The address that decided an address-phase verdict (a blocked one, say).
       if (e.decided && e.decision.phase == policy::Phase::address)
-        j.str("decided_address", e.decision.address.to_string());
+        j.key("decided_address").address(e.decision.address);
 
       // The outcome: deny and report are policy verdicts; error is a refusal
       // for any other reason (malformed, lookup or connect failure, limits).
@@ -429,7 +426,10 @@ boost::system::result<std::unique_ptr<Writer>, std::string> Writer::open(WriterC
         std::make_unique<Producer>(*w, i, w->impl_->config.queue_slots, w->impl_->config.drop_when_full));
     w->impl_->producers.push_back(w->producers_.back().get());
   }
-  w->impl_->thread = std::thread([im = w->impl_.get()] { im->run(); });
+  w->impl_->thread = std::thread([im = w->impl_.get()] {
+    ::pthread_setname_np(::pthread_self(), "sandgate-log");  // for top, perf and gdb
+    im->run();
+  });
   return w;
 }
 
