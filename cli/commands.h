@@ -10,5 +10,7 @@ namespace sandgate::cli {
 int policy_command(std::span<const std::string_view> args);
 int proxy_command(std::span<const std::string_view> args);
 int network_command(std::span<const std::string_view> args);
+int run_command(std::span<const std::string_view> args);
+int relay_command(std::span<const std::string_view> args);
 
 }  // namespace sandgate::cli

@@ -13,6 +13,8 @@ sandgate decides, for every connection an AI agent's sandbox makes, whether
 it may go out, and says which rule decided.
 
 Commands:
+  run WORKSPACE [-- CMD...]     boot a sandbox (a microVM whose only way out is the
+                                proxy) on WORKSPACE and run CMD in it
   proxy --config POLICY --listen ADDR
                                 run the egress proxy (CONNECT and absolute-form HTTP)
   network log [SANDBOX]         what was blocked and allowed, by host and rule
@@ -24,6 +26,7 @@ Commands:
 Run 'sandgate COMMAND --help' for a command's options and examples.
 
 Examples:
+  sandgate run ~/src/app -- uname -a
   sandgate proxy --config /etc/sandgate/policy.yaml --listen 127.0.0.1:3128
   sandgate network log --since 1h --verdict deny
   sandgate policy check /etc/sandgate/policy.yaml
@@ -56,6 +59,8 @@ int main(int argc, char** argv) {
   if (cmd == "policy") return sandgate::cli::policy_command(rest);
   if (cmd == "proxy") return sandgate::cli::proxy_command(rest);
   if (cmd == "network") return sandgate::cli::network_command(rest);
+  if (cmd == "run") return sandgate::cli::run_command(rest);
+  if (cmd == "relay") return sandgate::cli::relay_command(rest);
   std::fprintf(stderr, "sandgate: unknown command '%.*s'\n\n%s", static_cast<int>(cmd.size()), cmd.data(),
                usage.data());
   return 2;

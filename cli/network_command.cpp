@@ -43,7 +43,8 @@ sandbox, host:port, rule and reason, most recent first. Rotated files
             allow rules nothing in the log used.
 
 Options:
-  --log FILE         the log (default $SANDGATE_HOME/log/network.jsonl)
+  --log FILE         the log (default: SANDBOX's own log when SANDBOX is given
+                     and has one, else $SANDGATE_HOME/log/network.jsonl)
   --since T          only events at or after T: a time (2026-11-27T10:00:00Z)
                      or a duration before now (90s, 15m, 2h, 7d)
   --until T          only events at or before T
@@ -75,6 +76,7 @@ Examples:
 struct Options {
   std::string mode = "summary";  // summary, verify, suggest
   std::string log = default_log_path();
+  bool log_given = false;
   std::string key = default_key_path();
   bool key_given = false, no_key = false;
   std::string policy;
@@ -365,7 +367,10 @@ int network_command(std::span<const std::string_view> args) {
         return 2;
       }
       const std::string v(args[++i]);
-      if (a == "--log") o.log = v;
+      if (a == "--log") {
+        o.log = v;
+        o.log_given = true;
+      }
       else if (a == "--key") {
         o.key = v;
         o.key_given = true;
@@ -407,6 +412,11 @@ int network_command(std::span<const std::string_view> args) {
         return 2;
       }
     }
+  }
+  // A sandbox's own log, unless --log named one.
+  if (!o.log_given && o.filter.has_sandbox) {
+    const auto own = sandgate_home() + "/sandboxes/" + o.filter.sandbox + "/log/network.jsonl";
+    if (std::filesystem::exists(own)) o.log = own;
   }
   if (o.follow) return follow(o);
   auto files = netlog::log_files(o.log);

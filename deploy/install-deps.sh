@@ -25,6 +25,13 @@ test_pkgs=(
   python3 curl git openssl  # the proxy tests: origin server, clients, a TLS certificate
 )
 
+# Sandboxes: QEMU's microvm machine (virtiofsd comes with qemu-system-common),
+# busybox for the guest's initramfs, binutils to read kernel modules' info.
+# The guest kernel itself is fetched with apt-get download by deploy/guest/build-image.sh.
+sandbox_pkgs=(
+  qemu-system-x86 busybox-static binutils xz-utils
+)
+
 check_only=0
 case "${1:-}" in
   --check) check_only=1 ;;
@@ -34,7 +41,7 @@ case "${1:-}" in
 esac
 
 missing=()
-for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do
+for p in "${build_pkgs[@]}" "${test_pkgs[@]}" "${sandbox_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 

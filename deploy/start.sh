@@ -1,56 +1,39 @@
 #!/usr/bin/env bash
-# Sets up sandgate and runs its main job on the bundled default policy.
+# Sets up sandgate and runs its main job: a sandbox on a workspace (this
+# checkout) with the bundled default policy. The agent's command inside the
+# microVM tries what agents try; the proxy decides each connection, and the
+# network log shows every decision with the rule that made it.
 #
-# Until sandboxes land (`sandgate run WORKSPACE`), the main job is the policy
-# engine and the proxy: validate the default policy, show how it decides the
-# requests an agent typically makes and why, then run the proxy on it and send
-# it a request it blocks.
+#   deploy/start.sh [WORKSPACE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/build.sh
 sg=build/release/cli/sandgate
 policy=config/default-policy.yaml
+workspace=${1:-$PWD}
+name=demo-$$
 
+echo "\$ sandgate policy check $policy"
 "$sg" policy check "$policy"
-show() {
-  echo
-  echo "\$ sandgate policy explain $policy $*"
-  "$sg" policy explain "$policy" "$@" && echo "(exit 0: allowed)" || echo "(exit $?: denied)"
-}
-show api.anthropic.com:443 --addr 160.79.104.10
-show registry.npmjs.org:443
-show pastebin.com:443
-show github.com:22
-show metadata.google.internal:80 --addr 169.254.169.254
-show 0x7f.1:8080
 
-# The proxy itself, on the default policy: a request the policy blocks gets a
-# 403 that names the rule and the fix (decided before any DNS lookup).
-# Its network log goes to a folder of this run's own.
-log=$(mktemp)
-netlog=$(mktemp -d)
-"$sg" proxy --config "$policy" --listen 127.0.0.1:0 --log "$netlog/log/network.jsonl" \
-  --log-key "$netlog/keys/log.key" >"$log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null; rm -rf "$log" "$netlog"' EXIT
-port=""
-for _ in $(seq 50); do
-  port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
+# Inside the guest: a request the default policy blocks (through the proxy,
+# as every HTTP client there is configured to), then direct connections that
+# have no route at all.
+script='
+echo "== inside the sandbox: $(uname -sr), proxy $HTTPS_PROXY"
+echo "-- CONNECT pastebin.com:443 through the proxy:"
+printf "CONNECT pastebin.com:443 HTTP/1.1\r\nHost: pastebin.com:443\r\n\r\n" | nc 10.0.2.100 3128
+echo "-- direct TCP to a public address and to the host: no route but the proxy"
+nc -w 3 1.1.1.1 443 </dev/null || true
+nc -w 3 10.0.2.2 22 </dev/null || true
+'
 echo
-echo "\$ sandgate proxy --config $policy --listen 127.0.0.1:$port &"
-echo "\$ curl -x http://127.0.0.1:$port http://pastebin.com/"
-curl -sS -i -x "http://127.0.0.1:$port" http://pastebin.com/
-
-# Every decision is in the network log, hash-chained: stop the proxy, then
-# read and verify it.
-kill -TERM "$pid"
-wait "$pid" || true
+echo "\$ sandgate run --name $name $workspace -- sh -c '...'"
+SANDGATE_VERBOSE=1 "$sg" run --name "$name" "$workspace" -- sh -c "$script"
 echo
-echo "\$ sandgate network log"
-"$sg" network log --log "$netlog/log/network.jsonl"
+echo "\$ sandgate network log $name"
+"$sg" network log "$name"
 echo
-echo "\$ sandgate network log verify"
-"$sg" network log verify --log "$netlog/log/network.jsonl" --key "$netlog/keys/log.key"
+echo "\$ sandgate network log verify $name"
+"$sg" network log verify "$name"
+rm -rf "${SANDGATE_HOME:-$HOME/.sandgate}/sandboxes/$name"

@@ -14,6 +14,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
@@ -154,6 +155,8 @@ struct Server::Impl {
   std::atomic<std::uint64_t> reloads_ok{0}, reloads_failed{0};
   std::atomic<bool> stopping{false};
   asio::io_context control;
+  // control.run() waits for stop() even with no signal or watch pending.
+  asio::executor_work_guard<asio::io_context::executor_type> keep_running = asio::make_work_guard(control);
   std::optional<asio::signal_set> signals;
   std::optional<asio::posix::stream_descriptor> watch;
 
@@ -279,10 +282,12 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
                         ":" + std::to_string(ep.port());
   }
   // Signals are caught from here on: one that arrives before run() waits for it.
-  impl->signals.emplace(impl->control, SIGHUP, SIGTERM, SIGINT);
-  impl->signals->add(SIGUSR1);
+  if (impl->config.handle_signals) {
+    impl->signals.emplace(impl->control, SIGHUP, SIGTERM, SIGINT);
+    impl->signals->add(SIGUSR1);
+  }
   std::unique_ptr<Server> server(new Server(std::move(impl)));
-  server->wait_signal();
+  if (server->impl_->signals) server->wait_signal();
   if (server->impl_->config.watch_policy) server->watch_policy();
   if (auto& im = *server->impl_; im.admin) {
     im.admin_handlers.metrics = [s = server.get()] { return s->metrics_text(); };
@@ -414,7 +419,7 @@ void Server::stop() {
         }
         for (auto& t : im2.threads) t->io.stop();
         boost::system::error_code ignored;
-        im2.signals->cancel(ignored);
+        if (im2.signals) im2.signals->cancel(ignored);
         if (im2.watch) im2.watch->close(ignored);
         if (im2.admin) im2.admin->close(ignored);
         im2.control.stop();

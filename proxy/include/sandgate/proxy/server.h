@@ -55,6 +55,9 @@ struct ServerConfig {
   std::optional<netlog::WriterConfig> log;
   // "host:port" for GET /metrics (Prometheus) and /healthz; "" for none.
   std::string admin;
+  // Catch SIGHUP, SIGUSR1, SIGTERM and SIGINT (off when the proxy is part of
+  // a larger program that handles them, such as `sandgate run`).
+  bool handle_signals = true;
 };
 
 // Counters the server keeps, read at any time (relaxed).

@@ -1,0 +1,330 @@
+// `sandgate run`: a sandbox on a workspace. Boots a QEMU microVM whose only
+// network path is this process's own proxy listener (a unix socket the
+// guest reaches through QEMU's restricted user network), runs a command in
+// it through the guest agent, and shuts it down.
+//
+// `sandgate relay SOCKET` is the per-connection helper QEMU starts for the
+// guest's proxy connections: it copies stdin/stdout to and from SOCKET.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "commands.h"
+#include "paths.h"
+#include "sandgate/proxy/server.h"
+#include "sandgate/vmm/agent_client.h"
+#include "sandgate/vmm/machine.h"
+
+namespace sandgate::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::string_view run_usage = R"(usage: sandgate run [options] WORKSPACE [-- CMD...]
+
+Boots a sandbox for WORKSPACE: a QEMU microVM with its own kernel whose only
+way out is sandgate's proxy, deciding every connection by the policy. Runs
+CMD inside and exits with its status (without CMD: sh, reading stdin).
+Every decision goes to the sandbox's network log ('sandgate network log NAME').
+
+Options:
+  --name NAME        the sandbox's name (default: the workspace folder's name)
+  --policy FILE      policy YAML or Docker proxy-config.json (default: the
+                     bundled default policy)
+  -e KEY=VALUE       set an environment variable for CMD (repeatable)
+  -w DIR             CMD's working directory in the guest (default /)
+  --cpus N           virtual CPUs (default 1)
+  --memory MIB       guest RAM (default 512)
+  --accel MODE       auto, kvm or tcg (default auto: KVM only where it really
+                     runs a guest, else TCG)
+  --boot-timeout MS  time for the guest agent to answer (default 60000)
+  -h, --help         show this help
+
+Examples:
+  sandgate run ~/src/app -- uname -a
+  sandgate run --policy allow-github.yaml ~/src/app -- sh -c 'wget -O- http://example.com/'
+  sandgate network log app
+)";
+
+std::string sanitize_name(std::string_view s) {
+  std::string out;
+  for (char c : s) out += std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ? c : '-';
+  while (!out.empty() && out.front() == '-') out.erase(0, 1);
+  return out.empty() ? "sandbox" : out.substr(0, 48);
+}
+
+// The executable's own path, for QEMU's relay command.
+std::string self_exe() {
+  std::error_code ec;
+  return fs::read_symlink("/proc/self/exe", ec).string();
+}
+
+// The newest built guest image, building one if there is none.
+std::string find_or_build_image(const std::string& home) {
+  const auto images = fs::path(home) / "images";
+  const std::string script = std::getenv("SANDGATE_IMAGE_SCRIPT") ? std::getenv("SANDGATE_IMAGE_SCRIPT")
+                                                                 : SANDGATE_IMAGE_SCRIPT;
+  const std::string agent = std::getenv("SANDGATE_AGENT") ? std::getenv("SANDGATE_AGENT") : SANDGATE_AGENT;
+  // The script reuses an image whose inputs have not changed, and says where it is.
+  const std::string cmd = "'" + script + "' '" + agent + "' '" + images.string() + "'";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return {};
+  char line[4096] = {};
+  std::string last;
+  while (std::fgets(line, sizeof line, p)) last = line;
+  if (::pclose(p) != 0) return {};
+  while (!last.empty() && (last.back() == '\n' || last.back() == '\r')) last.pop_back();
+  return last;
+}
+
+}  // namespace
+
+int relay_command(std::span<const std::string_view> args) {
+  if (args.size() != 1) {
+    std::fputs("usage: sandgate relay SOCKET   (QEMU runs this per guest connection)\n", stderr);
+    return 2;
+  }
+  const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, std::string(args[0]).c_str(), sizeof addr.sun_path - 1);
+  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return 1;
+  // Invariant: stdin/stdout are the guest connection (QEMU's), s the proxy's; both close at exit.
+  bool in_open = true;
+  char buf[64 * 1024];
+  for (;;) {
+    pollfd fds[2] = {{0, static_cast<short>(in_open ? POLLIN : 0), 0}, {s, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) return 1;
+    if (in_open && fds[0].revents) {
+      const ssize_t n = ::read(0, buf, sizeof buf);
+      if (n <= 0) {
+        ::shutdown(s, SHUT_WR);
+        in_open = false;
+      } else if (::send(s, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) {
+        return 0;
+      }
+    }
+    if (fds[1].revents) {
+      const ssize_t n = ::recv(s, buf, sizeof buf, 0);
+      if (n <= 0) return 0;
+      for (ssize_t done = 0; done < n;) {
+        const ssize_t w = ::write(1, buf + done, static_cast<std::size_t>(n - done));
+        if (w <= 0) return 0;
+        done += w;
+      }
+    }
+  }
+}
+
+int run_command(std::span<const std::string_view> args) {
+  std::string name, policy_path, workspace, cwd = "/";
+  std::vector<std::string> env, cmd;
+  vmm::MachineConfig mc;
+  std::string accel = "auto";
+  std::chrono::milliseconds boot_timeout{60'000};
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const auto a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(run_usage.data(), stdout);
+      return 0;
+    }
+    if (a == "--") {
+      for (++i; i < args.size(); ++i) cmd.emplace_back(args[i]);
+      break;
+    }
+    if (!a.starts_with("-")) {
+      if (!workspace.empty()) {
+        std::cerr << "sandgate run: one WORKSPACE; put the command after -- (see --help)\n";
+        return 2;
+      }
+      workspace = a;
+      continue;
+    }
+    if (i + 1 >= args.size()) {
+      std::cerr << "sandgate run: unknown option or missing value: '" << a << "' (see --help)\n";
+      return 2;
+    }
+    const std::string v(args[++i]);
+    auto number = [&](unsigned& out) {
+      auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+      return ec == std::errc{} && p == v.data() + v.size() && out > 0;
+    };
+    bool ok = true;
+    if (a == "--name") name = v;
+    else if (a == "--policy") policy_path = v;
+    else if (a == "-e") {
+      ok = v.find('=') != std::string::npos && v.front() != '=';
+      env.push_back(v);
+    } else if (a == "-w") cwd = v;
+    else if (a == "--cpus") ok = number(mc.cpus);
+    else if (a == "--memory") ok = number(mc.memory_mib) && mc.memory_mib >= 128;
+    else if (a == "--accel") {
+      accel = v;
+      ok = v == "auto" || v == "kvm" || v == "tcg";
+    } else if (a == "--boot-timeout") {
+      unsigned ms = 0;
+      ok = number(ms);
+      boot_timeout = std::chrono::milliseconds(ms);
+    } else {
+      std::cerr << "sandgate run: unknown option '" << a << "' (see --help)\n";
+      return 2;
+    }
+    if (!ok) {
+      std::cerr << "sandgate run: bad value for " << a << ": '" << v << "' (see --help)\n";
+      return 2;
+    }
+  }
+  if (workspace.empty()) {
+    std::cerr << "sandgate run: a WORKSPACE folder is needed (see --help)\n";
+    return 2;
+  }
+  std::error_code ec;
+  const auto ws = fs::canonical(workspace, ec);
+  if (ec || !fs::is_directory(ws)) {
+    std::cerr << "sandgate run: " << workspace << " is not a folder\n";
+    return 2;
+  }
+  if (name.empty()) name = sanitize_name(ws.filename().string());
+  if (sanitize_name(name) != name) {
+    std::cerr << "sandgate run: --name takes letters, digits, '-' and '_' (not '" << name << "')\n";
+    return 2;
+  }
+  if (cmd.empty()) cmd = {"sh"};
+
+  const auto home = sandgate_home();
+  const auto state = fs::path(home) / "sandboxes" / name;
+  fs::create_directories(state, ec);
+  if (ec) {
+    std::cerr << "sandgate run: cannot create " << state << ": " << ec.message() << "\n";
+    return 1;
+  }
+  // One process owns a sandbox: the lock is held for this run's life.
+  // Invariant: lock_fd stays open (and locked) until this function returns.
+  const int lock_fd = ::open((state / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    std::cerr << "sandgate run: sandbox '" << name << "' is already running; pick another --name\n";
+    return 1;
+  }
+  struct CloseLock {
+    int fd;
+    ~CloseLock() { ::close(fd); }
+  } close_lock{lock_fd};
+
+  const auto image = find_or_build_image(home);
+  if (image.empty()) {
+    std::cerr << "sandgate run: cannot build the guest image (run deploy/guest/build-image.sh to see why)\n";
+    return 1;
+  }
+
+  // The sandbox's own proxy: its listener is the sandbox's identity.
+  if (policy_path.empty()) policy_path = SANDGATE_DEFAULT_POLICY;
+  auto store = config::PolicyStore::open(policy_path);
+  if (!store) {
+    for (const auto& d : store.error()) std::cerr << d.to_string() << "\n";
+    return 2;
+  }
+  const auto proxy_socket = (state / "proxy.sock").string();
+  proxy::ServerConfig pc;
+  pc.listeners.push_back({"unix:" + proxy_socket, name, 0});
+  pc.threads = 1;
+  pc.handle_signals = false;
+  netlog::WriterConfig log;
+  log.path = (state / "log" / "network.jsonl").string();
+  log.key_file = default_key_path();
+  pc.log = log;
+  auto server = proxy::Server::start(pc, std::shared_ptr<config::PolicyStore>(std::move(*store)));
+  if (!server) {
+    std::cerr << "sandgate run: proxy: " << server.error() << "\n";
+    return 1;
+  }
+  std::thread proxy_thread([&s = **server] { s.run(); });
+  struct StopProxy {
+    proxy::Server& s;
+    std::thread& t;
+    ~StopProxy() {
+      s.stop();
+      t.join();
+    }
+  } stop_proxy{**server, proxy_thread};
+
+  if (accel == "auto") {
+    // The probe's verdict holds until the host reboots or the image changes.
+    std::string boot_id;
+    std::ifstream("/proc/sys/kernel/random/boot_id") >> boot_id;
+    const auto cache = fs::path(home) / "accel.cache";
+    const auto key = boot_id + " " + image;
+    std::string line;
+    if (std::ifstream in(cache); in && std::getline(in, line) && line.starts_with(key + " "))
+      mc.accel = line.ends_with(" kvm") ? vmm::Accel::kvm : vmm::Accel::tcg;
+    else {
+      std::string why;
+      mc.accel = vmm::probe_accel(mc.qemu, image + "/vmlinuz", image + "/initrd.gz", std::chrono::seconds(4), why);
+      std::ofstream(cache) << key << " " << vmm::to_string(mc.accel) << "\n";
+      if (mc.accel == vmm::Accel::tcg)
+        std::cerr << "sandgate run: using TCG (software emulation, slower): " << why << "\n";
+    }
+  } else {
+    mc.accel = accel == "kvm" ? vmm::Accel::kvm : vmm::Accel::tcg;
+  }
+  mc.kernel = image + "/" + (mc.accel == vmm::Accel::kvm ? "vmlinuz" : "vmlinux");
+  mc.initrd = image + "/initrd.gz";
+  mc.state_dir = state.string();
+  mc.proxy_relay = self_exe() + " relay " + proxy_socket;
+  mc.kernel_args = {"sandgate_name=" + name};
+  fs::remove(state / "agent.sock", ec);
+  fs::remove(state / "qmp.sock", ec);
+  const auto started = std::chrono::steady_clock::now();
+  auto machine = vmm::Machine::launch(mc);
+  if (!machine) {
+    std::cerr << "sandgate run: " << machine.error() << "\n";
+    return 1;
+  }
+  auto agent = vmm::AgentClient::connect((*machine)->agent_socket(), boot_timeout);
+  if (!agent) {
+    std::cerr << "sandgate run: " << agent.error() << " (" << (*machine)->console_log() << ")\n";
+    return 1;
+  }
+  const auto ready_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
+  if (std::getenv("SANDGATE_VERBOSE"))
+    std::cerr << "sandgate run: " << name << " ready in " << ready_ms << " ms (" << vmm::to_string(mc.accel) << ")\n";
+  (*agent)->set_time();
+
+  vmm::ExecRequest req;
+  req.argv = cmd;
+  req.cwd = cwd;
+  const std::string proxy_url = "http://10.0.2.100:3128";
+  req.env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "HOME=/root",
+             "http_proxy=" + proxy_url,
+             "https_proxy=" + proxy_url,
+             "HTTP_PROXY=" + proxy_url,
+             "HTTPS_PROXY=" + proxy_url,
+             "no_proxy=",
+             "NO_PROXY=",
+             "SANDGATE_SANDBOX=" + name};
+  if (const char* term = std::getenv("TERM")) req.env.push_back(std::string("TERM=") + term);
+  req.env.insert(req.env.end(), env.begin(), env.end());
+  auto status = (*agent)->exec(req, 0, 1, 2);
+  (*agent)->poweroff();
+  (*machine)->shutdown(std::chrono::seconds(5));
+  if (!status) {
+    std::cerr << "sandgate run: " << status.error() << "\n";
+    return 125;
+  }
+  return *status;
+}
+
+}  // namespace sandgate::cli

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds the sandbox guest image from Debian packages and sandgate's agent:
+# Debian's kernel (uncompressed, for a fast PVH boot), and an initramfs with
+# busybox, the virtio modules the guest needs, init and the agent. The
+# result is cached by the hash of its inputs: a rebuild with the same inputs
+# reuses it.
+#
+#   deploy/guest/build-image.sh AGENT [IMAGES_DIR]
+#     AGENT       the static sandgate-agent binary
+#     IMAGES_DIR  default: ${SANDGATE_HOME:-$HOME/.sandgate}/images
+# Prints the image's folder (holding vmlinux, vmlinuz, initrd.gz, manifest).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+agent=${1:?usage: build-image.sh AGENT [IMAGES_DIR]}
+images=${2:-${SANDGATE_HOME:-$HOME/.sandgate}/images}
+mkdir -p "$images/.debs"
+[ -x /bin/busybox ] || { echo "build-image: /bin/busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
+
+# Debian's current kernel package, fetched through apt (once; cached).
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1; }
+kpkg=$(kernel_pkg)
+if [ -z "$kpkg" ] && [ "$(id -u)" -eq 0 ]; then apt-get update -qq && kpkg=$(kernel_pkg); fi
+[ -n "$kpkg" ] || { echo "build-image: apt knows no linux-image-amd64 (apt-get update?)" >&2; exit 1; }
+deb=$(ls "$images/.debs/${kpkg}_"*.deb 2>/dev/null | head -1 || true)
+if [ -z "$deb" ]; then
+  # (as root apt warns that its sandbox user cannot write here; harmless)
+  (cd "$images/.debs" && apt-get download "$kpkg" >/dev/null 2>&1) ||
+    { echo "build-image: apt-get download $kpkg failed" >&2; exit 1; }
+  deb=$(ls "$images/.debs/${kpkg}_"*.deb | head -1)
+fi
+kv=${kpkg#linux-image-}
+
+mods="virtio_mmio virtio_net virtio_console virtiofs 9pnet_virtio 9p virtio_rng evdev button"
+id=$( (sha256sum "$deb" /bin/busybox "$agent" "$here/init" "$0"; echo "$mods") | sha256sum | cut -c1-16)
+out="$images/$id"
+if [ -f "$out/manifest" ]; then echo "$out"; exit 0; fi
+
+work=$(mktemp -d "$images/.build-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -x "$deb" "$work/deb"
+root="$work/root"
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,lib/modules,root,usr/bin,usr/sbin}
+cp /bin/busybox "$root/bin/busybox"
+strip -o "$root/sbin/sandgate-agent" "$agent"
+cp "$here/init" "$root/init"
+chmod 755 "$root/init" "$root/sbin/sandgate-agent"
+# Module dependencies from each module's own .modinfo section (the package
+# ships no modules.dep; depmod runs at install time).
+moddir="$work/deb/lib/modules/$kv"
+path_of() { find "$moddir" \( -name "$1.ko*" -o -name "${1//_/-}.ko*" \) -print -quit; }
+plain_ko() {
+  case "$1" in
+    *.xz) xz -dc "$1" ;;
+    *.zst) zstd -dc "$1" ;;
+    *) cat "$1" ;;
+  esac
+}
+deps_of() {
+  plain_ko "$1" > "$work/mod.ko"
+  objcopy -O binary --only-section=.modinfo "$work/mod.ko" "$work/modinfo"
+  tr '\0' '\n' < "$work/modinfo" | sed -n 's/^depends=//p' | tr ',' ' '
+}
+resolve() {
+  local p d
+  p=$(path_of "$1")
+  [ -n "$p" ] || { echo "build-image: module $1 is not in $kpkg" >&2; return 1; }
+  for d in $(deps_of "$p"); do resolve "$d" || return 1; done
+  echo "$1"
+}
+order=""
+for m in $mods; do order+="$(resolve "$m") "; done
+: > "$root/lib/modules/order"
+for m in $(echo "$order" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
+  plain_ko "$(path_of "$m")" > "$root/lib/modules/$m.ko"
+  echo "$m" >> "$root/lib/modules/order"
+done
+(cd "$root" && find . | LC_ALL=C sort | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$work/initrd.gz"
+cp "$work/deb/boot/vmlinuz-$kv" "$work/vmlinuz"
+# The uncompressed kernel boots by its PVH entry: no real-mode stub, no
+# decompression (seconds saved under TCG).
+python3 - "$work/vmlinuz" "$work/vmlinux" <<'PY'
+import lzma, sys
+data = open(sys.argv[1], 'rb').read()
+at = data.find(b'\xfd7zXZ\x00')
+if at < 0: sys.exit("build-image: the kernel is not xz-compressed")
+open(sys.argv[2], 'wb').write(lzma.LZMADecompressor().decompress(data[at:]))
+PY
+{
+  echo "id $id"
+  echo "kernel $kpkg $(sha256sum "$deb" | cut -c1-64)"
+  echo "busybox $(sha256sum /bin/busybox | cut -c1-64)"
+  echo "agent $(sha256sum "$agent" | cut -c1-64)"
+  echo "modules $(tr '\n' ' ' < "$root/lib/modules/order")"
+} > "$work/manifest.tmp"
+mkdir -p "$out"
+mv "$work/vmlinux" "$work/vmlinuz" "$work/initrd.gz" "$out/"
+mv "$work/manifest.tmp" "$out/manifest"
+echo "$out"

@@ -1,0 +1,123 @@
+// Sandboxes end to end: the real `sandgate run`, real QEMU microVMs under
+// TCG, Debian's kernel, the guest agent; the proxy and a Python origin on
+// the host's loopback. Guest images are cached under the build tree's own
+// SANDGATE_HOME, so only the first run builds one.
+#include <gtest/gtest.h>
+
+#include <boost/json/parse.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "../proxy/process.h"
+
+namespace sandgate {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::Process;
+using testing::shell;
+
+class SandboxTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    home_ = fs::path(SANDGATE_TEST_HOME);
+    fs::create_directories(home_);
+    ws_ = fs::temp_directory_path() / ("sandgate-ws-" + std::to_string(::getpid()));
+    fs::create_directories(ws_);
+  }
+  static void TearDownTestSuite() { fs::remove_all(ws_); }
+  // Each test starts with no sandbox state (images stay cached).
+  void SetUp() override { fs::remove_all(home_ / "sandboxes"); }
+
+  // `sandgate run` with this suite's home; stdout and stderr to files.
+  struct Result {
+    int status;
+    std::string out, err;
+  };
+  Result run(const std::string& args) {
+    const auto out = ws_ / "stdout", err = ws_ / "stderr";
+    const auto r = shell("(SANDGATE_HOME='" + home_.string() + "' " + std::string(SANDGATE_BIN) + " run " + args +
+                         " >" + out.string() + " 2>" + err.string() + ")");
+    auto read = [](const fs::path& p) {
+      std::ifstream f(p);
+      return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    };
+    return {r.status, read(out), read(err)};
+  }
+  fs::path sandbox_log(const std::string& name) const {
+    return home_ / "sandboxes" / name / "log" / "network.jsonl";
+  }
+
+  static inline fs::path home_, ws_;
+};
+
+TEST_F(SandboxTest, RunsACommandWithItsStreamsAndExitStatus) {
+  const auto r = run("--name streams " + ws_.string() +
+                     " -- sh -c 'echo out; echo err >&2; uname -r; echo $HTTPS_PROXY; exit 7'");
+  EXPECT_EQ(r.status, 7) << r.err;
+  EXPECT_NE(r.out.find("out\n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("err"), std::string::npos) << "stderr kept apart: " << r.out;
+  EXPECT_NE(r.err.find("err\n"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("-amd64\n"), std::string::npos) << "the guest runs Debian's kernel: " << r.out;
+  EXPECT_NE(r.out.find("http://10.0.2.100:3128"), std::string::npos) << r.out;
+  // A missing command is 127, as in a shell.
+  EXPECT_EQ(run("--name missing " + ws_.string() + " -- no-such-command").status, 127);
+}
+
+TEST_F(SandboxTest, TheOnlyWayOutIsTheProxyAndItDecidesEveryConnection) {
+  // A service on the host's loopback that the guest may reach only through
+  // the proxy, and only because the policy below allows it.
+  Process origin({"python3", std::string(SANDGATE_TESTDATA) + "/proxy/origin.py", "127.0.0.1",
+                  (ws_ / "origin.log").string()});
+  const auto port = origin.read_line();
+  ASSERT_FALSE(port.empty());
+  const auto policy = ws_ / "policy.yaml";
+  std::ofstream(policy) << "version: 1\nmode: deny\nallow_hosts:\n  - 127.0.0.1:" << port
+                        << "\nallow_cidrs:\n  - 127.0.0.1/32\n";
+  // One boot, one script: each probe prints a marker and its outcome.
+  const std::string script =
+      "printf 'GET http://127.0.0.1:" + port + "/small HTTP/1.0\\r\\n\\r\\n' | nc 10.0.2.100 3128 | head -1;"
+      " echo ALLOWED-DONE;"
+      " printf 'CONNECT pastebin.com:443 HTTP/1.1\\r\\n\\r\\n' | nc 10.0.2.100 3128;"
+      " echo BLOCKED-DONE;"
+      " nc -w 3 10.0.2.2 " + port + " </dev/null && echo HOST-LOOPBACK-REACHED;"
+      " nc -w 3 127.0.0.1 " + port + " </dev/null && echo GUEST-LOOPBACK-REACHED;"
+      " nc -w 3 1.1.1.1 80 </dev/null && echo PUBLIC-REACHED;"
+      " nc -w 3 10.0.2.100 80 </dev/null && echo OTHER-PORT-REACHED;"
+      " timeout 3 nslookup example.com 10.0.2.3 >/dev/null 2>&1 && echo DNS-ANSWERED;"
+      " echo END";
+  const auto r = run("--name net --policy " + policy.string() + " " + ws_.string() + " -- sh -c \"" + script + "\"");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  ASSERT_NE(r.out.find("END"), std::string::npos) << r.out << r.err;
+  EXPECT_NE(r.out.find("HTTP/1.1 200"), std::string::npos) << "allowed through the proxy: " << r.out;
+  const auto blocked = r.out.substr(r.out.find("ALLOWED-DONE"));
+  EXPECT_NE(blocked.find("HTTP/1.1 403 Forbidden"), std::string::npos) << blocked;
+  EXPECT_NE(blocked.find("sandgate network proxy net --allow-host pastebin.com:443"), std::string::npos) << blocked;
+  for (const auto* leak : {"HOST-LOOPBACK-REACHED", "GUEST-LOOPBACK-REACHED", "PUBLIC-REACHED",
+                           "OTHER-PORT-REACHED", "DNS-ANSWERED"})
+    EXPECT_EQ(r.out.find(leak), std::string::npos) << leak << "\n" << r.out;
+  // Both decisions are in the sandbox's network log, under its name.
+  std::ifstream log(sandbox_log("net"));
+  int allowed = 0, denied = 0;
+  for (std::string line; std::getline(log, line);) {
+    const auto v = boost::json::parse(line).as_object();
+    if (v.at("type").as_string() != "decision") continue;
+    EXPECT_EQ(v.at("sandbox").as_string(), "net");
+    allowed += v.at("verdict").as_string() == "allow";
+    denied += v.at("verdict").as_string() == "deny" && v.at("target").as_string() == "pastebin.com:443";
+  }
+  EXPECT_EQ(allowed, 1);
+  EXPECT_EQ(denied, 1);
+}
+
+TEST_F(SandboxTest, BadArgumentsSayWhy) {
+  EXPECT_EQ(run("").status, 2);
+  EXPECT_EQ(run("/no/such/folder -- true").status, 2);
+  const auto r = run("--name 'a b' " + ws_.string() + " -- true");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--name"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace sandgate

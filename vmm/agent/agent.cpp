@@ -1,0 +1,295 @@
+// sandgate-agent: the guest side of the exec channel. PID 1's last step in
+// the guest's init; statically linked; talks to the host over the
+// virtio-serial port named "agent0" (see agent_protocol.h).
+//
+// One poll loop: the port, every running command's stdout and stderr pipes,
+// and a signalfd for SIGCHLD. A command's exit frame is sent only after its
+// output pipes reach EOF, so no output is lost behind it.
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/src.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sandgate/vmm/agent_protocol.h"
+
+namespace {
+
+using sandgate::vmm::FrameType;
+
+struct Session {
+  pid_t pid = -1;
+  int in = -1, out = -1, err = -1;  // our ends of the child's stdin, stdout, stderr
+  bool exited = false;
+  int status = 0;
+};
+
+// Finds /dev/vportNpM for the port named `name` (no udev in the guest).
+std::string find_port(const std::string& name) {
+  DIR* d = ::opendir("/sys/class/virtio-ports");
+  if (!d) return {};
+  std::string found;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream f(std::string("/sys/class/virtio-ports/") + e->d_name + "/name");
+    std::string n;
+    if (f >> n && n == name) found = std::string("/dev/") + e->d_name;
+  }
+  ::closedir(d);
+  return found;
+}
+
+class Agent {
+ public:
+  int run() {
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &mask, nullptr);
+    // Invariant: sigfd_ lives as long as the agent; children unblock SIGCHLD after fork.
+    sigfd_ = ::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    for (;;) {
+      if (port_ < 0 && !open_port()) {
+        reap();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        continue;
+      }
+      loop_once();
+    }
+  }
+
+ private:
+  bool open_port() {
+    const auto path = find_port("agent0");
+    if (path.empty()) return false;
+    // Invariant: port_ is closed and reopened when the host side disconnects (read EOF).
+    port_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    return port_ >= 0;
+  }
+
+  void send(FrameType t, std::uint32_t session, std::string_view payload) {
+    if (port_ < 0) return;
+    out_.clear();
+    sandgate::vmm::encode_frame(out_, t, session, payload);
+    std::size_t done = 0;
+    while (done < out_.size()) {
+      const ssize_t n = ::write(port_, out_.data() + done, out_.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;  // host gone: the frame is lost with the connection
+      done += static_cast<std::size_t>(n);
+    }
+  }
+
+  void loop_once() {
+    std::vector<pollfd> fds;
+    std::vector<std::pair<std::uint32_t, int>> owners;  // (session, 1 = stdout, 2 = stderr)
+    fds.push_back({port_, POLLIN, 0});
+    fds.push_back({sigfd_, POLLIN, 0});
+    for (auto& [id, s] : sessions_) {
+      if (s.out >= 0) {
+        fds.push_back({s.out, POLLIN, 0});
+        owners.emplace_back(id, 1);
+      }
+      if (s.err >= 0) {
+        fds.push_back({s.err, POLLIN, 0});
+        owners.emplace_back(id, 2);
+      }
+    }
+    if (::poll(fds.data(), fds.size(), 1000) < 0) return;
+    if (fds[1].revents) {
+      signalfd_siginfo info;
+      while (::read(sigfd_, &info, sizeof info) == sizeof info) {
+      }
+      reap();
+    }
+    for (std::size_t i = 2; i < fds.size(); ++i) {
+      if (!fds[i].revents) continue;
+      auto& [id, which] = owners[i - 2];
+      auto& s = sessions_[id];
+      int& fd = which == 1 ? s.out : s.err;
+      char buf[32 * 1024];
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n > 0) {
+        send(which == 1 ? FrameType::stdout_data : FrameType::stderr_data, id, {buf, static_cast<std::size_t>(n)});
+      } else if (n == 0 || errno != EAGAIN) {
+        ::close(fd);
+        fd = -1;
+      }
+    }
+    finish_sessions();
+    if (fds[0].revents) read_port();
+  }
+
+  void read_port() {
+    char buf[64 * 1024];
+    const ssize_t n = ::read(port_, buf, sizeof buf);
+    if (n <= 0) {
+      // The host disconnected: wait for the next one. Commands keep running.
+      ::close(port_);
+      port_ = -1;
+      decoder_ = {};
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      return;
+    }
+    decoder_.feed({buf, static_cast<std::size_t>(n)});
+    while (auto f = decoder_.next()) handle(*f);
+  }
+
+  void handle(const sandgate::vmm::Frame& f) {
+    switch (f.type) {
+      case FrameType::ping:
+        send(FrameType::pong, f.session, f.payload);
+        break;
+      case FrameType::exec:
+        start(f.session, f.payload);
+        break;
+      case FrameType::stdin_data:
+        if (auto it = sessions_.find(f.session); it != sessions_.end() && it->second.in >= 0) {
+          std::size_t done = 0;
+          while (done < f.payload.size()) {
+            const ssize_t n = ::write(it->second.in, f.payload.data() + done, f.payload.size() - done);
+            if (n <= 0 && errno != EINTR) break;
+            if (n > 0) done += static_cast<std::size_t>(n);
+          }
+        }
+        break;
+      case FrameType::stdin_eof:
+        if (auto it = sessions_.find(f.session); it != sessions_.end() && it->second.in >= 0) {
+          ::close(it->second.in);
+          it->second.in = -1;
+        }
+        break;
+      case FrameType::signal:
+        if (auto it = sessions_.find(f.session); it != sessions_.end() && !it->second.exited)
+          ::kill(-it->second.pid, std::atoi(f.payload.c_str()));
+        break;
+      case FrameType::set_time: {
+        const long long us = std::atoll(f.payload.c_str());
+        const timeval tv{static_cast<time_t>(us / 1'000'000), static_cast<suseconds_t>(us % 1'000'000)};
+        ::settimeofday(&tv, nullptr);
+        break;
+      }
+      case FrameType::poweroff:
+        ::sync();
+        ::reboot(RB_POWER_OFF);
+        break;
+      default:
+        break;
+    }
+  }
+
+  void start(std::uint32_t id, const std::string& payload) {
+    boost::system::error_code ec;
+    const auto v = boost::json::parse(payload, ec);
+    if (ec || !v.is_object() || !v.as_object().contains("argv") || !v.at("argv").is_array() ||
+        v.at("argv").as_array().empty()) {
+      send(FrameType::error, id, "exec: a JSON object with a non-empty argv is needed");
+      return;
+    }
+    std::vector<std::string> argv, env;
+    for (const auto& a : v.at("argv").as_array())
+      if (a.is_string()) argv.emplace_back(a.as_string());
+    if (const auto* e = v.as_object().if_contains("env"); e && e->is_array())
+      for (const auto& kv : e->as_array())
+        if (kv.is_string()) env.emplace_back(kv.as_string());
+    std::string cwd = "/";
+    if (const auto* c = v.as_object().if_contains("cwd"); c && c->is_string()) cwd = std::string(c->as_string());
+
+    int in[2], out[2], err[2];
+    if (::pipe2(in, O_CLOEXEC) || ::pipe2(out, O_CLOEXEC) || ::pipe2(err, O_CLOEXEC)) {
+      send(FrameType::error, id, std::string("pipe: ") + std::strerror(errno));
+      return;
+    }
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::setsid();
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      ::dup2(err[1], 2);
+      if (::chdir(cwd.c_str()) != 0) {
+        dprintf(2, "sandgate-agent: cannot enter %s: %s\n", cwd.c_str(), std::strerror(errno));
+        ::_exit(126);
+      }
+      std::vector<char*> a, e;
+      for (auto& s : argv) a.push_back(s.data());
+      a.push_back(nullptr);
+      for (auto& s : env) e.push_back(s.data());
+      e.push_back(nullptr);
+      for (const auto& kv : env)
+        if (kv.starts_with("PATH=")) ::setenv("PATH", kv.c_str() + 5, 1);  // execvpe searches the caller's PATH
+      ::execvpe(a[0], a.data(), e.data());
+      dprintf(2, "sandgate-agent: cannot run %s: %s\n", a[0], std::strerror(errno));
+      ::_exit(errno == ENOENT ? 127 : 126);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    ::close(err[1]);
+    if (pid < 0) {
+      ::close(in[1]);
+      ::close(out[0]);
+      ::close(err[0]);
+      send(FrameType::error, id, std::string("fork: ") + std::strerror(errno));
+      return;
+    }
+    sessions_[id] = Session{pid, in[1], out[0], err[0]};
+    send(FrameType::started, id, std::to_string(pid));
+  }
+
+  void reap() {
+    for (;;) {
+      int st = 0;
+      const pid_t pid = ::waitpid(-1, &st, WNOHANG);
+      if (pid <= 0) break;
+      for (auto& [id, s] : sessions_)
+        if (s.pid == pid) {
+          s.exited = true;
+          s.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+    }
+  }
+
+  void finish_sessions() {
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      auto& s = it->second;
+      if (s.exited && s.out < 0 && s.err < 0) {
+        if (s.in >= 0) ::close(s.in);
+        send(FrameType::exit, it->first, std::to_string(s.status));
+        it = sessions_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  int port_ = -1;
+  int sigfd_ = -1;
+  sandgate::vmm::FrameDecoder decoder_;
+  std::string out_;
+  std::map<std::uint32_t, Session> sessions_;
+};
+
+}  // namespace
+
+int main() {
+  ::signal(SIGPIPE, SIG_IGN);
+  return Agent().run();
+}

@@ -1,0 +1,77 @@
+// A QEMU microVM (-M microvm, virtio-mmio devices) whose only network path
+// is the sandbox's proxy, with its agent on a virtio-serial port and QMP for
+// its lifecycle. vmm knows nothing of HTTP: the proxy is a unix socket path.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <boost/system/result.hpp>
+
+namespace sandgate::vmm {
+
+enum class Accel { kvm, tcg };
+std::string_view to_string(Accel a) noexcept;
+
+struct MachineConfig {
+  std::string qemu = "qemu-system-x86_64";
+  std::string kernel;  // an uncompressed vmlinux (PVH entry) or a bzImage
+  std::string initrd;
+  unsigned cpus = 1;
+  unsigned memory_mib = 512;
+  Accel accel = Accel::tcg;
+  std::string state_dir;  // the machine's sockets and console log live here
+  // Run for each guest connection to the proxy address (10.0.2.100:3128):
+  // a command whose stdin/stdout carry that connection (`sandgate relay SOCKET`).
+  std::string proxy_relay;
+  std::vector<std::string> kernel_args;  // extra key=value for the guest's init
+};
+
+// The full QEMU command line for `config` (exposed for tests and `--dry-run`).
+std::vector<std::string> qemu_argv(const MachineConfig& config);
+
+class Machine {
+ public:
+  // Starts QEMU (stdin /dev/null, output to state_dir/console.log). Fails with
+  // the step, path and errno.
+  static boost::system::result<std::unique_ptr<Machine>, std::string> launch(const MachineConfig& config);
+  ~Machine();  // kills QEMU if it still runs
+
+  pid_t pid() const noexcept { return pid_; }
+  std::string agent_socket() const { return state_dir_ + "/agent.sock"; }
+  std::string qmp_socket() const { return state_dir_ + "/qmp.sock"; }
+  std::string console_log() const { return state_dir_ + "/console.log"; }
+
+  // Waits for QEMU to exit; its exit status, or -1 on timeout.
+  int wait(std::chrono::milliseconds timeout);
+  // Asks the guest to power off (QMP system_powerdown), then quits QEMU after
+  // `grace`; returns QEMU's exit status.
+  int shutdown(std::chrono::milliseconds grace);
+  // SIGKILL.
+  void kill() noexcept;
+
+ private:
+  Machine(pid_t pid, std::string state_dir) : pid_(pid), state_dir_(std::move(state_dir)) {}
+  bool qmp(const std::string& command);
+  pid_t pid_;
+  std::string state_dir_;
+  bool exited_ = false;
+  int status_ = -1;
+};
+
+// The host's TSC frequency in kHz (for the TCG guest's early calibration), or 0.
+unsigned long host_tsc_khz();
+
+// Whether KVM really runs this guest. /dev/kvm may exist and still not run a
+// stock Debian kernel (a nested PVM host, say), so after the cheap checks
+// (/dev/kvm read-write, kvm_intel or kvm_amd loaded) a probe boot of
+// kernel + initrd under KVM must print the init's probe line within
+// `timeout`. `why` says what decided. Cost: up to `timeout` when KVM is there.
+Accel probe_accel(const std::string& qemu, const std::string& kernel, const std::string& initrd,
+                  std::chrono::milliseconds timeout, std::string& why);
+
+}  // namespace sandgate::vmm

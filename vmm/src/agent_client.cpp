@@ -1,0 +1,157 @@
+#include "sandgate/vmm/agent_client.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "sandgate/vmm/agent_protocol.h"
+
+namespace sandgate::vmm {
+namespace {
+
+bool write_all(int fd, const char* p, std::size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+}  // namespace
+
+boost::system::result<std::unique_ptr<AgentClient>, std::string> AgentClient::connect(
+    const std::string& socket, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  int fd = -1;
+  // QEMU creates the socket a moment after it starts.
+  while (fd < 0) {
+    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, socket.c_str(), sizeof addr.sun_path - 1);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      ::close(fd);
+      fd = -1;
+      if (std::chrono::steady_clock::now() >= end)
+        return "the VM's agent socket " + socket + " did not appear (QEMU did not start; see console.log)";
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  std::unique_ptr<AgentClient> c(new AgentClient(fd));
+  // Ping until the agent answers: until the guest opens its port, bytes are dropped.
+  FrameDecoder decoder;
+  auto last_ping = std::chrono::steady_clock::time_point{};
+  for (;;) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= end) return std::string("the guest agent did not answer in time (see the sandbox's console.log)");
+    if (now - last_ping >= std::chrono::milliseconds(20)) {
+      c->send(static_cast<unsigned char>(FrameType::ping), 0, "ready?");
+      last_ping = now;
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 20) <= 0) continue;
+    char buf[4096];
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) return std::string("the VM closed the agent channel while booting (see console.log)");
+    decoder.feed({buf, static_cast<std::size_t>(n)});
+    while (auto f = decoder.next())
+      if (f->type == FrameType::pong) return c;
+  }
+}
+
+AgentClient::~AgentClient() { ::close(fd_); }
+
+bool AgentClient::send(unsigned char type, std::uint32_t session, std::string_view payload) {
+  std::string out;
+  encode_frame(out, static_cast<FrameType>(type), session, payload);
+  return write_all(fd_, out.data(), out.size());
+}
+
+void AgentClient::set_time() {
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  send(static_cast<unsigned char>(FrameType::set_time), 0, std::to_string(us));
+}
+
+void AgentClient::poweroff() { send(static_cast<unsigned char>(FrameType::poweroff), 0, ""); }
+
+boost::system::result<int, std::string> AgentClient::exec(const ExecRequest& r, int in_fd, int out_fd, int err_fd) {
+  const std::uint32_t id = next_session_++;
+  boost::json::object req;
+  boost::json::array argv, env;
+  for (const auto& a : r.argv) argv.emplace_back(a);
+  for (const auto& e : r.env) env.emplace_back(e);
+  req["argv"] = std::move(argv);
+  req["env"] = std::move(env);
+  req["cwd"] = r.cwd;
+  if (!send(static_cast<unsigned char>(FrameType::exec), id, boost::json::serialize(req)))
+    return std::string("the agent channel is closed");
+  if (in_fd < 0) send(static_cast<unsigned char>(FrameType::stdin_eof), id, "");
+
+  // Signals to this process go to the command instead (Ctrl-C stops the command, not the VM).
+  sigset_t mask, old;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGHUP);
+  ::sigprocmask(SIG_BLOCK, &mask, &old);
+  // Invariant: sigfd is closed and the mask restored on every return below.
+  const int sigfd = ::signalfd(-1, &mask, SFD_CLOEXEC);
+  auto done = [&](boost::system::result<int, std::string> v) {
+    ::close(sigfd);
+    ::sigprocmask(SIG_SETMASK, &old, nullptr);
+    return v;
+  };
+  FrameDecoder decoder;
+  for (;;) {
+    pollfd fds[3] = {{fd_, POLLIN, 0}, {sigfd, POLLIN, 0}, {in_fd, POLLIN, 0}};
+    if (::poll(fds, in_fd >= 0 ? 3 : 2, -1) < 0 && errno != EINTR) return done(std::string("poll failed"));
+    if (fds[1].revents) {
+      signalfd_siginfo info{};
+      if (::read(sigfd, &info, sizeof info) == sizeof info)
+        send(static_cast<unsigned char>(FrameType::signal), id, std::to_string(info.ssi_signo));
+    }
+    if (in_fd >= 0 && fds[2].revents) {
+      char buf[32 * 1024];
+      const ssize_t n = ::read(in_fd, buf, sizeof buf);
+      if (n > 0) {
+        send(static_cast<unsigned char>(FrameType::stdin_data), id, {buf, static_cast<std::size_t>(n)});
+      } else {
+        send(static_cast<unsigned char>(FrameType::stdin_eof), id, "");
+        in_fd = -1;
+      }
+    }
+    if (!fds[0].revents) continue;
+    char buf[64 * 1024];
+    const ssize_t n = ::read(fd_, buf, sizeof buf);
+    if (n <= 0) return done(std::string("the VM went away while the command ran (see console.log)"));
+    decoder.feed({buf, static_cast<std::size_t>(n)});
+    while (auto f = decoder.next()) {
+      if (f->session != id) continue;
+      switch (f->type) {
+        case FrameType::stdout_data: write_all(out_fd, f->payload.data(), f->payload.size()); break;
+        case FrameType::stderr_data: write_all(err_fd, f->payload.data(), f->payload.size()); break;
+        case FrameType::exit: return done(std::atoi(f->payload.c_str()));
+        case FrameType::error: return done("cannot run " + r.argv[0] + ": " + f->payload);
+        default: break;
+      }
+    }
+    if (decoder.error()) return done(std::string("the agent sent a malformed frame"));
+  }
+}
+
+}  // namespace sandgate::vmm

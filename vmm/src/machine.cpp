@@ -1,0 +1,212 @@
+#include "sandgate/vmm/machine.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+namespace sandgate::vmm {
+
+std::string_view to_string(Accel a) noexcept { return a == Accel::kvm ? "kvm" : "tcg"; }
+
+namespace {
+
+// Starts argv with stdin from /dev/null and stdout and stderr to out_fd, in
+// its own process group (a Ctrl-C at the terminal reaches sandgate, which
+// then shuts the guest down). Returns the pid, or -1.
+pid_t spawn(const std::vector<std::string>& argv, int out_fd) {
+  const pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  const int in = ::open("/dev/null", O_RDONLY);
+  ::dup2(in, 0);
+  ::dup2(out_fd, 1);
+  ::dup2(out_fd, 2);
+  ::setpgid(0, 0);
+  std::vector<char*> args;
+  for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
+  args.push_back(nullptr);
+  ::execvp(args[0], args.data());
+  dprintf(2, "sandgate: cannot run %s: %s\n", args[0], std::strerror(errno));
+  ::_exit(127);
+}
+
+}  // namespace
+
+unsigned long host_tsc_khz() {
+  if (std::ifstream f("/sys/devices/system/cpu/cpu0/tsc_freq_khz"); f) {
+    unsigned long khz = 0;
+    if (f >> khz && khz) return khz;
+  }
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);)
+    if (line.starts_with("cpu MHz")) return static_cast<unsigned long>(std::stod(line.substr(line.find(':') + 1)) * 1000);
+  return 0;
+}
+
+std::vector<std::string> qemu_argv(const MachineConfig& c) {
+  const auto mem = std::to_string(c.memory_mib);
+  std::string append = "console=ttyS0 quiet reboot=t panic=-1 pci=off";
+  if (c.accel == Accel::tcg) {
+    // Under TCG the early TSC calibration hangs about one boot in four; give it the answer.
+    if (const auto khz = host_tsc_khz()) append += " tsc_early_khz=" + std::to_string(khz) + " tsc=reliable";
+  }
+  for (const auto& a : c.kernel_args) append += " " + a;
+  // QEMU option values escape a comma by doubling it.
+  std::string relay;
+  for (char ch : c.proxy_relay) relay += ch == ',' ? std::string(",,") : std::string(1, ch);
+  std::vector<std::string> a = {c.qemu,
+                                "-M", "microvm,memory-backend=mem",
+                                "-object", "memory-backend-memfd,id=mem,size=" + mem + "M,share=on",
+                                "-m", mem + "M",
+                                "-smp", std::to_string(c.cpus),
+                                "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+                                // virtio-fs (vhost-user) refuses legacy virtio-mmio; the rest works either way.
+                                "-global", "virtio-mmio.force-legacy=false",
+                                "-kernel", c.kernel,
+                                "-initrd", c.initrd,
+                                "-append", append,
+                                "-serial", "stdio",
+                                // The guest's only way out: QEMU user networking with restrict=on (no
+                                // route to the host or anywhere), plus one forward to the proxy.
+                                "-netdev", "user,id=n0,restrict=on,ipv6=off,guestfwd=tcp:10.0.2.100:3128-cmd:" + relay,
+                                "-device", "virtio-net-device,netdev=n0",
+                                "-device", "virtio-serial-device",
+                                "-chardev", "socket,id=agent,path=" + c.state_dir + "/agent.sock,server=on,wait=off",
+                                "-device", "virtserialport,chardev=agent,name=agent0",
+                                "-qmp", "unix:" + c.state_dir + "/qmp.sock,server=on,wait=off"};
+  if (c.accel == Accel::kvm) {
+    a.insert(a.end(), {"-accel", "kvm", "-cpu", "host"});
+  } else {
+    a.insert(a.end(), {"-accel", "tcg", "-cpu", "max"});
+  }
+  return a;
+}
+
+boost::system::result<std::unique_ptr<Machine>, std::string> Machine::launch(const MachineConfig& c) {
+  const auto argv = qemu_argv(c);
+  const auto log = c.state_dir + "/console.log";
+  // Invariant: the log fd is opened here, dup'd into the child, and closed in the parent.
+  const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (out < 0) return "cannot create " + log + ": " + std::strerror(errno);
+  const pid_t pid = spawn(argv, out);
+  if (pid < 0) {
+    ::close(out);
+    return std::string("fork: ") + std::strerror(errno);
+  }
+  ::close(out);
+  return std::unique_ptr<Machine>(new Machine(pid, c.state_dir));
+}
+
+Machine::~Machine() {
+  if (!exited_) {
+    kill();
+    wait(std::chrono::seconds(5));
+  }
+}
+
+int Machine::wait(std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (!exited_) {
+    int st = 0;
+    const pid_t r = ::waitpid(pid_, &st, WNOHANG);
+    if (r == pid_) {
+      exited_ = true;
+      status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= end) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return status_;
+}
+
+void Machine::kill() noexcept {
+  if (!exited_) ::kill(pid_, SIGKILL);
+}
+
+bool Machine::qmp(const std::string& command) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const auto path = qmp_socket();
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  // Invariant: fd is closed before return.
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  if (ok) {
+    const std::string msg = R"({"execute":"qmp_capabilities"})" "\n" R"({"execute":")" + command + "\"}\n";
+    ok = ::write(fd, msg.data(), msg.size()) == static_cast<ssize_t>(msg.size());
+    // Read the greeting and answers so QEMU acts before the socket closes.
+    char buf[4096];
+    for (int answers = 0; ok && answers < 3;) {
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n <= 0) break;
+      for (ssize_t i = 0; i < n; ++i) answers += buf[i] == '\n';
+    }
+  }
+  ::close(fd);
+  return ok;
+}
+
+int Machine::shutdown(std::chrono::milliseconds grace) {
+  if (exited_) return status_;
+  qmp("system_powerdown");
+  if (const int st = wait(grace); st >= 0) return st;
+  qmp("quit");
+  if (const int st = wait(std::chrono::seconds(2)); st >= 0) return st;
+  kill();
+  return wait(std::chrono::seconds(5));
+}
+
+Accel probe_accel(const std::string& qemu, const std::string& kernel, const std::string& initrd,
+                  std::chrono::milliseconds timeout, std::string& why) {
+  if (::access("/dev/kvm", R_OK | W_OK) != 0) {
+    why = "/dev/kvm is missing or not read-write for this user";
+    return Accel::tcg;
+  }
+  if (::access("/sys/module/kvm_intel", F_OK) != 0 && ::access("/sys/module/kvm_amd", F_OK) != 0) {
+    why = "/dev/kvm is not hardware KVM (no kvm_intel or kvm_amd module; a nested or PVM host)";
+    return Accel::tcg;
+  }
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) {
+    why = "pipe failed";
+    return Accel::tcg;
+  }
+  const std::vector<std::string> argv = {qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M",
+                                         "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+                                         "-serial", "stdio", "-kernel", kernel, "-initrd", initrd, "-append",
+                                         "console=ttyS0 reboot=t panic=-1 pci=off sandgate_probe=1"};
+  const pid_t pid = spawn(argv, out[1]);
+  ::close(out[1]);
+  // Invariant: out[0] is closed and the probe QEMU killed and reaped before return.
+  std::string seen;
+  bool ok = false;
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (!ok && pid > 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    pollfd p{out[0], POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+    char buf[4096];
+    const ssize_t n = ::read(out[0], buf, sizeof buf);
+    if (n <= 0) break;
+    seen.append(buf, static_cast<std::size_t>(n));
+    ok = seen.find("sandgate: probe ok") != std::string::npos;
+  }
+  ::close(out[0]);
+  if (pid > 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+  why = ok ? "a KVM probe boot reached the guest's init" : "a KVM probe boot did not reach the guest's init";
+  return ok ? Accel::kvm : Accel::tcg;
+}
+
+}  // namespace sandgate::vmm
