@@ -24,6 +24,7 @@
 #include "commands.h"
 #include "paths.h"
 #include "sandgate/proxy/server.h"
+#include "sandgate/sync/share.h"
 #include "sandgate/vmm/agent_client.h"
 #include "sandgate/vmm/machine.h"
 
@@ -35,8 +36,10 @@ namespace fs = std::filesystem;
 constexpr std::string_view run_usage = R"(usage: sandgate run [options] WORKSPACE [-- CMD...]
 
 Boots a sandbox for WORKSPACE: a QEMU microVM with its own kernel whose only
-way out is sandgate's proxy, deciding every connection by the policy. Runs
-CMD inside and exits with its status (without CMD: sh, reading stdin).
+way out is sandgate's proxy, deciding every connection by the policy. The
+workspace is shared into it at the same absolute path (virtio-fs): what the
+command writes there is on the host at once, and the reverse. Runs CMD there
+and exits with its status (without CMD: sh, reading stdin).
 Every decision goes to the sandbox's network log ('sandgate network log NAME').
 
 Options:
@@ -44,7 +47,11 @@ Options:
   --policy FILE      policy YAML or Docker proxy-config.json (default: the
                      bundled default policy)
   -e KEY=VALUE       set an environment variable for CMD (repeatable)
-  -w DIR             CMD's working directory in the guest (default /)
+  -w DIR             CMD's working directory in the guest (default: WORKSPACE)
+  --allow-unsafe-workspace
+                     share WORKSPACE even if it is /, a home folder itself, or
+                     holds or lies in a secret store (~/.ssh, ~/.aws, ~/.gnupg,
+                     ~/.docker, ~/.config/gcloud, ~/.kube)
   --cpus N           virtual CPUs (default 1)
   --memory MIB       guest RAM (default 512)
   --accel MODE       auto, kvm or tcg (default auto: KVM only where it really
@@ -129,7 +136,8 @@ int relay_command(std::span<const std::string_view> args) {
 }
 
 int run_command(std::span<const std::string_view> args) {
-  std::string name, policy_path, workspace, cwd = "/";
+  std::string name, policy_path, workspace, cwd;
+  bool allow_unsafe = false;
   std::vector<std::string> env, cmd;
   vmm::MachineConfig mc;
   std::string accel = "auto";
@@ -139,6 +147,10 @@ int run_command(std::span<const std::string_view> args) {
     if (a == "-h" || a == "--help") {
       std::fputs(run_usage.data(), stdout);
       return 0;
+    }
+    if (a == "--allow-unsafe-workspace") {
+      allow_unsafe = true;
+      continue;
     }
     if (a == "--") {
       for (++i; i < args.size(); ++i) cmd.emplace_back(args[i]);
@@ -196,6 +208,13 @@ int run_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate run: " << workspace << " is not a folder\n";
     return 2;
   }
+  const char* user_home = std::getenv("HOME");
+  if (auto why = sync::unsafe_workspace_reason(ws.string(), user_home ? user_home : ""); !why.empty() && !allow_unsafe) {
+    std::cerr << "sandgate run: will not share " << ws.string() << " with a sandbox: " << why
+              << ". Pick a project folder, or pass --allow-unsafe-workspace if you mean it.\n";
+    return 2;
+  }
+  if (cwd.empty()) cwd = ws.string();
   if (name.empty()) name = sanitize_name(ws.filename().string());
   if (sanitize_name(name) != name) {
     std::cerr << "sandgate run: --name takes letters, digits, '-' and '_' (not '" << name << "')\n";
@@ -282,7 +301,26 @@ int run_command(std::span<const std::string_view> args) {
   mc.initrd = image + "/initrd.gz";
   mc.state_dir = state.string();
   mc.proxy_relay = self_exe() + " relay " + proxy_socket;
-  mc.kernel_args = {"sandgate_name=" + name};
+  std::string ws_hex;
+  for (unsigned char ch : ws.string()) {
+    ws_hex += "0123456789abcdef"[ch >> 4];
+    ws_hex += "0123456789abcdef"[ch & 15];
+  }
+  mc.kernel_args = {"sandgate_name=" + name, "sandgate_ws_hex=" + ws_hex};
+  if (ws_hex.size() > 1500) {
+    std::cerr << "sandgate run: the workspace path is too long for the guest's command line\n";
+    return 2;
+  }
+  sync::ShareConfig sc;
+  sc.workspace = ws.string();
+  sc.socket = (state / "fs.sock").string();
+  sc.log = (state / "virtiofsd.log").string();
+  auto share = sync::Share::start(sc);
+  if (!share) {
+    std::cerr << "sandgate run: sharing the workspace: " << share.error() << "\n";
+    return 1;
+  }
+  mc.fs_socket = (*share)->socket();
   fs::remove(state / "agent.sock", ec);
   fs::remove(state / "qmp.sock", ec);
   const auto started = std::chrono::steady_clock::now();
@@ -294,6 +332,7 @@ int run_command(std::span<const std::string_view> args) {
   auto agent = vmm::AgentClient::connect((*machine)->agent_socket(), boot_timeout);
   if (!agent) {
     std::cerr << "sandgate run: " << agent.error() << " (" << (*machine)->console_log() << ")\n";
+    if (!(*share)->running()) std::cerr << "sandgate run: virtiofsd stopped; see " << sc.log << "\n";
     return 1;
   }
   const auto ready_ms =

@@ -119,5 +119,35 @@ TEST_F(SandboxTest, BadArgumentsSayWhy) {
   EXPECT_NE(r.err.find("--name"), std::string::npos) << r.err;
 }
 
+TEST_F(SandboxTest, TheWorkspaceIsSharedAtTheSameAbsolutePathBothWays) {
+  const auto ws = ws_ / "project with space";
+  fs::create_directories(ws);
+  std::ofstream(ws / "from-host.txt") << "host wrote this\n";
+  fs::permissions(ws / "from-host.txt", fs::perms::owner_read | fs::perms::owner_write | fs::perms::others_read);
+  const auto r = run("--name share '" + ws.string() + "' -- sh -c 'pwd; cat from-host.txt; stat -c %a from-host.txt;"
+                     " echo guest wrote this > from-guest.txt; chmod 640 from-guest.txt; mkdir -p a/b;"
+                     " ln -s from-guest.txt link'");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find(ws.string() + "\n"), std::string::npos) << "cwd is the workspace: " << r.out;
+  EXPECT_NE(r.out.find("host wrote this\n604\n"), std::string::npos) << r.out;
+  std::ifstream in(ws / "from-guest.txt");
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "guest wrote this");
+  EXPECT_EQ(fs::status(ws / "from-guest.txt").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  EXPECT_TRUE(fs::is_directory(ws / "a" / "b"));
+  EXPECT_EQ(fs::read_symlink(ws / "link"), "from-guest.txt");
+}
+
+TEST_F(SandboxTest, UnsafeWorkspacesAreRefused) {
+  for (const std::string& w : {std::string("/"), std::string(std::getenv("HOME") ? std::getenv("HOME") : "/root")}) {
+    SCOPED_TRACE(w);
+    const auto r = run("--name unsafe " + w + " -- true");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.err.find("will not share"), std::string::npos) << r.err;
+  }
+}
+
 }  // namespace
 }  // namespace sandgate

@@ -82,6 +82,9 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
                                 "-chardev", "socket,id=agent,path=" + c.state_dir + "/agent.sock,server=on,wait=off",
                                 "-device", "virtserialport,chardev=agent,name=agent0",
                                 "-qmp", "unix:" + c.state_dir + "/qmp.sock,server=on,wait=off"};
+  if (!c.fs_socket.empty())
+    a.insert(a.end(), {"-chardev", "socket,id=vfs,path=" + c.fs_socket, "-device",
+                       "vhost-user-fs-device,chardev=vfs,tag=ws"});
   if (c.accel == Accel::kvm) {
     a.insert(a.end(), {"-accel", "kvm", "-cpu", "host"});
   } else {

@@ -29,6 +29,8 @@ struct MachineConfig {
   // a command whose stdin/stdout carry that connection (`sandgate relay SOCKET`).
   std::string proxy_relay;
   std::vector<std::string> kernel_args;  // extra key=value for the guest's init
+  // A vhost-user-fs backend socket (virtiofsd), attached with tag "ws"; "" for none.
+  std::string fs_socket;
 };
 
 // The full QEMU command line for `config` (exposed for tests and `--dry-run`).
