@@ -14,7 +14,10 @@ it may go out, and says which rule decided.
 
 Commands:
   run WORKSPACE [-- CMD...]     boot a sandbox (a microVM whose only way out is the
-                                proxy) on WORKSPACE and run CMD in it
+                                proxy) on WORKSPACE and run CMD in it; -d keeps it up
+  exec NAME CMD...              run CMD in a running sandbox
+  ls                            list sandboxes: state, uptime, policy mode, accelerator
+  stop NAME / rm [-f] NAME      power a sandbox off / remove what it left
   proxy --config POLICY --listen ADDR
                                 run the egress proxy (CONNECT and absolute-form HTTP)
   network log [SANDBOX]         what was blocked and allowed, by host and rule
@@ -61,6 +64,10 @@ int main(int argc, char** argv) {
   if (cmd == "network") return sandgate::cli::network_command(rest);
   if (cmd == "run") return sandgate::cli::run_command(rest);
   if (cmd == "relay") return sandgate::cli::relay_command(rest);
+  if (cmd == "ls") return sandgate::cli::ls_command(rest);
+  if (cmd == "exec") return sandgate::cli::exec_command(rest);
+  if (cmd == "stop") return sandgate::cli::stop_command(rest);
+  if (cmd == "rm") return sandgate::cli::rm_command(rest);
   std::fprintf(stderr, "sandgate: unknown command '%.*s'\n\n%s", static_cast<int>(cmd.size()), cmd.data(),
                usage.data());
   return 2;

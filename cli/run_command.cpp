@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <csignal>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -23,9 +24,11 @@
 
 #include "commands.h"
 #include "paths.h"
+#include "sandbox_state.h"
 #include "sandgate/proxy/server.h"
 #include "sandgate/sync/share.h"
 #include "sandgate/vmm/agent_client.h"
+#include "sandgate/vmm/control.h"
 #include "sandgate/vmm/machine.h"
 
 namespace sandgate::cli {
@@ -33,16 +36,19 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr std::string_view run_usage = R"(usage: sandgate run [options] WORKSPACE [-- CMD...]
+constexpr std::string_view run_usage = R"(usage: sandgate run [-d] [options] WORKSPACE [-- CMD...]
 
 Boots a sandbox for WORKSPACE: a QEMU microVM with its own kernel whose only
 way out is sandgate's proxy, deciding every connection by the policy. The
 workspace is shared into it at the same absolute path (virtio-fs): what the
 command writes there is on the host at once, and the reverse. Runs CMD there
-and exits with its status (without CMD: sh, reading stdin).
+and exits with its status (without CMD: sh, reading stdin). With -d it
+returns once the guest is ready and the sandbox stays up for 'sandgate exec'
+until 'sandgate stop'.
 Every decision goes to the sandbox's network log ('sandgate network log NAME').
 
 Options:
+  -d, --detach       start the sandbox in the background and print its name
   --name NAME        the sandbox's name (default: the workspace folder's name)
   --policy FILE      policy YAML or Docker proxy-config.json (default: the
                      bundled default policy)
@@ -96,6 +102,42 @@ std::string find_or_build_image(const std::string& home) {
   return last;
 }
 
+volatile std::sig_atomic_t terminate = 0;
+
+// A detached sandbox's life after boot: tell the parent it is ready, then
+// relay exec clients to the agent until `sandgate stop`, SIGTERM, or the VM
+// ends by itself (a guest poweroff or a QEMU crash).
+int supervise(const fs::path& state, vmm::Machine& machine, vmm::AgentClient& agent, int ready_fd) {
+  auto listen_fd = vmm::listen_control((state / "control.sock").string());
+  if (!listen_fd) {
+    std::cerr << "sandgate run: " << listen_fd.error() << "\n";
+    return 1;
+  }
+  (void)!::write(ready_fd, ready_marker.data(), ready_marker.size());
+  // From here on stderr is the supervisor's log, not the parent's pipe.
+  const int log = ::open((state / "supervisor.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  ::dup2(log, 2);
+  ::close(log);
+  ::close(ready_fd);
+  struct sigaction sa {};
+  sa.sa_handler = [](int) { terminate = 1; };
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::signal(SIGHUP, SIG_IGN);
+  const auto end = vmm::serve_control(*listen_fd, agent.fd(), [&] { return !terminate && machine.wait(std::chrono::milliseconds(0)) < 0; });
+  ::close(*listen_fd);
+  ::unlink((state / "control.sock").c_str());
+  std::cerr << "sandgate: sandbox stopping ("
+            << (end == vmm::ControlEnd::stop_requested ? "stop requested"
+                : terminate                             ? "SIGTERM"
+                : end == vmm::ControlEnd::vm_exited     ? "the VM exited"
+                                                        : "the agent channel closed")
+            << ")\n";
+  agent.poweroff();
+  machine.shutdown(std::chrono::seconds(5));
+  return 0;
+}
+
 }  // namespace
 
 int relay_command(std::span<const std::string_view> args) {
@@ -137,7 +179,7 @@ int relay_command(std::span<const std::string_view> args) {
 
 int run_command(std::span<const std::string_view> args) {
   std::string name, policy_path, workspace, cwd;
-  bool allow_unsafe = false;
+  bool allow_unsafe = false, detach = false;
   std::vector<std::string> env, cmd;
   vmm::MachineConfig mc;
   std::string accel = "auto";
@@ -147,6 +189,10 @@ int run_command(std::span<const std::string_view> args) {
     if (a == "-h" || a == "--help") {
       std::fputs(run_usage.data(), stdout);
       return 0;
+    }
+    if (a == "-d" || a == "--detach") {
+      detach = true;
+      continue;
     }
     if (a == "--allow-unsafe-workspace") {
       allow_unsafe = true;
@@ -221,8 +267,42 @@ int run_command(std::span<const std::string_view> args) {
     return 2;
   }
   if (cmd.empty()) cmd = {"sh"};
+  if (detach && cmd != std::vector<std::string>{"sh"}) {
+    std::cerr << "sandgate run: -d takes no command; run it with 'sandgate exec NAME CMD...'\n";
+    return 2;
+  }
 
   const auto home = sandgate_home();
+  // Detached: the supervisor is a child of its own session; until the guest
+  // is ready its stderr is a pipe to this process, which relays what it says.
+  int ready_fd = -1;
+  if (detach) {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return 1;
+    const pid_t pid = ::fork();
+    if (pid < 0) return 1;
+    if (pid > 0) {
+      ::close(p[1]);
+      std::string said;
+      char buf[4096];
+      for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;) said.append(buf, static_cast<std::size_t>(n));
+      ::close(p[0]);
+      const auto at = said.find(ready_marker);
+      std::cerr << said.substr(0, at);
+      if (at == std::string::npos) return 1;
+      std::cout << name << "\n";
+      return 0;
+    }
+    // Invariant: the child keeps p[1] as stderr until ready, then swaps in its log.
+    ::close(p[0]);
+    ::setsid();
+    const int null = ::open("/dev/null", O_RDWR);
+    ::dup2(null, 0);
+    ::dup2(null, 1);
+    ::dup2(p[1], 2);
+    ::close(null);
+    ready_fd = p[1];
+  }
   const auto state = fs::path(home) / "sandboxes" / name;
   fs::create_directories(state, ec);
   if (ec) {
@@ -254,6 +334,8 @@ int run_command(std::span<const std::string_view> args) {
     for (const auto& d : store.error()) std::cerr << d.to_string() << "\n";
     return 2;
   }
+  const auto& sandbox_policy = *(*store)->current()->for_sandbox(name);
+  const std::string mode = std::string(policy::to_string(sandbox_policy.mode())) + (sandbox_policy.report() ? " (report)" : "");
   const auto proxy_socket = (state / "proxy.sock").string();
   proxy::ServerConfig pc;
   pc.listeners.push_back({"unix:" + proxy_socket, name, 0});
@@ -341,20 +423,24 @@ int run_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate run: " << name << " ready in " << ready_ms << " ms (" << vmm::to_string(mc.accel) << ")\n";
   (*agent)->set_time();
 
+  SandboxState st;
+  st.name = name;
+  st.workspace = ws.string();
+  st.pid = ::getpid();
+  st.qemu_pid = (*machine)->pid();
+  st.virtiofsd_pid = (*share)->pid();
+  st.accel = std::string(vmm::to_string(mc.accel));
+  st.policy = policy_path;
+  st.mode = mode;
+  st.detached = detach;
+  st.ready_ms = ready_ms;
+  write_state(state, st);
+  if (detach) return supervise(state, **machine, **agent, ready_fd);
+
   vmm::ExecRequest req;
   req.argv = cmd;
   req.cwd = cwd;
-  const std::string proxy_url = "http://10.0.2.100:3128";
-  req.env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "HOME=/root",
-             "http_proxy=" + proxy_url,
-             "https_proxy=" + proxy_url,
-             "HTTP_PROXY=" + proxy_url,
-             "HTTPS_PROXY=" + proxy_url,
-             "no_proxy=",
-             "NO_PROXY=",
-             "SANDGATE_SANDBOX=" + name};
-  if (const char* term = std::getenv("TERM")) req.env.push_back(std::string("TERM=") + term);
+  req.env = sandbox_env(name);
   req.env.insert(req.env.end(), env.begin(), env.end());
   auto status = (*agent)->exec(req, 0, 1, 2);
   (*agent)->poweroff();

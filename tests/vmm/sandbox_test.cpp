@@ -6,6 +6,7 @@
 
 #include <boost/json/parse.hpp>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
@@ -147,6 +148,72 @@ TEST_F(SandboxTest, UnsafeWorkspacesAreRefused) {
     EXPECT_EQ(r.status, 2);
     EXPECT_NE(r.err.find("will not share"), std::string::npos) << r.err;
   }
+}
+
+// `sandgate <args>` with this suite's home.
+testing::Run cli(const std::string& home, const std::string& args) {
+  return shell("SANDGATE_HOME='" + home + "' " + std::string(SANDGATE_BIN) + " " + args);
+}
+
+bool pid_alive(long pid) { return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0; }
+
+TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
+  const auto h = home_.string();
+  const auto started = cli(h, "run -d --name life " + ws_.string());
+  ASSERT_EQ(started.status, 0) << started.out;
+  EXPECT_NE(started.out.find("life\n"), std::string::npos) << started.out;
+  auto ls = cli(h, "ls");
+  EXPECT_NE(ls.out.find("running"), std::string::npos) << ls.out;
+  const auto state = boost::json::parse(cli(h, "ls --json").out).as_array().at(0).as_object();
+  EXPECT_EQ(state.at("name").as_string(), "life");
+  EXPECT_EQ(state.at("state").as_string(), "running");
+  const long qemu = static_cast<long>(state.at("qemu_pid").as_int64());
+  const long virtiofsd = static_cast<long>(state.at("virtiofsd_pid").as_int64());
+  const long supervisor = static_cast<long>(state.at("pid").as_int64());
+  EXPECT_TRUE(pid_alive(qemu) && pid_alive(virtiofsd) && pid_alive(supervisor));
+
+  // exec: status, streams apart, stdin, env, cwd; two at once.
+  auto e = cli(h, "exec life sh -c 'echo out; echo err >&2; exit 5' 2>/dev/null; exit $?");
+  EXPECT_EQ(e.status, 5);
+  EXPECT_EQ(e.out, "out\n");
+  EXPECT_EQ(cli(h, "exec -e A=1 life sh -c 'echo $A; pwd' </dev/null").out, "1\n" + ws_.string() + "\n");
+  EXPECT_EQ(shell("printf piped | SANDGATE_HOME='" + h + "' " + SANDGATE_BIN + " exec life tr a-z A-Z").out, "PIPED");
+  const auto both = cli(h, "exec life sh -c 'sleep 1; echo one' & " + std::string("SANDGATE_HOME='") + h + "' " +
+                               SANDGATE_BIN + " exec life sh -c 'echo two'; wait");
+  EXPECT_NE(both.out.find("one"), std::string::npos) << both.out;
+  EXPECT_NE(both.out.find("two"), std::string::npos) << both.out;
+
+  // rm refuses a running sandbox; stop ends every process; rm removes every file.
+  EXPECT_EQ(cli(h, "rm life").status, 1);
+  EXPECT_EQ(cli(h, "stop life").status, 0);
+  for (int i = 0; i < 100 && (pid_alive(qemu) || pid_alive(virtiofsd) || pid_alive(supervisor)); ++i) ::usleep(20'000);
+  EXPECT_FALSE(pid_alive(qemu));
+  EXPECT_FALSE(pid_alive(virtiofsd));
+  EXPECT_FALSE(pid_alive(supervisor));
+  EXPECT_NE(cli(h, "ls").out.find("stopped"), std::string::npos);
+  EXPECT_EQ(cli(h, "exec life true").status, 125);
+  EXPECT_EQ(cli(h, "rm life").status, 0);
+  EXPECT_FALSE(fs::exists(home_ / "sandboxes" / "life"));
+}
+
+TEST_F(SandboxTest, AKilledQemuIsNoticedAndRmCleansUp) {
+  const auto h = home_.string();
+  ASSERT_EQ(cli(h, "run -d --name crash " + ws_.string()).status, 0);
+  const auto state = boost::json::parse(cli(h, "ls --json").out).as_array().at(0).as_object();
+  const long qemu = static_cast<long>(state.at("qemu_pid").as_int64());
+  ASSERT_TRUE(pid_alive(qemu));
+  ::kill(static_cast<pid_t>(qemu), SIGKILL);
+  // The supervisor sees its VM gone and stops the rest; ls never says running.
+  std::string st;
+  for (int i = 0; i < 100; ++i) {
+    st = std::string(boost::json::parse(cli(h, "ls --json").out).as_array().at(0).as_object().at("state").as_string());
+    if (st == "stopped") break;
+    EXPECT_NE(st, "running");
+    ::usleep(50'000);
+  }
+  EXPECT_EQ(st, "stopped");
+  EXPECT_EQ(cli(h, "rm crash").status, 0);
+  EXPECT_FALSE(fs::exists(home_ / "sandboxes" / "crash"));
 }
 
 }  // namespace

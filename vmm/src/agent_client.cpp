@@ -88,6 +88,7 @@ void AgentClient::set_time() {
 }
 
 void AgentClient::poweroff() { send(static_cast<unsigned char>(FrameType::poweroff), 0, ""); }
+void AgentClient::stop_sandbox() { send(static_cast<unsigned char>(FrameType::stop), 0, ""); }
 
 boost::system::result<int, std::string> AgentClient::exec(const ExecRequest& r, int in_fd, int out_fd, int err_fd) {
   const std::uint32_t id = next_session_++;

@@ -36,6 +36,10 @@ class AgentClient {
   void set_time();
   // Asks the guest to sync and power off (no answer).
   void poweroff();
+  // Asks a sandbox supervisor (connected through its control socket) to stop the sandbox.
+  void stop_sandbox();
+  // The channel's socket, for a relay that takes it over (the supervisor).
+  int fd() const noexcept { return fd_; }
 
  private:
   explicit AgentClient(int fd) : fd_(fd) {}

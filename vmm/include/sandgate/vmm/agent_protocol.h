@@ -24,6 +24,7 @@ enum class FrameType : std::uint8_t {
   signal = 5,     // payload: the signal number as decimal text; sent to the command's process group
   poweroff = 6,   // sync and power off
   set_time = 7,   // payload: microseconds since the epoch as decimal text
+  stop = 8,       // client -> sandbox supervisor only: power the sandbox off and end it
   // guest -> host
   pong = 64,
   started = 65,   // payload: the pid as decimal text

@@ -1,0 +1,99 @@
+// What a running sandbox leaves in its folder ($SANDGATE_HOME/sandboxes/NAME)
+// for ls, exec, stop and rm: state.json, the lock its supervisor holds for
+// its whole life, and its sockets.
+#pragma once
+
+#include <sys/file.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "paths.h"
+
+namespace sandgate::cli {
+
+// Written by a detached supervisor to its parent's pipe once the guest is ready.
+inline constexpr std::string_view ready_marker = "\x01sandgate-ready\n";
+
+inline std::filesystem::path sandboxes_dir() { return std::filesystem::path(sandgate_home()) / "sandboxes"; }
+
+struct SandboxState {
+  std::string name, workspace, accel, policy, mode, started;
+  long pid = 0, qemu_pid = 0, virtiofsd_pid = 0;
+  bool detached = false;
+  long long ready_ms = 0;
+};
+
+inline void write_state(const std::filesystem::path& dir, const SandboxState& s) {
+  boost::json::object o;
+  o["name"] = s.name;
+  o["workspace"] = s.workspace;
+  o["pid"] = s.pid;
+  o["qemu_pid"] = s.qemu_pid;
+  o["virtiofsd_pid"] = s.virtiofsd_pid;
+  o["accel"] = s.accel;
+  o["policy"] = s.policy;
+  o["mode"] = s.mode;
+  o["detached"] = s.detached;
+  o["ready_ms"] = s.ready_ms;
+  o["started"] = static_cast<std::int64_t>(std::time(nullptr));
+  // Replace atomically: a reader never sees half a file.
+  std::ofstream(dir / "state.json.tmp") << boost::json::serialize(o) << "\n";
+  std::filesystem::rename(dir / "state.json.tmp", dir / "state.json");
+}
+
+inline std::optional<boost::json::object> read_state(const std::filesystem::path& dir) {
+  std::ifstream in(dir / "state.json");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  boost::system::error_code ec;
+  auto v = boost::json::parse(text, ec);
+  if (ec || !v.is_object()) return std::nullopt;
+  return v.as_object();
+}
+
+// True while the sandbox's supervisor (or foreground run) is alive: it holds
+// the lock for its whole life, and the kernel drops it when the process dies.
+inline bool lock_held(const std::filesystem::path& dir) {
+  const int fd = ::open((dir / "lock").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0;
+  ::close(fd);
+  return held;
+}
+
+// True when pid is alive and runs `exe` (a recycled pid runs something else).
+inline bool process_runs(long pid, std::string_view exe) {
+  if (pid <= 0) return false;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string first;
+  std::getline(in, first, '\0');
+  return first.find(exe) != std::string::npos;
+}
+
+// The environment every command in a sandbox starts with: its proxy (all
+// HTTP clients there go through it; nothing else has a route), PATH, HOME.
+inline std::vector<std::string> sandbox_env(const std::string& name) {
+  const std::string proxy = "http://10.0.2.100:3128";
+  std::vector<std::string> env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                  "HOME=/root",
+                                  "http_proxy=" + proxy,
+                                  "https_proxy=" + proxy,
+                                  "HTTP_PROXY=" + proxy,
+                                  "HTTPS_PROXY=" + proxy,
+                                  "no_proxy=",
+                                  "NO_PROXY=",
+                                  "SANDGATE_SANDBOX=" + name};
+  if (const char* term = std::getenv("TERM")) env.push_back(std::string("TERM=") + term);
+  return env;
+}
+
+}  // namespace sandgate::cli
