@@ -16,5 +16,6 @@ int ls_command(std::span<const std::string_view> args);
 int exec_command(std::span<const std::string_view> args);
 int stop_command(std::span<const std::string_view> args);
 int rm_command(std::span<const std::string_view> args);
+int env_command(std::span<const std::string_view> args);
 
 }  // namespace sandgate::cli

@@ -18,6 +18,9 @@ Commands:
   exec NAME CMD...              run CMD in a running sandbox
   ls                            list sandboxes: state, uptime, policy mode, accelerator
   stop NAME / rm [-f] NAME      power a sandbox off / remove what it left
+  env set NAME KEY=VALUE        environment for later execs, no restart needed
+  network proxy NAME --allow-host H[:P]
+                                change a sandbox's policy, at once and for good
   proxy --config POLICY --listen ADDR
                                 run the egress proxy (CONNECT and absolute-form HTTP)
   network log [SANDBOX]         what was blocked and allowed, by host and rule
@@ -68,6 +71,7 @@ int main(int argc, char** argv) {
   if (cmd == "exec") return sandgate::cli::exec_command(rest);
   if (cmd == "stop") return sandgate::cli::stop_command(rest);
   if (cmd == "rm") return sandgate::cli::rm_command(rest);
+  if (cmd == "env") return sandgate::cli::env_command(rest);
   std::fprintf(stderr, "sandgate: unknown command '%.*s'\n\n%s", static_cast<int>(cmd.size()), cmd.data(),
                usage.data());
   return 2;

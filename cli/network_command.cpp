@@ -19,6 +19,8 @@
 
 #include "commands.h"
 #include "paths.h"
+#include "sandbox_state.h"
+#include "sandgate/config/policy_edit.h"
 #include "sandgate/config/policy_file.h"
 #include "sandgate/netlog/reader.h"
 #include "sandgate/netlog/writer.h"
@@ -326,13 +328,133 @@ int suggest_command(const Options& o, const netlog::Summary& s) {
   return 0;
 }
 
+constexpr std::string_view proxy_usage = R"(usage: sandgate network proxy NAME|--default [options]
+
+Changes a sandbox's policy: at once for a running sandbox (its proxy reloads;
+this waits until it has), and for good (the sandbox's own policy file). With
+--default it changes $SANDGATE_HOME/policy.yaml, which new sandboxes start from.
+Each flag may be repeated. Rules already present are not added twice; the
+file keeps its rules but not its YAML comments.
+
+Options:
+  --policy allow|deny    what happens when no rule matches
+  --allow-host H[:P]     allow a host pattern (api.example.com, *.example.com,
+                         **.example.com:443, localhost:5432, re:...)
+  --block-host H[:P]     block a host pattern
+  --allow-cidr C         allow an address range (10.1.2.0/24)
+  --block-cidr C         block an address range
+  -h, --help             show this help
+
+Examples:
+  sandgate network proxy agent1 --allow-host api.github.com:443
+  sandgate network proxy agent1 --allow-host localhost:5432   # a host service
+  sandgate network proxy --default --block-host '*.pastebin.com'
+)";
+
+// Waits (bounded) until the sandbox's log shows its proxy running the policy with `sha256`.
+bool wait_for_reload(const std::string& log, const std::string& sha256) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < end) {
+    std::ifstream in(log);
+    for (std::string line; std::getline(in, line);)
+      if (line.find("\"type\":\"policy\"") != std::string::npos && line.find(sha256) != std::string::npos)
+        return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+int proxy_subcommand(std::span<const std::string_view> args) {
+  config::PolicyEdit edit;
+  std::string name;
+  bool to_default = false;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const auto a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(proxy_usage.data(), stdout);
+      return 0;
+    }
+    if (a == "--default") {
+      to_default = true;
+      continue;
+    }
+    if (!a.starts_with("-")) {
+      name = a;
+      continue;
+    }
+    if (i + 1 >= args.size()) {
+      std::cerr << "sandgate network proxy: unknown option or missing value: '" << a << "' (see --help)\n";
+      return 2;
+    }
+    const std::string v(args[++i]);
+    if (a == "--policy") {
+      if (v != "allow" && v != "deny") {
+        std::cerr << "sandgate network proxy: --policy takes allow or deny, not '" << v << "'\n";
+        return 2;
+      }
+      edit.mode = v == "allow" ? policy::Mode::allow : policy::Mode::deny;
+    } else if (a == "--allow-host") edit.allow_hosts.push_back(v);
+    else if (a == "--block-host") edit.block_hosts.push_back(v);
+    else if (a == "--allow-cidr") edit.allow_cidrs.push_back(v);
+    else if (a == "--block-cidr") edit.block_cidrs.push_back(v);
+    else {
+      std::cerr << "sandgate network proxy: unknown option '" << a << "' (see --help)\n";
+      return 2;
+    }
+  }
+  if (name.empty() == !to_default) {
+    std::cerr << "sandgate network proxy: give a sandbox NAME or --default (see --help)\n";
+    return 2;
+  }
+  namespace fs = std::filesystem;
+  std::string path;
+  std::error_code ec;
+  if (to_default) {
+    path = default_policy_path();
+    if (!fs::exists(path)) {
+      // Start from the bundled default policy.
+      fs::create_directories(fs::path(path).parent_path(), ec);
+      fs::copy_file(SANDGATE_DEFAULT_POLICY, path, ec);
+    }
+  } else {
+    const auto dir = fs::path(sandgate_home()) / "sandboxes" / name;
+    path = fs::exists(dir / "policy.json") ? (dir / "policy.json").string() : (dir / "policy.yaml").string();
+    if (!fs::exists(path)) {
+      std::cerr << "sandgate network proxy: no sandbox '" << name << "' (see sandgate ls)\n";
+      return 1;
+    }
+  }
+  edit.comment = "added by sandgate network proxy";
+  auto r = config::edit_policy_file(path, edit);
+  if (!r) {
+    for (const auto& d : r.error()) std::cerr << d.to_string() << "\n";
+    std::cerr << "sandgate network proxy: nothing changed\n";
+    return 1;
+  }
+  std::cout << "updated " << path << " (sha256 " << r->substr(0, 12) << ")\n";
+  if (!to_default) {
+    const auto dir = fs::path(sandgate_home()) / "sandboxes" / name;
+    if (lock_held(dir)) {
+      if (!wait_for_reload((dir / "log" / "network.jsonl").string(), *r)) {
+        std::cerr << "sandgate network proxy: the running sandbox did not reload within 5 s\n";
+        return 1;
+      }
+      std::cout << "sandbox " << name << " now decides by it\n";
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int network_command(std::span<const std::string_view> args) {
   if (args.empty() || args[0] == "-h" || args[0] == "--help") {
     std::fputs(log_usage.data(), args.empty() ? stderr : stdout);
+    std::fputs("\n", args.empty() ? stderr : stdout);
+    std::fputs(proxy_usage.data(), args.empty() ? stderr : stdout);
     return args.empty() ? 2 : 0;
   }
+  if (args[0] == "proxy") return proxy_subcommand(args.subspan(1));
   if (args[0] != "log") {
     std::cerr << "sandgate network: unknown subcommand '" << args[0] << "' (see sandgate network --help)\n";
     return 2;

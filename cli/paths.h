@@ -16,5 +16,7 @@ inline std::string default_log_path() { return sandgate_home() + "/log/network.j
 // The log's HMAC key: outside the log folder, so whoever rotates or ships
 // the log does not need it.
 inline std::string default_key_path() { return sandgate_home() + "/keys/log.key"; }
+// The policy new sandboxes start from, when it exists ('network proxy --default' edits it).
+inline std::string default_policy_path() { return sandgate_home() + "/policy.yaml"; }
 
 }  // namespace sandgate::cli

@@ -50,8 +50,9 @@ Every decision goes to the sandbox's network log ('sandgate network log NAME').
 Options:
   -d, --detach       start the sandbox in the background and print its name
   --name NAME        the sandbox's name (default: the workspace folder's name)
-  --policy FILE      policy YAML or Docker proxy-config.json (default: the
-                     bundled default policy)
+  --policy FILE      policy YAML or Docker proxy-config.json (default:
+                     $SANDGATE_HOME/policy.yaml if it exists, else the bundled
+                     default policy); the sandbox decides by its own copy
   -e KEY=VALUE       set an environment variable for CMD (repeatable)
   -w DIR             CMD's working directory in the guest (default: WORKSPACE)
   --allow-unsafe-workspace
@@ -327,9 +328,21 @@ int run_command(std::span<const std::string_view> args) {
     return 1;
   }
 
-  // The sandbox's own proxy: its listener is the sandbox's identity.
-  if (policy_path.empty()) policy_path = SANDGATE_DEFAULT_POLICY;
-  auto store = config::PolicyStore::open(policy_path);
+  // The sandbox's own proxy: its listener is the sandbox's identity. It
+  // decides by the sandbox's own copy of the policy, which `sandgate network
+  // proxy NAME` edits and the proxy reloads when it changes.
+  if (policy_path.empty())
+    policy_path = fs::exists(default_policy_path()) ? default_policy_path() : std::string(SANDGATE_DEFAULT_POLICY);
+  const auto own_policy =
+      state / (config::format_for_path(policy_path) == config::Format::docker_json ? "policy.json" : "policy.yaml");
+  if (fs::absolute(policy_path) != own_policy) {
+    fs::copy_file(policy_path, own_policy, fs::copy_options::overwrite_existing, ec);
+    if (ec) {
+      std::cerr << "sandgate run: cannot copy the policy " << policy_path << ": " << ec.message() << "\n";
+      return 2;
+    }
+  }
+  auto store = config::PolicyStore::open(own_policy.string());
   if (!store) {
     for (const auto& d : store.error()) std::cerr << d.to_string() << "\n";
     return 2;
@@ -430,7 +443,7 @@ int run_command(std::span<const std::string_view> args) {
   st.qemu_pid = (*machine)->pid();
   st.virtiofsd_pid = (*share)->pid();
   st.accel = std::string(vmm::to_string(mc.accel));
-  st.policy = policy_path;
+  st.policy = own_policy.string();
   st.mode = mode;
   st.detached = detach;
   st.ready_ms = ready_ms;

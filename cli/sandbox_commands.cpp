@@ -193,6 +193,10 @@ int exec_command(std::span<const std::string_view> args) {
   for (; i < args.size(); ++i) req.argv.emplace_back(args[i]);
   req.cwd = cwd.empty() ? str(*st, "workspace") : cwd;
   req.env = sandbox_env(name);
+  // `sandgate env set` values, then -e: later entries win.
+  std::ifstream saved(dir / "env");
+  for (std::string line; std::getline(saved, line);)
+    if (line.find('=') != std::string::npos) req.env.push_back(line);
   req.env.insert(req.env.end(), env.begin(), env.end());
   auto status = (*client)->exec(req, ::isatty(0) ? -1 : 0, 1, 2);
   if (!status) {
@@ -257,6 +261,55 @@ int rm_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate rm: " << dir.string() << ": " << ec.message() << "\n";
     return 1;
   }
+  return 0;
+}
+
+constexpr std::string_view env_usage = R"(usage: sandgate env set NAME KEY=VALUE...
+       sandgate env unset NAME KEY...
+       sandgate env ls NAME
+
+Changes the environment of later 'sandgate exec' commands in sandbox NAME,
+without recreating it (commands already running keep theirs).
+)";
+
+int env_command(std::span<const std::string_view> args) {
+  if (wants_help(args) || args.size() < 2) {
+    std::fputs(env_usage.data(), args.size() < 2 ? stderr : stdout);
+    return args.size() < 2 ? 2 : 0;
+  }
+  const auto verb = args[0];
+  const auto dir = sandboxes_dir() / std::string(args[1]);
+  if (!fs::exists(dir / "state.json")) {
+    std::cerr << "sandgate env: no sandbox '" << args[1] << "' (see sandgate ls)\n";
+    return 1;
+  }
+  std::vector<std::string> lines;
+  std::ifstream in(dir / "env");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(line);
+  auto key_of = [](std::string_view kv) { return std::string(kv.substr(0, kv.find('='))); };
+  if (verb == "ls") {
+    for (const auto& l : lines) std::cout << l << "\n";
+    return 0;
+  }
+  if (verb != "set" && verb != "unset") {
+    std::cerr << "sandgate env: set, unset or ls, not '" << verb << "'\n";
+    return 2;
+  }
+  for (std::size_t i = 2; i < args.size(); ++i) {
+    const auto a = args[i];
+    if (verb == "set" && (a.find('=') == std::string_view::npos || a.front() == '=')) {
+      std::cerr << "sandgate env set: write KEY=VALUE, not '" << a << "'\n";
+      return 2;
+    }
+    const auto key = key_of(a);
+    std::erase_if(lines, [&](const std::string& l) { return key_of(l) == key; });
+    if (verb == "set") lines.emplace_back(a);
+  }
+  std::ofstream out(dir / "env.tmp", std::ios::trunc);
+  for (const auto& l : lines) out << l << "\n";
+  out.close();
+  fs::rename(dir / "env.tmp", dir / "env");
   return 0;
 }
 

@@ -155,6 +155,11 @@ testing::Run cli(const std::string& home, const std::string& args) {
   return shell("SANDGATE_HOME='" + home + "' " + std::string(SANDGATE_BIN) + " " + args);
 }
 
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
 bool pid_alive(long pid) { return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0; }
 
 TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
@@ -214,6 +219,29 @@ TEST_F(SandboxTest, AKilledQemuIsNoticedAndRmCleansUp) {
   EXPECT_EQ(st, "stopped");
   EXPECT_EQ(cli(h, "rm crash").status, 0);
   EXPECT_FALSE(fs::exists(home_ / "sandboxes" / "crash"));
+}
+
+TEST_F(SandboxTest, NetworkProxyChangesARunningSandboxsNextVerdictAndEnvSetItsNextExec) {
+  const auto h = home_.string();
+  Process origin({"python3", std::string(SANDGATE_TESTDATA) + "/proxy/origin.py", "127.0.0.1",
+                  (ws_ / "origin2.log").string()});
+  const auto port = origin.read_line();
+  ASSERT_EQ(cli(h, "run -d --name live " + ws_.string()).status, 0);
+  const auto get = "exec live sh -c 'printf \"GET http://localhost:" + port +
+                   "/small HTTP/1.0\\r\\n\\r\\n\" | nc 10.0.2.100 3128 | head -1'";
+  EXPECT_NE(cli(h, get).out.find("403"), std::string::npos) << "the default policy blocks it";
+  const auto changed = cli(h, "network proxy live --allow-host localhost:" + port);
+  ASSERT_EQ(changed.status, 0) << changed.out;
+  EXPECT_NE(cli(h, get).out.find("200"), std::string::npos) << "allowed by the next request, no restart";
+  EXPECT_NE(read_file(home_ / "sandboxes" / "live" / "policy.yaml").find("localhost:" + port), std::string::npos)
+      << "persisted to the sandbox's policy";
+  EXPECT_EQ(cli(h, "network proxy live --allow-host 'bad*.x'").status, 1) << "a bad rule changes nothing";
+
+  ASSERT_EQ(cli(h, "env set live GREETING=hello").status, 0);
+  EXPECT_EQ(cli(h, "exec live sh -c 'echo $GREETING'").out, "hello\n");
+  ASSERT_EQ(cli(h, "env unset live GREETING").status, 0);
+  EXPECT_EQ(cli(h, "exec live sh -c 'echo x$GREETING'").out, "x\n");
+  EXPECT_EQ(cli(h, "rm -f live").status, 0);
 }
 
 }  // namespace
