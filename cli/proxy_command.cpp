@@ -67,7 +67,7 @@ Network log:
   --log-fsync MS           fsync at least this often (default 1000; 0 = every write)
   --log-max-bytes N        rotate to FILE.1, FILE.2, ... past N bytes
                            (default 268435456; 0 = only on SIGUSR1)
-  --log-queue N            queued records per thread (default 4096)
+  --log-queue N            queued records per thread (default 1024, ~0.9 KiB each)
   --log-when-full MODE     block: new connections wait for room (default);
                            drop: count and log the loss, never wait
   --checkpoint-records N   an HMAC checkpoint at least every N records (default 10000)

@@ -87,7 +87,9 @@ std::string self_exe() {
 
 // The newest built guest image, building one if there is none.
 std::string find_or_build_image(const std::string& home) {
-  const auto images = fs::path(home) / "images";
+  // SANDGATE_IMAGES: a cache shared by several homes (the tests use one).
+  const char* shared = std::getenv("SANDGATE_IMAGES");
+  const auto images = shared && *shared ? fs::path(shared) : fs::path(home) / "images";
   const std::string script = std::getenv("SANDGATE_IMAGE_SCRIPT") ? std::getenv("SANDGATE_IMAGE_SCRIPT")
                                                                  : SANDGATE_IMAGE_SCRIPT;
   const std::string agent = std::getenv("SANDGATE_AGENT") ? std::getenv("SANDGATE_AGENT") : SANDGATE_AGENT;
@@ -384,7 +386,7 @@ int run_command(std::span<const std::string_view> args) {
       mc.accel = line.ends_with(" kvm") ? vmm::Accel::kvm : vmm::Accel::tcg;
     else {
       std::string why;
-      mc.accel = vmm::probe_accel(mc.qemu, image + "/vmlinuz", image + "/initrd.gz", std::chrono::seconds(4), why);
+      mc.accel = vmm::probe_accel(mc.qemu, image + "/vmlinuz", image + "/initrd.cpio", std::chrono::seconds(4), why);
       std::ofstream(cache) << key << " " << vmm::to_string(mc.accel) << "\n";
       if (mc.accel == vmm::Accel::tcg)
         std::cerr << "sandgate run: using TCG (software emulation, slower): " << why << "\n";
@@ -393,7 +395,7 @@ int run_command(std::span<const std::string_view> args) {
     mc.accel = accel == "kvm" ? vmm::Accel::kvm : vmm::Accel::tcg;
   }
   mc.kernel = image + "/" + (mc.accel == vmm::Accel::kvm ? "vmlinuz" : "vmlinux");
-  mc.initrd = image + "/initrd.gz";
+  mc.initrd = image + "/initrd.cpio";
   mc.state_dir = state.string();
   mc.proxy_relay = self_exe() + " relay " + proxy_socket;
   std::string ws_hex;

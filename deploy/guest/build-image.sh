@@ -7,12 +7,12 @@
 #
 #   deploy/guest/build-image.sh AGENT [IMAGES_DIR]
 #     AGENT       the static sandgate-agent binary
-#     IMAGES_DIR  default: ${SANDGATE_HOME:-$HOME/.sandgate}/images
-# Prints the image's folder (holding vmlinux, vmlinuz, initrd.gz, manifest).
+#     IMAGES_DIR  default: $SANDGATE_IMAGES, else ${SANDGATE_HOME:-$HOME/.sandgate}/images
+# Prints the image's folder (holding vmlinux, vmlinuz, initrd.cpio, manifest).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 agent=${1:?usage: build-image.sh AGENT [IMAGES_DIR]}
-images=${2:-${SANDGATE_HOME:-$HOME/.sandgate}/images}
+images=${2:-${SANDGATE_IMAGES:-${SANDGATE_HOME:-$HOME/.sandgate}/images}}
 mkdir -p "$images/.debs"
 [ -x /bin/busybox ] || { echo "build-image: /bin/busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
 
@@ -30,7 +30,7 @@ if [ -z "$deb" ]; then
 fi
 kv=${kpkg#linux-image-}
 
-mods="virtio_mmio virtio_net virtio_console virtiofs 9pnet_virtio 9p virtio_rng evdev button"
+mods="virtio_mmio virtio_net virtio_console virtiofs evdev button"
 id=$( (sha256sum "$deb" /bin/busybox "$agent" "$here/init" "$0"; echo "$mods") | sha256sum | cut -c1-16)
 out="$images/$id"
 if [ -f "$out/manifest" ]; then echo "$out"; exit 0; fi
@@ -74,7 +74,8 @@ for m in $(echo "$order" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
   plain_ko "$(path_of "$m")" > "$root/lib/modules/$m.ko"
   echo "$m" >> "$root/lib/modules/order"
 done
-(cd "$root" && find . | LC_ALL=C sort | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$work/initrd.gz"
+# Uncompressed: under TCG inflating it costs more than reading it.
+(cd "$root" && find . | LC_ALL=C sort | /bin/busybox cpio -o -H newc 2>/dev/null) > "$work/initrd.cpio"
 cp "$work/deb/boot/vmlinuz-$kv" "$work/vmlinuz"
 # The uncompressed kernel boots by its PVH entry: no real-mode stub, no
 # decompression (seconds saved under TCG).
@@ -92,7 +93,10 @@ PY
   echo "agent $(sha256sum "$agent" | cut -c1-64)"
   echo "modules $(tr '\n' ' ' < "$root/lib/modules/order")"
 } > "$work/manifest.tmp"
-mkdir -p "$out"
-mv "$work/vmlinux" "$work/vmlinuz" "$work/initrd.gz" "$out/"
-mv "$work/manifest.tmp" "$out/manifest"
+# Publish by renaming a complete folder: a concurrent build of the same
+# image either wins the rename or finds this one in place.
+mkdir "$work/image"
+mv "$work/vmlinux" "$work/vmlinuz" "$work/initrd.cpio" "$work/image/"
+mv "$work/manifest.tmp" "$work/image/manifest"
+mv -T "$work/image" "$out" 2>/dev/null || [ -f "$out/manifest" ]
 echo "$out"

@@ -1,7 +1,7 @@
 // Sandboxes end to end: the real `sandgate run`, real QEMU microVMs under
 // TCG, Debian's kernel, the guest agent; the proxy and a Python origin on
-// the host's loopback. Guest images are cached under the build tree's own
-// SANDGATE_HOME, so only the first run builds one.
+// the host's loopback. Guest images are cached in the build tree
+// (SANDGATE_IMAGES), so only the first run builds one.
 #include <gtest/gtest.h>
 
 #include <boost/json/parse.hpp>
@@ -22,12 +22,18 @@ using testing::shell;
 class SandboxTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    home_ = fs::path(SANDGATE_TEST_HOME);
+    // A home of this process's own (tests may run in parallel), and one image
+    // cache for all of them in the build tree.
+    home_ = fs::temp_directory_path() / ("sandgate-home-" + std::to_string(::getpid()));
     fs::create_directories(home_);
+    ::setenv("SANDGATE_IMAGES", SANDGATE_TEST_IMAGES, 1);
     ws_ = fs::temp_directory_path() / ("sandgate-ws-" + std::to_string(::getpid()));
     fs::create_directories(ws_);
   }
-  static void TearDownTestSuite() { fs::remove_all(ws_); }
+  static void TearDownTestSuite() {
+    fs::remove_all(ws_);
+    fs::remove_all(home_);
+  }
   // Each test starts with no sandbox state (images stay cached).
   void SetUp() override { fs::remove_all(home_ / "sandboxes"); }
 

@@ -88,7 +88,9 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
   if (c.accel == Accel::kvm) {
     a.insert(a.end(), {"-accel", "kvm", "-cpu", "host"});
   } else {
-    a.insert(a.end(), {"-accel", "tcg", "-cpu", "max"});
+    // The translation cache is most of QEMU's own memory under TCG; bound it
+    // (MachineConfig::tb_size_mib) rather than leave it to QEMU's default.
+    a.insert(a.end(), {"-accel", "tcg,tb-size=" + std::to_string(c.tb_size_mib), "-cpu", "max"});
   }
   return a;
 }

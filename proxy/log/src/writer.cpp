@@ -371,6 +371,11 @@ struct Writer::Impl {
         return;
       }
       if (!out.empty() && fd >= 0) flush();
+      // A burst may have grown the buffer to its 8 MiB cap: give that back.
+      if (out.empty() && out.capacity() > (2u << 20)) {
+        out.shrink_to_fit();
+        out.reserve(1 << 20);
+      }
       if (dirty && now - last_fsync >= config.fsync_interval) {
         ::fdatasync(fd);
         dirty = false;

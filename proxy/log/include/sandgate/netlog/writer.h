@@ -38,7 +38,7 @@ struct WriterConfig {
   // A checkpoint (HMAC) after this many records, or this long after the last one.
   std::uint64_t checkpoint_records = 10'000;
   std::chrono::milliseconds checkpoint_interval{10'000};
-  std::size_t queue_slots = 4096;  // per producer, rounded up to a power of two
+  std::size_t queue_slots = 1024;  // per producer, rounded up to a power of two (~0.9 KiB each)
   bool drop_when_full = false;     // count drops instead of back-pressure
 };
 
