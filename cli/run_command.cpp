@@ -54,6 +54,8 @@ Options:
                      $SANDGATE_HOME/policy.yaml if it exists, else the bundled
                      default policy); the sandbox decides by its own copy
   -e KEY=VALUE       set an environment variable for CMD (repeatable)
+  --hosts-file FILE  "ADDRESS NAME..." lines the sandbox's proxy consults
+                     before DNS (pin names; the guest itself resolves nothing)
   -w DIR             CMD's working directory in the guest (default: WORKSPACE)
   --allow-unsafe-workspace
                      share WORKSPACE even if it is /, a home folder itself, or
@@ -181,7 +183,7 @@ int relay_command(std::span<const std::string_view> args) {
 }
 
 int run_command(std::span<const std::string_view> args) {
-  std::string name, policy_path, workspace, cwd;
+  std::string name, policy_path, workspace, cwd, hosts_file;
   bool allow_unsafe = false, detach = false;
   std::vector<std::string> env, cmd;
   vmm::MachineConfig mc;
@@ -229,6 +231,7 @@ int run_command(std::span<const std::string_view> args) {
       ok = v.find('=') != std::string::npos && v.front() != '=';
       env.push_back(v);
     } else if (a == "-w") cwd = v;
+    else if (a == "--hosts-file") hosts_file = fs::absolute(v).string();
     else if (a == "--cpus") ok = number(mc.cpus);
     else if (a == "--memory") ok = number(mc.memory_mib) && mc.memory_mib >= 128;
     else if (a == "--accel") {
@@ -356,6 +359,7 @@ int run_command(std::span<const std::string_view> args) {
   pc.listeners.push_back({"unix:" + proxy_socket, name, 0});
   pc.threads = 1;
   pc.handle_signals = false;
+  pc.hosts_file = hosts_file;
   netlog::WriterConfig log;
   log.path = (state / "log" / "network.jsonl").string();
   log.key_file = default_key_path();
@@ -396,6 +400,7 @@ int run_command(std::span<const std::string_view> args) {
   }
   mc.kernel = image + "/" + (mc.accel == vmm::Accel::kvm ? "vmlinuz" : "vmlinux");
   mc.initrd = image + "/initrd.cpio";
+  if (fs::exists(image + "/rootfs.ext4")) mc.root_disk = fs::canonical(image + "/rootfs.ext4").string();
   mc.state_dir = state.string();
   mc.proxy_relay = self_exe() + " relay " + proxy_socket;
   std::string ws_hex;

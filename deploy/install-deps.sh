@@ -27,9 +27,11 @@ test_pkgs=(
 
 # Sandboxes: QEMU's microvm machine (virtiofsd comes with qemu-system-common),
 # busybox for the guest's initramfs, binutils to read kernel modules' info.
-# The guest kernel itself is fetched with apt-get download by deploy/guest/build-image.sh.
+# The guest kernel itself is fetched with apt-get download, and the guest's
+# root filesystem built with mmdebstrap (apt), by deploy/guest/build-image.sh.
 sandbox_pkgs=(
   qemu-system-x86 busybox-static binutils xz-utils
+  mmdebstrap e2fsprogs  # the guest's Debian root filesystem, built through apt, as an ext4 image
 )
 
 check_only=0

@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Builds the sandbox guest image from Debian packages and sandgate's agent:
-# Debian's kernel (uncompressed, for a fast PVH boot), and an initramfs with
-# busybox, the virtio modules the guest needs, init and the agent. The
-# result is cached by the hash of its inputs: a rebuild with the same inputs
-# reuses it.
+# Debian's kernel (uncompressed, for a fast PVH boot); an initramfs with
+# busybox, the modules the guest needs, init and the agent; and a root
+# filesystem (mmdebstrap, through apt) with the tools agents use, as a
+# read-only ext4 disk the guest overlays with a tmpfs. Each part is cached by
+# the hash of its inputs: a rebuild with the same inputs reuses it.
 #
 #   deploy/guest/build-image.sh AGENT [IMAGES_DIR]
 #     AGENT       the static sandgate-agent binary
 #     IMAGES_DIR  default: $SANDGATE_IMAGES, else ${SANDGATE_HOME:-$HOME/.sandgate}/images
-# Prints the image's folder (holding vmlinux, vmlinuz, initrd.cpio, manifest).
+# Prints the image's folder (vmlinux, vmlinuz, initrd.cpio, rootfs.ext4, manifest).
+# SANDGATE_GUEST_PACKAGES overrides the root filesystem's package list.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 agent=${1:?usage: build-image.sh AGENT [IMAGES_DIR]}
 images=${2:-${SANDGATE_IMAGES:-${SANDGATE_HOME:-$HOME/.sandgate}/images}}
 mkdir -p "$images/.debs"
+# One build at a time per cache (parallel test runs share one).
+exec 9>"$images/.build.lock"
+flock 9
 [ -x /bin/busybox ] || { echo "build-image: /bin/busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
 
 # Debian's current kernel package, fetched through apt (once; cached).
@@ -30,8 +35,31 @@ if [ -z "$deb" ]; then
 fi
 kv=${kpkg#linux-image-}
 
-mods="virtio_mmio virtio_net virtio_console virtiofs evdev button"
-id=$( (sha256sum "$deb" /bin/busybox "$agent" "$here/init" "$0"; echo "$mods") | sha256sum | cut -c1-16)
+# The root filesystem: Debian's minbase plus what agents reach for.
+packages=${SANDGATE_GUEST_PACKAGES:-bash,coreutils,curl,ca-certificates,git,python3,nodejs,npm,netcat-openbsd,iproute2,procps,less,openssh-client}
+suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+rootfs_id=$(echo "$suite $packages $(sed -n '/^# rootfs-start/,/^# rootfs-end/p' "$0")" | sha256sum | cut -c1-16)
+rootfs="$images/.rootfs/$rootfs_id/rootfs.ext4"
+# rootfs-start
+if [ ! -f "$rootfs" ]; then
+  command -v mmdebstrap >/dev/null || { echo "build-image: mmdebstrap is missing (apt-get install mmdebstrap)" >&2; exit 1; }
+  rwork=$(mktemp -d "$images/.rootfs-build-XXXXXX")
+  echo "build-image: building the guest's root filesystem ($packages); a few minutes, once" >&2
+  mmdebstrap --quiet --mode=root --variant=minbase --include="$packages" "$suite" "$rwork/root" >&2 ||
+    { rm -rf "$rwork"; echo "build-image: mmdebstrap failed" >&2; exit 1; }
+  # Names are resolved by the proxy, never in the guest.
+  : > "$rwork/root/etc/resolv.conf"
+  size=$(( $(du -sm "$rwork/root" | cut -f1) * 5 / 4 + 64 ))
+  mkfs.ext4 -q -L sandgate-root -d "$rwork/root" "$rwork/rootfs.ext4" "${size}M"
+  mkdir -p "$(dirname "$rootfs")"
+  mv "$rwork/rootfs.ext4" "$rootfs.tmp" && mv "$rootfs.tmp" "$rootfs"
+  rm -rf "$rwork"
+fi
+# rootfs-end
+
+# crc32c_generic: ext4 asks for a crc32c driver by name (no module dependency says so).
+mods="virtio_mmio virtio_net virtio_console virtiofs virtio_blk crc32c_generic ext4 overlay evdev button"
+id=$( (sha256sum "$deb" /bin/busybox "$agent" "$here/init" "$0"; echo "$mods $rootfs_id") | sha256sum | cut -c1-16)
 out="$images/$id"
 if [ -f "$out/manifest" ]; then echo "$out"; exit 0; fi
 
@@ -92,11 +120,13 @@ PY
   echo "busybox $(sha256sum /bin/busybox | cut -c1-64)"
   echo "agent $(sha256sum "$agent" | cut -c1-64)"
   echo "modules $(tr '\n' ' ' < "$root/lib/modules/order")"
+  echo "rootfs $rootfs_id $suite $packages"
 } > "$work/manifest.tmp"
 # Publish by renaming a complete folder: a concurrent build of the same
 # image either wins the rename or finds this one in place.
 mkdir "$work/image"
 mv "$work/vmlinux" "$work/vmlinuz" "$work/initrd.cpio" "$work/image/"
+ln -s "../.rootfs/$rootfs_id/rootfs.ext4" "$work/image/rootfs.ext4"
 mv "$work/manifest.tmp" "$work/image/manifest"
 mv -T "$work/image" "$out" 2>/dev/null || [ -f "$out/manifest" ]
 echo "$out"

@@ -64,6 +64,9 @@ class Agent {
     sigprocmask(SIG_BLOCK, &mask, nullptr);
     // Invariant: sigfd_ lives as long as the agent; children unblock SIGCHLD after fork.
     sigfd_ = ::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    // QMP system_powerdown presses the ACPI power button: power off cleanly.
+    // Invariant: button_ stays open for the agent's life (or -1 without the device).
+    button_ = open_power_button();
     for (;;) {
       if (port_ < 0 && !open_port()) {
         reap();
@@ -101,6 +104,7 @@ class Agent {
     std::vector<std::pair<std::uint32_t, int>> owners;  // (session, 1 = stdout, 2 = stderr)
     fds.push_back({port_, POLLIN, 0});
     fds.push_back({sigfd_, POLLIN, 0});
+    fds.push_back({button_, POLLIN, 0});
     for (auto& [id, s] : sessions_) {
       if (s.out >= 0) {
         fds.push_back({s.out, POLLIN, 0});
@@ -118,9 +122,13 @@ class Agent {
       }
       reap();
     }
-    for (std::size_t i = 2; i < fds.size(); ++i) {
+    if (button_ >= 0 && fds[2].revents) {
+      ::sync();
+      ::reboot(RB_POWER_OFF);
+    }
+    for (std::size_t i = 3; i < fds.size(); ++i) {
       if (!fds[i].revents) continue;
-      auto& [id, which] = owners[i - 2];
+      auto& [id, which] = owners[i - 3];
       auto& s = sessions_[id];
       int& fd = which == 1 ? s.out : s.err;
       char buf[32 * 1024];
@@ -280,8 +288,24 @@ class Agent {
     }
   }
 
+  static int open_power_button() {
+    DIR* d = ::opendir("/sys/class/input");
+    if (!d) return -1;
+    int fd = -1;
+    while (auto* e = ::readdir(d)) {
+      if (std::strncmp(e->d_name, "event", 5) != 0) continue;
+      std::ifstream f(std::string("/sys/class/input/") + e->d_name + "/device/name");
+      std::string name;
+      std::getline(f, name);
+      if (name == "Power Button") fd = ::open((std::string("/dev/input/") + e->d_name).c_str(), O_RDONLY | O_CLOEXEC);
+    }
+    ::closedir(d);
+    return fd;
+  }
+
   int port_ = -1;
   int sigfd_ = -1;
+  int button_ = -1;
   sandgate::vmm::FrameDecoder decoder_;
   std::string out_;
   std::map<std::uint32_t, Session> sessions_;

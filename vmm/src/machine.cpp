@@ -82,6 +82,9 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
                                 "-chardev", "socket,id=agent,path=" + c.state_dir + "/agent.sock,server=on,wait=off",
                                 "-device", "virtserialport,chardev=agent,name=agent0",
                                 "-qmp", "unix:" + c.state_dir + "/qmp.sock,server=on,wait=off"};
+  if (!c.root_disk.empty())
+    a.insert(a.end(), {"-drive", "file=" + c.root_disk + ",if=none,format=raw,readonly=on,id=root", "-device",
+                       "virtio-blk-device,drive=root"});
   if (!c.fs_socket.empty())
     a.insert(a.end(), {"-chardev", "socket,id=vfs,path=" + c.fs_socket, "-device",
                        "vhost-user-fs-device,chardev=vfs,tag=ws"});

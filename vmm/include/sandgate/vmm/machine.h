@@ -32,6 +32,8 @@ struct MachineConfig {
   std::vector<std::string> kernel_args;  // extra key=value for the guest's init
   // A vhost-user-fs backend socket (virtiofsd), attached with tag "ws"; "" for none.
   std::string fs_socket;
+  // The root filesystem disk image, attached read-only as /dev/vda; "" for none.
+  std::string root_disk;
 };
 
 // The full QEMU command line for `config` (exposed for tests and `--dry-run`).
