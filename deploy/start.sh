@@ -16,16 +16,20 @@ name=demo-$$
 echo "\$ sandgate policy check $policy"
 "$sg" policy check "$policy"
 
-# Inside the guest: a request the default policy blocks (through the proxy,
-# as every HTTP client there is configured to), then direct connections that
-# have no route at all.
+# Inside the guest, what agents do: HTTP and HTTPS through the proxy (every
+# client there is configured to use it), and direct connections that have
+# no route at all.
 script='
-echo "== inside the sandbox: $(uname -sr), proxy $HTTPS_PROXY"
-echo "-- CONNECT pastebin.com:443 through the proxy:"
-printf "CONNECT pastebin.com:443 HTTP/1.1\r\nHost: pastebin.com:443\r\n\r\n" | nc 10.0.2.100 3128
+echo "== inside the sandbox: $(uname -sr), Debian $(cat /etc/debian_version), in $(pwd)"
+echo "-- curl http://pastebin.com/  (blocked by the default policy):"
+curl -sS http://pastebin.com/
+echo "-- curl https://pastebin.com/:"
+curl -sS -o /dev/null https://pastebin.com/ || true
+echo "-- curl https://api.anthropic.com/  (allowed; the answer depends on this host'"'"'s network):"
+curl -sS -o /dev/null -m 10 -w "HTTP %{http_code}\n" https://api.anthropic.com/ || true
 echo "-- direct TCP to a public address and to the host: no route but the proxy"
-nc -w 3 1.1.1.1 443 </dev/null || true
-nc -w 3 10.0.2.2 22 </dev/null || true
+nc -z -w 3 1.1.1.1 443 && echo "reached 1.1.1.1 (unexpected)" || echo "1.1.1.1:443 unreachable"
+nc -z -w 3 10.0.2.2 22 && echo "reached the host (unexpected)" || echo "10.0.2.2:22 unreachable"
 '
 echo
 echo "\$ sandgate run --name $name $workspace -- sh -c '...'"

@@ -9,6 +9,9 @@ jobs=$(nproc)
 fuzz_seconds=${FUZZ_SECONDS:-20}
 
 deploy/install-deps.sh
+# One guest image cache for both builds' sandbox tests (its root filesystem
+# takes a minute or two to build, once).
+export SANDGATE_IMAGES=${SANDGATE_IMAGES:-$PWD/build/test-images}
 
 echo "== release build and tests"
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

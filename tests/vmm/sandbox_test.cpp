@@ -26,7 +26,7 @@ class SandboxTest : public ::testing::Test {
     // cache for all of them in the build tree.
     home_ = fs::temp_directory_path() / ("sandgate-home-" + std::to_string(::getpid()));
     fs::create_directories(home_);
-    ::setenv("SANDGATE_IMAGES", SANDGATE_TEST_IMAGES, 1);
+    ::setenv("SANDGATE_IMAGES", SANDGATE_TEST_IMAGES, 0);  // deploy/test.sh shares one cache between builds
     ws_ = fs::temp_directory_path() / ("sandgate-ws-" + std::to_string(::getpid()));
     fs::create_directories(ws_);
   }
