@@ -62,7 +62,9 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 "$sg" network proxy "bench$reps" --allow-host "localhost:$port" >/dev/null
-loop='i=0; while [ $i -lt '"$conns"' ]; do printf "GET http://localhost:'"$port"'/ HTTP/1.0\r\n\r\n" | nc 10.0.2.100 3128 >/dev/null; i=$((i+1)); done'
+# busybox nc on both sides: the guest keeps a copy next to its Debian root.
+bb=/usr/local/lib/sandgate/busybox
+loop='i=0; while [ $i -lt '"$conns"' ]; do printf "GET http://localhost:'"$port"'/ HTTP/1.0\r\n\r\n" | '"$bb"' nc 10.0.2.100 3128 >/dev/null; i=$((i+1)); done'
 t0=$(now_ms)
 "$sg" exec "bench$reps" sh -c "$loop"
 t1=$(now_ms)

@@ -327,6 +327,11 @@ int run_command(std::span<const std::string_view> args) {
     ~CloseLock() { ::close(fd); }
   } close_lock{lock_fd};
 
+  // A fresh sandbox starts with the host's git identity (env set can change it).
+  {
+    std::ofstream saved(state / "env", std::ios::trunc);
+    for (const auto& kv : host_git_identity()) saved << kv << "\n";
+  }
   const auto image = find_or_build_image(home);
   if (image.empty()) {
     std::cerr << "sandgate run: cannot build the guest image (run deploy/guest/build-image.sh to see why)\n";

@@ -192,11 +192,7 @@ int exec_command(std::span<const std::string_view> args) {
   vmm::ExecRequest req;
   for (; i < args.size(); ++i) req.argv.emplace_back(args[i]);
   req.cwd = cwd.empty() ? str(*st, "workspace") : cwd;
-  req.env = sandbox_env(name);
-  // `sandgate env set` values, then -e: later entries win.
-  std::ifstream saved(dir / "env");
-  for (std::string line; std::getline(saved, line);)
-    if (line.find('=') != std::string::npos) req.env.push_back(line);
+  req.env = sandbox_env(name);  // with `sandgate env set` values; -e after them wins
   req.env.insert(req.env.end(), env.begin(), env.end());
   auto status = (*client)->exec(req, ::isatty(0) ? -1 : 0, 1, 2);
   if (!status) {

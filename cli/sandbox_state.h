@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <vector>
@@ -91,9 +92,36 @@ inline std::vector<std::string> sandbox_env(const std::string& name) {
                                   "HTTPS_PROXY=" + proxy,
                                   "no_proxy=",
                                   "NO_PROXY=",
-                                  "SANDGATE_SANDBOX=" + name};
+                                  "SANDGATE_SANDBOX=" + name,
+                                  // The workspace belongs to the host user; git in the guest trusts it.
+                                  "GIT_CONFIG_COUNT=1",
+                                  "GIT_CONFIG_KEY_0=safe.directory",
+                                  "GIT_CONFIG_VALUE_0=*"};
   if (const char* term = std::getenv("TERM")) env.push_back(std::string("TERM=") + term);
+  // `sandgate env set` values and the host's git identity saved at run.
+  std::ifstream saved(sandboxes_dir() / name / "env");
+  for (std::string line; std::getline(saved, line);)
+    if (line.find('=') != std::string::npos) env.push_back(line);
   return env;
+}
+
+// The host user's git identity as GIT_AUTHOR_* and GIT_COMMITTER_* variables,
+// so commits made in the sandbox carry it.
+inline std::vector<std::string> host_git_identity() {
+  std::vector<std::string> out;
+  for (const auto& [key, vars] : {std::pair{"user.name", std::pair{"GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"}},
+                                  std::pair{"user.email", std::pair{"GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"}}}) {
+    FILE* p = ::popen((std::string("git config --get ") + key + " 2>/dev/null").c_str(), "r");
+    if (!p) continue;
+    char buf[512] = {};
+    std::string value = std::fgets(buf, sizeof buf, p) ? buf : "";
+    ::pclose(p);
+    while (!value.empty() && (value.back() == '\n' || value.back() == '\r')) value.pop_back();
+    if (value.empty()) continue;
+    out.push_back(std::string(vars.first) + "=" + value);
+    out.push_back(std::string(vars.second) + "=" + value);
+  }
+  return out;
 }
 
 }  // namespace sandgate::cli

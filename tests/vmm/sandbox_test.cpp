@@ -268,5 +268,23 @@ TEST_F(SandboxTest, NetworkProxyChangesARunningSandboxsNextVerdictAndEnvSetItsNe
   EXPECT_EQ(cli(h, "rm -f live").status, 0);
 }
 
+TEST_F(SandboxTest, GitInTheGuestUsesTheHostIdentityAndAgreesWithTheHost) {
+  const auto user_home = ws_ / "user-home";
+  fs::create_directories(user_home);
+  std::ofstream(user_home / ".gitconfig") << "[user]\n\tname = Sandbox Tester\n\temail = tester@example.com\n";
+  const auto repo = ws_ / "repo";
+  fs::remove_all(repo);
+  fs::create_directories(repo);
+  const auto r = shell("(HOME='" + user_home.string() + "' SANDGATE_HOME='" + home_.string() + "' " + SANDGATE_BIN +
+                       " run --name git " + repo.string() +
+                       " -- sh -c 'git init -q . && echo hello > README && git add README && git commit -qm first"
+                       " && git log -1 --format=%an/%ae && git status --porcelain')");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("Sandbox Tester/tester@example.com\n"), std::string::npos) << r.out;
+  // The host's git sees the same commit and a clean tree.
+  EXPECT_EQ(shell("git -C " + repo.string() + " log -1 --format=%an/%s").out, "Sandbox Tester/first\n");
+  EXPECT_EQ(shell("git -C " + repo.string() + " -c safe.directory='*' status --porcelain").out, "");
+}
+
 }  // namespace
 }  // namespace sandgate
