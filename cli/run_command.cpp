@@ -42,7 +42,8 @@ Boots a sandbox for WORKSPACE: a QEMU microVM with its own kernel whose only
 way out is sandgate's proxy, deciding every connection by the policy. The
 workspace is shared into it at the same absolute path (virtio-fs): what the
 command writes there is on the host at once, and the reverse. Runs CMD there
-and exits with its status (without CMD: sh, reading stdin). With -d it
+and exits with its status (without CMD: an interactive shell, on a
+terminal when there is one). With -d it
 returns once the guest is ready and the sandbox stays up for 'sandgate exec'
 until 'sandgate stop'.
 Every decision goes to the sandbox's network log ('sandgate network log NAME').
@@ -272,6 +273,8 @@ int run_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate run: --name takes letters, digits, '-' and '_' (not '" << name << "')\n";
     return 2;
   }
+  // Without CMD: an interactive shell, on a terminal when there is one.
+  const bool shell_on_tty = cmd.empty() && ::isatty(0) && ::isatty(1);
   if (cmd.empty()) cmd = {"sh"};
   if (detach && cmd != std::vector<std::string>{"sh"}) {
     std::cerr << "sandgate run: -d takes no command; run it with 'sandgate exec NAME CMD...'\n";
@@ -467,6 +470,10 @@ int run_command(std::span<const std::string_view> args) {
   req.cwd = cwd;
   req.env = sandbox_env(name);
   req.env.insert(req.env.end(), env.begin(), env.end());
+  if (shell_on_tty) {
+    req.tty = true;
+    req.argv = {"sh", "-c", "command -v bash >/dev/null && exec bash -l || exec sh -l"};
+  }
   auto status = (*agent)->exec(req, 0, 1, 2);
   (*agent)->poweroff();
   (*machine)->shutdown(std::chrono::seconds(5));

@@ -54,12 +54,20 @@ Lists the sandboxes: name, workspace, state (running, stopped, or crashed
 when QEMU or its supervisor died), uptime, policy mode and accelerator.
 )";
 
-constexpr std::string_view exec_usage = R"(usage: sandgate exec [-e KEY=VALUE]... [-w DIR] NAME CMD...
+constexpr std::string_view exec_usage = R"(usage: sandgate exec [-it] [-e KEY=VALUE]... [-w DIR] NAME CMD...
 
 Runs CMD in the running sandbox NAME (started with 'sandgate run -d') and
-exits with its status; stdout and stderr stay apart, stdin is passed on, and
-Ctrl-C goes to the command. CMD starts in the workspace unless -w says
-otherwise, with the proxy settings every sandbox command gets.
+exits with its status; stdout and stderr stay apart, piped stdin is passed
+on, and Ctrl-C goes to the command. CMD starts in the workspace unless -w
+says otherwise, with the proxy settings every sandbox command gets.
+
+  -i    pass stdin on even from a terminal
+  -t    run CMD on a pseudo-terminal that follows this terminal's size
+        (stderr joins stdout); -it for an interactive shell
+  -e KEY=VALUE, -w DIR   environment and working directory
+
+Example:
+  sandgate exec -it app bash
 )";
 
 constexpr std::string_view stop_usage = R"(usage: sandgate stop [--timeout SECONDS] NAME
@@ -161,7 +169,13 @@ int exec_command(std::span<const std::string_view> args) {
   std::vector<std::string> env;
   std::string cwd, name;
   std::size_t i = 0;
+  bool interactive = !::isatty(0), tty = false;
   for (; i < args.size() && args[i].starts_with("-"); ++i) {
+    if (args[i] == "-i" || args[i] == "-t" || args[i] == "-it" || args[i] == "-ti") {
+      interactive |= args[i].find('i') != std::string_view::npos;
+      tty |= args[i].find('t') != std::string_view::npos;
+      continue;
+    }
     if (i + 1 >= args.size() || (args[i] != "-e" && args[i] != "-w")) {
       std::cerr << "sandgate exec: unknown option or missing value: '" << args[i] << "' (see --help)\n";
       return 2;
@@ -194,7 +208,8 @@ int exec_command(std::span<const std::string_view> args) {
   req.cwd = cwd.empty() ? str(*st, "workspace") : cwd;
   req.env = sandbox_env(name);  // with `sandgate env set` values; -e after them wins
   req.env.insert(req.env.end(), env.begin(), env.end());
-  auto status = (*client)->exec(req, ::isatty(0) ? -1 : 0, 1, 2);
+  req.tty = tty;
+  auto status = (*client)->exec(req, interactive ? 0 : -1, 1, 2);
   if (!status) {
     std::cerr << "sandgate exec: " << status.error() << "\n";
     return 125;

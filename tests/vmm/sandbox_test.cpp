@@ -212,6 +212,13 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   EXPECT_NE(both.out.find("one"), std::string::npos) << both.out;
   EXPECT_NE(both.out.find("two"), std::string::npos) << both.out;
 
+  // exec -it: a pseudo-terminal of the caller's size (script(1) gives this test a terminal).
+  const auto pty = shell("printf 'tty; stty size; exit 3\\n' | script -qec \"stty rows 33 cols 101; SANDGATE_HOME='" +
+                         h + "' " + SANDGATE_BIN + " exec -it life sh\" /dev/null");
+  EXPECT_EQ(pty.status, 3) << pty.out;
+  EXPECT_NE(pty.out.find("/dev/pts/"), std::string::npos) << pty.out;
+  EXPECT_NE(pty.out.find("33 101"), std::string::npos) << pty.out;
+
   // rm refuses a running sandbox; stop ends every process; rm removes every file.
   EXPECT_EQ(cli(h, "rm life").status, 1);
   EXPECT_EQ(cli(h, "stop life").status, 0);

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/time.h>
@@ -35,7 +36,8 @@ using sandgate::vmm::FrameType;
 
 struct Session {
   pid_t pid = -1;
-  int in = -1, out = -1, err = -1;  // our ends of the child's stdin, stdout, stderr
+  int in = -1, out = -1, err = -1;  // our ends of the child's stdin, stdout, stderr (tty: the master twice, no err)
+  bool tty = false;
   bool exited = false;
   int status = 0;
 };
@@ -183,6 +185,13 @@ class Agent {
           it->second.in = -1;
         }
         break;
+      case FrameType::resize:
+        if (auto it = sessions_.find(f.session); it != sessions_.end() && it->second.tty && it->second.out >= 0) {
+          winsize ws{};
+          if (std::sscanf(f.payload.c_str(), "%hu %hu", &ws.ws_row, &ws.ws_col) == 2)
+            ::ioctl(it->second.out, TIOCSWINSZ, &ws);
+        }
+        break;
       case FrameType::signal:
         if (auto it = sessions_.find(f.session); it != sessions_.end() && !it->second.exited)
           ::kill(-it->second.pid, std::atoi(f.payload.c_str()));
@@ -219,6 +228,11 @@ class Agent {
     std::string cwd = "/";
     if (const auto* c = v.as_object().if_contains("cwd"); c && c->is_string()) cwd = std::string(c->as_string());
 
+    const auto* tty = v.as_object().if_contains("tty");
+    if (tty && tty->is_object()) {
+      start_tty(id, argv, env, cwd, tty->as_object());
+      return;
+    }
     int in[2], out[2], err[2];
     if (::pipe2(in, O_CLOEXEC) || ::pipe2(out, O_CLOEXEC) || ::pipe2(err, O_CLOEXEC)) {
       send(FrameType::error, id, std::string("pipe: ") + std::strerror(errno));
@@ -233,6 +247,66 @@ class Agent {
       ::dup2(in[0], 0);
       ::dup2(out[1], 1);
       ::dup2(err[1], 2);
+      exec_child(argv, env, cwd);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    ::close(err[1]);
+    if (pid < 0) {
+      ::close(in[1]);
+      ::close(out[0]);
+      ::close(err[0]);
+      send(FrameType::error, id, std::string("fork: ") + std::strerror(errno));
+      return;
+    }
+    sessions_[id] = Session{pid, in[1], out[0], err[0]};
+    send(FrameType::started, id, std::to_string(pid));
+  }
+
+  // A command on a pseudo-terminal: its session leader, the terminal its
+  // controlling one, so job control, Ctrl-C and window size work as on a console.
+  void start_tty(std::uint32_t id, std::vector<std::string>& argv, std::vector<std::string>& env,
+                 const std::string& cwd, const boost::json::object& size) {
+    // Invariant: master is owned by the session (closed in finish_sessions); the slave only by the child.
+    const int master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || ::grantpt(master) != 0 || ::unlockpt(master) != 0) {
+      if (master >= 0) ::close(master);
+      send(FrameType::error, id, std::string("no pseudo-terminal: ") + std::strerror(errno));
+      return;
+    }
+    winsize ws{};
+    if (const auto* r = size.if_contains("rows"); r && r->is_int64()) ws.ws_row = static_cast<unsigned short>(r->as_int64());
+    if (const auto* c = size.if_contains("cols"); c && c->is_int64()) ws.ws_col = static_cast<unsigned short>(c->as_int64());
+    ::ioctl(master, TIOCSWINSZ, &ws);
+    const std::string slave_path = ::ptsname(master);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::setsid();
+      const int slave = ::open(slave_path.c_str(), O_RDWR);
+      ::ioctl(slave, TIOCSCTTY, 0);
+      ::dup2(slave, 0);
+      ::dup2(slave, 1);
+      ::dup2(slave, 2);
+      if (slave > 2) ::close(slave);
+      exec_child(argv, env, cwd);
+    }
+    if (pid < 0) {
+      ::close(master);
+      send(FrameType::error, id, std::string("fork: ") + std::strerror(errno));
+      return;
+    }
+    Session s{pid, ::dup(master), master, -1};
+    s.tty = true;
+    sessions_[id] = s;
+    send(FrameType::started, id, std::to_string(pid));
+  }
+
+  [[noreturn]] static void exec_child(std::vector<std::string>& argv, std::vector<std::string>& env,
+                                      const std::string& cwd) {
+    {
       if (::chdir(cwd.c_str()) != 0) {
         dprintf(2, "sandgate-agent: cannot enter %s: %s\n", cwd.c_str(), std::strerror(errno));
         ::_exit(126);
@@ -248,18 +322,6 @@ class Agent {
       dprintf(2, "sandgate-agent: cannot run %s: %s\n", a[0], std::strerror(errno));
       ::_exit(errno == ENOENT ? 127 : 126);
     }
-    ::close(in[0]);
-    ::close(out[1]);
-    ::close(err[1]);
-    if (pid < 0) {
-      ::close(in[1]);
-      ::close(out[0]);
-      ::close(err[0]);
-      send(FrameType::error, id, std::string("fork: ") + std::strerror(errno));
-      return;
-    }
-    sessions_[id] = Session{pid, in[1], out[0], err[0]};
-    send(FrameType::started, id, std::to_string(pid));
   }
 
   void reap() {

@@ -4,7 +4,9 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <boost/json/serialize.hpp>
@@ -99,6 +101,11 @@ boost::system::result<int, std::string> AgentClient::exec(const ExecRequest& r, 
   req["argv"] = std::move(argv);
   req["env"] = std::move(env);
   req["cwd"] = r.cwd;
+  winsize ws{};
+  if (r.tty) {
+    ::ioctl(in_fd >= 0 ? in_fd : out_fd, TIOCGWINSZ, &ws);
+    req["tty"] = {{"rows", ws.ws_row}, {"cols", ws.ws_col}};
+  }
   if (!send(static_cast<unsigned char>(FrameType::exec), id, boost::json::serialize(req)))
     return std::string("the agent channel is closed");
   if (in_fd < 0) send(static_cast<unsigned char>(FrameType::stdin_eof), id, "");
@@ -109,10 +116,22 @@ boost::system::result<int, std::string> AgentClient::exec(const ExecRequest& r, 
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGHUP);
+  if (r.tty) sigaddset(&mask, SIGWINCH);
   ::sigprocmask(SIG_BLOCK, &mask, &old);
+  // A terminal passes every key through raw (Ctrl-C becomes the guest's
+  // terminal's job); it is restored however this returns.
+  termios saved{};
+  const int term_fd = in_fd;
+  const bool raw = r.tty && term_fd >= 0 && ::tcgetattr(term_fd, &saved) == 0;
+  if (raw) {
+    termios t = saved;
+    ::cfmakeraw(&t);
+    ::tcsetattr(term_fd, TCSANOW, &t);
+  }
   // Invariant: sigfd is closed and the mask restored on every return below.
   const int sigfd = ::signalfd(-1, &mask, SFD_CLOEXEC);
   auto done = [&](boost::system::result<int, std::string> v) {
+    if (raw) ::tcsetattr(term_fd, TCSANOW, &saved);
     ::close(sigfd);
     ::sigprocmask(SIG_SETMASK, &old, nullptr);
     return v;
@@ -123,8 +142,15 @@ boost::system::result<int, std::string> AgentClient::exec(const ExecRequest& r, 
     if (::poll(fds, in_fd >= 0 ? 3 : 2, -1) < 0 && errno != EINTR) return done(std::string("poll failed"));
     if (fds[1].revents) {
       signalfd_siginfo info{};
-      if (::read(sigfd, &info, sizeof info) == sizeof info)
-        send(static_cast<unsigned char>(FrameType::signal), id, std::to_string(info.ssi_signo));
+      if (::read(sigfd, &info, sizeof info) == sizeof info) {
+        if (info.ssi_signo == SIGWINCH) {
+          ::ioctl(term_fd >= 0 ? term_fd : out_fd, TIOCGWINSZ, &ws);
+          send(static_cast<unsigned char>(FrameType::resize), id,
+               std::to_string(ws.ws_row) + " " + std::to_string(ws.ws_col));
+        } else {
+          send(static_cast<unsigned char>(FrameType::signal), id, std::to_string(info.ssi_signo));
+        }
+      }
     }
     if (in_fd >= 0 && fds[2].revents) {
       char buf[32 * 1024];

@@ -16,6 +16,9 @@ struct ExecRequest {
   std::vector<std::string> argv;
   std::vector<std::string> env;  // "KEY=VALUE"
   std::string cwd = "/";
+  // Run on a pseudo-terminal: the caller's terminal (in_fd) goes raw for the
+  // command's life, its size follows SIGWINCH, and stderr joins stdout.
+  bool tty = false;
 };
 
 class AgentClient {

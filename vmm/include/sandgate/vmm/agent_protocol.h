@@ -18,13 +18,15 @@ namespace sandgate::vmm {
 enum class FrameType : std::uint8_t {
   // host -> guest
   ping = 1,       // payload: anything; answered by pong with the same payload
-  exec = 2,       // payload: JSON {"argv": [...], "env": ["K=V", ...], "cwd": "/path"}
+  exec = 2,       // payload: JSON {"argv": [...], "env": ["K=V", ...], "cwd": "/path",
+                  //   "tty": {"rows": R, "cols": C}}  (tty: a pseudo-terminal; stderr joins stdout)
   stdin_data = 3,
   stdin_eof = 4,
   signal = 5,     // payload: the signal number as decimal text; sent to the command's process group
   poweroff = 6,   // sync and power off
   set_time = 7,   // payload: microseconds since the epoch as decimal text
   stop = 8,       // client -> sandbox supervisor only: power the sandbox off and end it
+  resize = 9,     // payload: "ROWS COLS"; the command's terminal's new size (tty only)
   // guest -> host
   pong = 64,
   started = 65,   // payload: the pid as decimal text
