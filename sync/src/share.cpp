@@ -61,7 +61,19 @@ boost::system::result<std::unique_ptr<Share>, std::string> Share::start(const Sh
   }
   const int log = ::open(c.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   const uid_t uid = ::getuid();
-  const gid_t gid = ::getgid();
+  // Everything the child needs is built before fork: the caller has other
+  // threads (the proxy's), so the child may only make async-signal-safe calls.
+  const std::string uid_map = "0 " + std::to_string(uid) + " 1";
+  const std::string gid_map = "0 " + std::to_string(::getgid()) + " 1";
+  const std::string source = "source=" + c.workspace;
+  const std::vector<const char*> argv = {c.virtiofsd.c_str(), "--fd=3", "-o", source.c_str(), "-o", "cache=auto",
+                                         "-o", "sandbox=namespace", "-o", "xattr", nullptr};
+  auto write_file = [](const char* path, std::string_view text) {
+    const int f = ::open(path, O_WRONLY);
+    const bool ok = f >= 0 && ::write(f, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    if (f >= 0) ::close(f);
+    return ok;
+  };
   const pid_t pid = ::fork();
   if (pid == 0) {
     if (log >= 0) {
@@ -73,20 +85,16 @@ boost::system::result<std::unique_ptr<Share>, std::string> Share::start(const Sh
       // Map the invoking user to root in a new user namespace: virtiofsd gets
       // the capabilities its sandbox needs, and the files it creates on the
       // host belong to the invoking user.
-      if (::unshare(CLONE_NEWUSER) != 0) {
-        dprintf(2, "sandgate: unshare(CLONE_NEWUSER): %s\n", std::strerror(errno));
+      if (::unshare(CLONE_NEWUSER) != 0 || !write_file("/proc/self/setgroups", "deny") ||
+          !write_file("/proc/self/uid_map", uid_map) || !write_file("/proc/self/gid_map", gid_map)) {
+        constexpr char msg[] = "sandgate: cannot enter a user namespace for virtiofsd\n";
+        (void)!::write(2, msg, sizeof msg - 1);
         ::_exit(126);
       }
-      std::ofstream("/proc/self/setgroups") << "deny";
-      std::ofstream("/proc/self/uid_map") << "0 " << uid << " 1";
-      std::ofstream("/proc/self/gid_map") << "0 " << gid << " 1";
     }
-    const std::string source = "source=" + c.workspace;
-    std::vector<const char*> argv = {c.virtiofsd.c_str(), "--fd=3",       "-o", source.c_str(), "-o",
-                                     "cache=auto",         "-o",           "sandbox=namespace", "-o", "xattr",
-                                     nullptr};
     ::execv(argv[0], const_cast<char* const*>(argv.data()));
-    dprintf(2, "sandgate: cannot run %s: %s\n", argv[0], std::strerror(errno));
+    constexpr char msg[] = "sandgate: cannot run virtiofsd\n";
+    (void)!::write(2, msg, sizeof msg - 1);
     ::_exit(127);
   }
   ::close(sock);

@@ -240,10 +240,7 @@ class Agent {
     }
     const pid_t pid = ::fork();
     if (pid == 0) {
-      sigset_t none;
-      sigemptyset(&none);
-      sigprocmask(SIG_SETMASK, &none, nullptr);
-      ::setsid();
+      become_session_leader();
       ::dup2(in[0], 0);
       ::dup2(out[1], 1);
       ::dup2(err[1], 2);
@@ -281,10 +278,7 @@ class Agent {
     const std::string slave_path = ::ptsname(master);
     const pid_t pid = ::fork();
     if (pid == 0) {
-      sigset_t none;
-      sigemptyset(&none);
-      sigprocmask(SIG_SETMASK, &none, nullptr);
-      ::setsid();
+      become_session_leader();
       const int slave = ::open(slave_path.c_str(), O_RDWR);
       ::ioctl(slave, TIOCSCTTY, 0);
       ::dup2(slave, 0);
@@ -302,6 +296,15 @@ class Agent {
     s.tty = true;
     sessions_[id] = s;
     send(FrameType::started, id, std::to_string(pid));
+  }
+
+  // In a forked child: the signals the agent blocks are the command's
+  // again, and it leads its own session (its process group gets signals).
+  static void become_session_leader() {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::setsid();
   }
 
   [[noreturn]] static void exec_child(std::vector<std::string>& argv, std::vector<std::string>& env,

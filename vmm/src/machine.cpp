@@ -23,6 +23,11 @@ namespace {
 // its own process group (a Ctrl-C at the terminal reaches sandgate, which
 // then shuts the guest down). Returns the pid, or -1.
 pid_t spawn(const std::vector<std::string>& argv, int out_fd) {
+  // Everything the child needs is built before fork: the caller has other
+  // threads (the proxy's), so the child may only make async-signal-safe calls.
+  std::vector<char*> args;
+  for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
+  args.push_back(nullptr);
   const pid_t pid = ::fork();
   if (pid != 0) return pid;
   const int in = ::open("/dev/null", O_RDONLY);
@@ -30,11 +35,9 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd) {
   ::dup2(out_fd, 1);
   ::dup2(out_fd, 2);
   ::setpgid(0, 0);
-  std::vector<char*> args;
-  for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
-  args.push_back(nullptr);
   ::execvp(args[0], args.data());
-  dprintf(2, "sandgate: cannot run %s: %s\n", args[0], std::strerror(errno));
+  constexpr char msg[] = "sandgate: cannot run the program (is it installed?)\n";
+  (void)!::write(2, msg, sizeof msg - 1);
   ::_exit(127);
 }
 
