@@ -224,11 +224,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   asio::awaitable<void> log_decision(std::uint16_t status, const char* code) {
     if (audit_.logged) co_return;
     audit_.logged = true;
-    const auto verdict = netlog::outcome(audit_.decided, audit_.decision.verdict, status);
-    const bool refused_otherwise = status >= 400 && status != 403;
-    ctx_.metrics.decided(verdict, refused_otherwise && code ? std::string_view(code)
-                                  : audit_.decided           ? policy::to_string(audit_.decision.reason)
-                                                             : std::string_view("bad-request"));
+    ctx_.metrics.decided(netlog::outcome(audit_.decided, audit_.decision.verdict, status),
+                         netlog::reason_code(audit_.decided, audit_.decision.reason, status, code));
     ctx_.metrics.decision_seconds.observe(
         audit_.decision_us >= 0 ? audit_.decision_us
                                 : std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - audit_.start)

@@ -114,7 +114,6 @@ bool LineReader::next(std::string_view& line, bool& terminated) {
         ++im.line_no;
         im.torn_line.swap(im.carry);
         im.carry.clear();
-        im.changed = im.changed;
         line = im.torn_line;
         terminated = false;
         return true;

@@ -223,7 +223,6 @@ struct Writer::Impl {
 
       // The outcome: deny and report are policy verdicts; error is a refusal
       // for any other reason (malformed, lookup or connect failure, limits).
-      const bool refused_otherwise = e.status >= 400 && e.status != 403;
       const auto verdict = outcome(e.decided, e.decision.verdict, e.status);
       j.str("verdict", verdict).boolean("would_deny", e.decided && e.decision.would_deny());
       const policy::RuleInfo* rule = e.decided && e.policy ? e.policy->rule(e.decision.rule) : nullptr;
@@ -240,7 +239,7 @@ struct Writer::Impl {
       if (e.policy_set) j.str("policy_sha256", e.policy_set->sha256);
       else j.null("policy_sha256");
       j.str("phase", !e.decided ? "request" : policy::to_string(e.decision.phase));
-      j.str("reason", refused_otherwise && e.error ? std::string_view(e.error) : e.decided ? policy::to_string(e.decision.reason) : "bad-request");
+      j.str("reason", reason_code(e.decided, e.decision.reason, e.status, e.error));
       if (e.status) j.num("status", e.status);
       if (e.error) j.str("error", e.error);
       if (e.dns_us >= 0) j.num("dns_us", e.dns_us);

@@ -58,6 +58,14 @@ inline std::string_view outcome(bool decided, policy::Verdict v, std::uint16_t s
   if ((status >= 400 && status != 403) || !decided) return "error";
   return policy::to_string(v);
 }
+
+// The reason code a decision record carries: the proxy's error code when it
+// refused for a reason other than policy, else the policy's reason
+// ("bad-request" when the request never reached a decision).
+inline std::string_view reason_code(bool decided, policy::Reason r, std::uint16_t status, const char* error) noexcept {
+  if (status >= 400 && status != 403 && error) return error;
+  return decided ? policy::to_string(r) : std::string_view("bad-request");
+}
 std::string_view to_string(ProxyType t) noexcept;
 
 struct Event {
