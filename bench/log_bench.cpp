@@ -137,8 +137,6 @@ void BM_BaselineBoostJsonSerialize(benchmark::State& state) {
     o["client"] = "127.0.0.1:40000";
     o["proxy_type"] = "connect";
     o["requested"] = "api.example.com:443";
-    o["host"] = "api.example.com";
-    o["port"] = 443;
     o["target"] = "api.example.com:443";
     o["addresses"] = boost::json::array{"93.184.216.34"};
     o["address"] = "93.184.216.34";

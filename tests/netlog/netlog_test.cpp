@@ -141,7 +141,7 @@ TEST_F(NetlogTest, ManyThreadsEveryRecordOnceAndTheChainVerifies) {
     if (v.at("type").as_string() != "decision") continue;
     ++decisions;
     ids.insert(std::string(v.at("id").as_string()));
-    hosts.insert(std::string(v.at("host").as_string()));
+    hosts.insert(std::string(v.at("target").as_string()));
     EXPECT_EQ(v.at("verdict").as_string(), "allow");
     EXPECT_EQ(v.at("rule").as_object().at("text").as_string(), "*.example.com");
     EXPECT_EQ(v.at("policy_sha256").as_string(), set_->sha256);

@@ -17,21 +17,41 @@ std::size_t utf8_length(std::string_view s, std::size_t i) {
 
 }  // namespace
 
+void LineBuffer::grow(std::size_t n) {
+  std::size_t cap = capacity_ ? capacity_ : 4096;
+  while (cap - size_ < n) cap *= 2;
+  auto bigger = std::make_unique<char[]>(cap);
+  if (size_) std::memcpy(bigger.get(), data_.get(), size_);
+  data_ = std::move(bigger);
+  capacity_ = cap;
+}
+
+void LineBuffer::shrink(std::size_t keep) {
+  if (capacity_ <= size_ + keep) return;
+  auto smaller = std::make_unique<char[]>(size_ + keep);
+  if (size_) std::memcpy(smaller.get(), data_.get(), size_);
+  data_ = std::move(smaller);
+  capacity_ = size_ + keep;
+}
+
 JsonLine& JsonLine::string(std::string_view v) {
-  // Common case: printable ASCII with nothing to escape.
-  bool plain = true;
-  bool ascii = true;
+  // Common case: printable ASCII with nothing to escape. One flag, no early
+  // exit, so the compiler checks many bytes at a time.
+  bool special = false;
   for (char ch : v) {
     const auto c = static_cast<unsigned char>(ch);
-    plain &= c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
-    ascii &= c < 0x80;
+    special |= (c < 0x20) | (c >= 0x7f) | (c == '"') | (c == '\\');
   }
-  if (plain) {
-    out_ += '"';
-    out_ += v;
-    out_ += '"';
+  if (!special) {
+    char* p = out_.reserve(v.size() + 2);
+    *p++ = '"';
+    p = LineBuffer::put(p, v);
+    *p++ = '"';
+    out_.commit(p);
     return *this;
   }
+  bool ascii = true;
+  for (char ch : v) ascii &= static_cast<unsigned char>(ch) < 0x80;
   if (!ascii) {
     scratch_.clear();
     for (std::size_t i = 0; i < v.size();) {
@@ -48,7 +68,7 @@ JsonLine& JsonLine::string(std::string_view v) {
   }
   sr_.reset(v);
   char buf[256];
-  while (!sr_.done()) out_ += sr_.read(buf);
+  while (!sr_.done()) out_.append(sr_.read(buf));
   return *this;
 }
 
@@ -78,7 +98,7 @@ JsonLine& JsonLine::address(const policy::Address& a, int port) {
     p = std::to_chars(p, buf + sizeof buf, port).ptr;
   }
   *p++ = '"';
-  out_.append(buf, p);
+  out_.append(std::string_view(buf, static_cast<std::size_t>(p - buf)));
   return *this;
 }
 

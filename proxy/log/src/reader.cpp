@@ -348,7 +348,9 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
       row.rule_action = r->rule_action;
       row.reason = r->reason;
       row.phase = r->phase;
-      row.address = r->decided_address;
+      // The address that decided an address-phase verdict; the writer leaves
+      // decided_address out when it is the address dialed.
+      if (r->phase == "address") row.address = r->decided_address.empty() ? r->address : r->decided_address;
       s.rows.push_back(std::move(row));
     }
     auto& row = s.rows[it->second];

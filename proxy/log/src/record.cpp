@@ -49,15 +49,13 @@ const Record* RecordParser::parse(std::string_view line) {
         else if (k == "final" && v.is_bool()) r.final = v.get_bool();
         break;
       case 'h':
-        if (k == "host") r.host = str(v);
-        else if (k == "hmac") r.hmac = str(v);
+        if (k == "hmac") r.hmac = str(v);
         break;
       case 'i':
         if (k == "id") r.id = str(v);
         break;
       case 'p':
         if (k == "prev") r.prev = str(v);
-        else if (k == "port") r.port = num(v);
         else if (k == "phase") r.phase = str(v);
         break;
       case 'r':

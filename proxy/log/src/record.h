@@ -15,8 +15,7 @@ struct Record {
   std::uint64_t seq = 0;
   std::int64_t schema_version = 0;
   // decision
-  std::string_view sandbox, verdict, target, requested, host, reason, phase, address, decided_address;
-  std::int64_t port = 0;
+  std::string_view sandbox, verdict, target, requested, reason, phase, address, decided_address;
   std::string_view rule_text, rule_file, rule_action;
   std::int64_t rule_line = 0;
   // close

@@ -91,7 +91,7 @@ struct Writer::Impl {
 
   std::mutex wake_mutex;
   std::condition_variable wake_cv;
-  std::atomic<bool> wake_flag{false};
+  bool wake_flag = false;  // guarded by wake_mutex
   std::atomic<bool> stop{false};
   std::atomic<bool> reopen{false};
   std::thread thread;
@@ -106,13 +106,15 @@ struct Writer::Impl {
   std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point last_fsync = std::chrono::steady_clock::now();
   bool dirty = false;
-  std::string out;
+  detail::LineBuffer out;
   detail::JsonLine json{out};
   detail::Sha256 sha;
   std::int64_t cached_second = -1;
   char cached_time[20] = {};
 
   std::atomic<std::uint64_t> records{0}, bytes{0}, rotations{0}, write_errors{0};
+
+  static constexpr std::size_t write_chunk = 256 << 10;
 
   // --- record framing ---
 
@@ -133,16 +135,16 @@ struct Writer::Impl {
   template <class Body>
   void emit(std::string_view type, std::int64_t time_us, Body&& body) {
     const auto start = out.size();
-    out += "{\"schema_version\":1,\"type\":\"";
-    out += type;
-    out += '"';
+    out.append("{\"schema_version\":1,\"type\":\"");
+    out.append(type);
+    out.append("\"");
     auto& j = json;
     j.num("seq", static_cast<std::int64_t>(++seq));
     time_field(j, time_us);
     body(j);
     j.key("prev").raw("\"").raw(std::string_view(prev.data(), prev.size())).raw("\"}");
-    prev = detail::to_hex(sha.digest(std::string_view(out).substr(start)));
-    out += '\n';
+    prev = detail::to_hex(sha.digest(out.view().substr(start)));
+    out.append("\n");
     ++since_checkpoint;
     records.fetch_add(1, std::memory_order_relaxed);
   }
@@ -185,28 +187,27 @@ struct Writer::Impl {
     const std::string_view id(id_buf, run + 17);
     if (e.kind == Event::Kind::close) {
       emit("close", e.time_us, [&](detail::JsonLine& j) {
-        j.str("id", id).str("sandbox", e.source ? e.source->sandbox : "");
+        j.code("id", id).str("sandbox", e.source ? e.source->sandbox : "");
         j.num("bytes_up", static_cast<std::int64_t>(e.bytes_up)).num("bytes_down", static_cast<std::int64_t>(e.bytes_down));
-        j.num("duration_us", e.duration_us).str("end", to_string(e.end));
+        j.num("duration_us", e.duration_us).code("end", to_string(e.end));
         if (e.http_status) j.num("status", e.http_status);
       });
       return;
     }
     emit("decision", e.time_us, [&](detail::JsonLine& j) {
-      j.str("id", id).str("sandbox", e.source ? e.source->sandbox : "").str("listener", e.source ? e.source->listener : "");
+      j.code("id", id).str("sandbox", e.source ? e.source->sandbox : "").str("listener", e.source ? e.source->listener : "");
       if (e.client_is_ip) j.key("client").address(e.client, e.client_port);
       else j.null("client");
-      j.str("proxy_type", to_string(e.proxy_type));
+      j.code("proxy_type", to_string(e.proxy_type));
       if (e.proxy_type == ProxyType::http) j.str("method", e.method.view());
       j.str("requested", e.requested.view());
       if (e.host.size > 0) {
-        j.str("host", e.host.view()).num("port", e.port);
         // host:port, IPv6 in brackets; hosts are normalized, nothing to escape.
         const auto h = e.host.view();
         const bool v6 = h.find(':') != std::string_view::npos;
         j.key("target").raw(v6 ? "\"[" : "\"").raw(h).raw(v6 ? "]:" : ":").number(e.port).raw("\"");
       } else {
-        j.null("host").null("port").null("target");
+        j.null("target");
       }
       j.key("addresses").raw("[");
       for (std::uint8_t i = 0; i < e.address_count; ++i) {
@@ -218,17 +219,19 @@ struct Writer::Impl {
       if (e.has_used) j.key("address").address(e.used);
       else j.null("address");
       // The address that decided an address-phase verdict (a blocked one, say).
-      if (e.decided && e.decision.phase == policy::Phase::address)
+      // The address that decided an address-phase verdict, when it is not
+      // the one dialed (a blocked one, say).
+      if (e.decided && e.decision.phase == policy::Phase::address && !(e.has_used && e.used == e.decision.address))
         j.key("decided_address").address(e.decision.address);
 
       // The outcome: deny and report are policy verdicts; error is a refusal
       // for any other reason (malformed, lookup or connect failure, limits).
       const auto verdict = outcome(e.decided, e.decision.verdict, e.status);
-      j.str("verdict", verdict).boolean("would_deny", e.decided && e.decision.would_deny());
+      j.code("verdict", verdict).boolean("would_deny", e.decided && e.decision.would_deny());
       const policy::RuleInfo* rule = e.decided && e.policy ? e.policy->rule(e.decision.rule) : nullptr;
       if (rule) {
         j.key("rule").raw("{\"text\":").string(rule->text);
-        j.str("action", policy::to_string(rule->action));
+        j.code("action", policy::to_string(rule->action));
         j.str("file", rule->source.file.empty() ? "<built-in>" : rule->source.file);
         j.num("line", rule->source.line);
         if (!rule->comment.empty()) j.str("comment", rule->comment);
@@ -236,12 +239,12 @@ struct Writer::Impl {
       } else {
         j.null("rule");
       }
-      if (e.policy_set) j.str("policy_sha256", e.policy_set->sha256);
+      if (e.policy_set) j.code("policy_sha256", e.policy_set->sha256);
       else j.null("policy_sha256");
-      j.str("phase", !e.decided ? "request" : policy::to_string(e.decision.phase));
-      j.str("reason", reason_code(e.decided, e.decision.reason, e.status, e.error));
+      j.code("phase", !e.decided ? "request" : policy::to_string(e.decision.phase));
+      // For a refusal this is also the X-Proxy-Error code the client got.
+      j.code("reason", reason_code(e.decided, e.decision.reason, e.status, e.error));
       if (e.status) j.num("status", e.status);
-      if (e.error) j.str("error", e.error);
       if (e.dns_us >= 0) j.num("dns_us", e.dns_us);
       if (e.connect_us >= 0) j.num("connect_us", e.connect_us);
     });
@@ -288,7 +291,7 @@ struct Writer::Impl {
       }
       done += static_cast<std::size_t>(n);
     }
-    out.erase(0, done);
+    out.consume(done);
     file_bytes += done;
     bytes.fetch_add(done, std::memory_order_relaxed);
     dirty |= done > 0;
@@ -330,6 +333,9 @@ struct Writer::Impl {
         emit_event(e);
         e.policy_set.reset();  // release the policy on this thread, not the I/O one
         if (since_checkpoint >= config.checkpoint_records) emit_checkpoint(false);
+        // Write in cache-sized pieces: a batch that outgrows the CPU caches
+        // costs more to copy into the page cache than to format.
+        if (out.size() >= write_chunk && fd >= 0) flush();
         if (config.max_file_bytes && fd >= 0 && file_bytes + out.size() >= config.max_file_bytes) rotate("rotate");
       }
       any |= tail != p->tail_.load(std::memory_order_relaxed);
@@ -349,18 +355,19 @@ struct Writer::Impl {
 
   void run() {
     using namespace std::chrono;
-    bool busy = false;
     for (;;) {
-      // Sleep only when the last round found nothing: under load the writer
-      // keeps draining, and the producers never wait on a sleeping writer.
-      if (!busy) {
+      // One round per wake: a producer's ring half full, a rare record, a
+      // stop, or the flush interval. Under load that batches hundreds of
+      // records into one write(); a writer that looped without sleeping
+      // would make a system call for every record or two.
+      {
         std::unique_lock lock(wake_mutex);
-        wake_cv.wait_for(lock, config.flush_interval, [&] { return wake_flag.load() || stop.load(); });
+        wake_cv.wait_for(lock, config.flush_interval, [&] { return wake_flag || stop.load(); });
         wake_flag = false;
       }
       const bool stopping = stop.load();
       if (reopen.exchange(false)) reopen_file();
-      busy = drain_once();
+      bool busy = drain_once();
       // On stop, drain until every producer is empty.
       while (busy && stopping) busy = drain_once();
       const auto now = steady_clock::now();
@@ -371,10 +378,7 @@ struct Writer::Impl {
       }
       if (!out.empty() && fd >= 0) flush();
       // A burst may have grown the buffer to its 8 MiB cap: give that back.
-      if (out.empty() && out.capacity() > (2u << 20)) {
-        out.shrink_to_fit();
-        out.reserve(1 << 20);
-      }
+      if (out.empty() && out.capacity() > (2u << 20)) out.shrink(1 << 20);
       if (dirty && now - last_fsync >= config.fsync_interval) {
         ::fdatasync(fd);
         dirty = false;
@@ -388,7 +392,7 @@ Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Writer::~Writer() {
   impl_->stop = true;
-  impl_->wake_cv.notify_one();
+  wake();
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
@@ -420,7 +424,7 @@ boost::system::result<std::unique_ptr<Writer>, std::string> Writer::open(WriterC
     previous_file = detail::rotate_siblings(config.path);
   }
   impl->config = std::move(config);
-  impl->out.reserve(1 << 20);
+  impl->out.reserve(1 << 20);  // room for a burst before the first grow
   if (auto r = impl->open_file("start", previous_file, tail->torn); !r) return r.error();
   impl->flush();
 
@@ -444,7 +448,7 @@ const Source* Writer::add_source(std::string sandbox, std::string listener) {
 
 void Writer::policy_loaded(std::string_view event, const config::PolicySet* set, std::string_view file,
                            const config::Diagnostics& errors) {
-  std::string members;
+  detail::LineBuffer members;
   detail::JsonLine j(members);
   j.str("event", event).str("file", file).str("result", set ? "ok" : "error");
   if (set) {
@@ -469,7 +473,7 @@ void Writer::policy_loaded(std::string_view event, const config::PolicySet* set,
   j.raw("]");
   {
     std::lock_guard lock(impl_->control_mutex);
-    impl_->control.emplace_back("policy", std::move(members));
+    impl_->control.emplace_back("policy", std::string(members.view()));
   }
   wake();
 }
@@ -480,7 +484,12 @@ void Writer::reopen() noexcept {
 }
 
 void Writer::wake() noexcept {
-  impl_->wake_flag.store(true, std::memory_order_relaxed);
+  // Set under the mutex so the wake cannot fall between the writer's check
+  // and its sleep. Rare: once per half ring, a full ring or a policy load.
+  {
+    std::lock_guard lock(impl_->wake_mutex);
+    impl_->wake_flag = true;
+  }
   impl_->wake_cv.notify_one();
 }
 
