@@ -62,6 +62,15 @@ Options:
                      share WORKSPACE even if it is /, a home folder itself, or
                      holds or lies in a secret store (~/.ssh, ~/.aws, ~/.gnupg,
                      ~/.docker, ~/.config/gcloud, ~/.kube)
+  --workspace-readonly
+                     share WORKSPACE read-only: the guest can read it but not
+                     change, create or delete anything in it
+  --exclude PATTERN  hide matching paths from the guest (repeatable): they
+                     appear empty and read-only there. Without '/' a pattern
+                     matches a name at any depth ('.env', '*.pem'); with '/'
+                     a path from the workspace's top ('/secrets', 'config/*.key').
+                     Matched when the sandbox starts; files the guest creates
+                     later are not hidden from it
   --cpus N           virtual CPUs (default 1)
   --memory MIB       guest RAM (default 512)
   --accel MODE       auto, kvm or tcg (default auto: KVM only where it really
@@ -69,9 +78,14 @@ Options:
   --boot-timeout MS  time for the guest agent to answer (default 60000)
   -h, --help         show this help
 
+Environment: SANDGATE_HOME (default ~/.sandgate), SANDGATE_VIRTIOFSD (another
+virtiofsd; without a working one the workspace is shared over virtio-9p).
+
 Examples:
   sandgate run ~/src/app -- uname -a
   sandgate run --policy allow-github.yaml ~/src/app -- sh -c 'wget -O- http://example.com/'
+  sandgate run --exclude .env --exclude '*.pem' ~/src/app -- npm test
+  sandgate run --workspace-readonly ~/src/app -- git log --stat
   sandgate network log app
 )";
 
@@ -185,8 +199,8 @@ int relay_command(std::span<const std::string_view> args) {
 
 int run_command(std::span<const std::string_view> args) {
   std::string name, policy_path, workspace, cwd, hosts_file;
-  bool allow_unsafe = false, detach = false;
-  std::vector<std::string> env, cmd;
+  bool allow_unsafe = false, detach = false, readonly = false;
+  std::vector<std::string> env, cmd, excludes;
   vmm::MachineConfig mc;
   std::string accel = "auto";
   std::chrono::milliseconds boot_timeout{60'000};
@@ -202,6 +216,10 @@ int run_command(std::span<const std::string_view> args) {
     }
     if (a == "--allow-unsafe-workspace") {
       allow_unsafe = true;
+      continue;
+    }
+    if (a == "--workspace-readonly") {
+      readonly = true;
       continue;
     }
     if (a == "--") {
@@ -233,6 +251,13 @@ int run_command(std::span<const std::string_view> args) {
       env.push_back(v);
     } else if (a == "-w") cwd = v;
     else if (a == "--hosts-file") hosts_file = fs::absolute(v).string();
+    else if (a == "--exclude") {
+      if (auto why = sync::exclude_pattern_error(v); !why.empty()) {
+        std::cerr << "sandgate run: bad --exclude '" << v << "': " << why << "\n";
+        return 2;
+      }
+      excludes.push_back(v);
+    }
     else if (a == "--cpus") ok = number(mc.cpus);
     else if (a == "--memory") ok = number(mc.memory_mib) && mc.memory_mib >= 128;
     else if (a == "--accel") {
@@ -417,6 +442,7 @@ int run_command(std::span<const std::string_view> args) {
     ws_hex += "0123456789abcdef"[ch & 15];
   }
   mc.kernel_args = {"sandgate_name=" + name, "sandgate_ws_hex=" + ws_hex};
+  if (readonly) mc.kernel_args.push_back("sandgate_ws_ro=1");
   if (ws_hex.size() > 1500) {
     std::cerr << "sandgate run: the workspace path is too long for the guest's command line\n";
     return 2;
@@ -425,12 +451,29 @@ int run_command(std::span<const std::string_view> args) {
   sc.workspace = ws.string();
   sc.socket = (state / "fs.sock").string();
   sc.log = (state / "virtiofsd.log").string();
+  sc.readonly = readonly;
+  sc.hidden = sync::find_excluded(ws.string(), excludes);
+  sc.scratch_dir = state.string();
+  if (!excludes.empty() && std::getenv("SANDGATE_VERBOSE"))
+    std::cerr << "sandgate run: --exclude hides " << sc.hidden.size() << " path(s) from the guest\n";
+  if (const char* v = std::getenv("SANDGATE_VIRTIOFSD"); v && *v) sc.virtiofsd = v;
   auto share = sync::Share::start(sc);
-  if (!share) {
-    std::cerr << "sandgate run: sharing the workspace: " << share.error() << "\n";
+  if (share) {
+    if (!(*share)->warning().empty()) std::cerr << "sandgate run: warning: " << (*share)->warning() << "\n";
+    mc.fs_socket = (*share)->socket();
+  } else if (!sc.hidden.empty()) {
+    // QEMU's own 9p server has no way to hide paths: refuse rather than show them.
+    std::cerr << "sandgate run: sharing the workspace: " << share.error()
+              << "; --exclude needs virtiofsd, so the sandbox does not start\n";
     return 1;
+  } else {
+    std::cerr << "sandgate run: warning: " << share.error()
+              << "; sharing the workspace over virtio-9p instead: small-file work is several times slower,"
+                 " and host changes may show late in the guest\n";
+    mc.fs_9p_dir = ws.string();
+    mc.fs_9p_readonly = readonly;
+    mc.kernel_args.push_back("sandgate_ws_9p=1");
   }
-  mc.fs_socket = (*share)->socket();
   fs::remove(state / "agent.sock", ec);
   fs::remove(state / "qmp.sock", ec);
   const auto started = std::chrono::steady_clock::now();
@@ -442,7 +485,7 @@ int run_command(std::span<const std::string_view> args) {
   auto agent = vmm::AgentClient::connect((*machine)->agent_socket(), boot_timeout);
   if (!agent) {
     std::cerr << "sandgate run: " << agent.error() << " (" << (*machine)->console_log() << ")\n";
-    if (!(*share)->running()) std::cerr << "sandgate run: virtiofsd stopped; see " << sc.log << "\n";
+    if (share && !(*share)->running()) std::cerr << "sandgate run: virtiofsd stopped; see " << sc.log << "\n";
     return 1;
   }
   const auto ready_ms =
@@ -456,12 +499,15 @@ int run_command(std::span<const std::string_view> args) {
   st.workspace = ws.string();
   st.pid = ::getpid();
   st.qemu_pid = (*machine)->pid();
-  st.virtiofsd_pid = (*share)->pid();
+  st.virtiofsd_pid = share ? (*share)->pid() : 0;
+  st.share = share ? "virtiofs" : "9p";
   st.accel = std::string(vmm::to_string(mc.accel));
   st.policy = own_policy.string();
   st.mode = mode;
   st.detached = detach;
   st.ready_ms = ready_ms;
+  st.workspace_readonly = readonly;
+  st.hidden_paths = sc.hidden.size();
   write_state(state, st);
   if (detach) return supervise(state, **machine, **agent, ready_fd);
 
@@ -475,6 +521,10 @@ int run_command(std::span<const std::string_view> args) {
     req.argv = {"sh", "-c", "command -v bash >/dev/null && exec bash -l || exec sh -l"};
   }
   auto status = (*agent)->exec(req, 0, 1, 2);
+  if (share && !(*share)->running())
+    std::cerr << "sandgate run: virtiofsd stopped while the sandbox ran, so the workspace was unavailable in the guest;"
+                 " see "
+              << sc.log << "\n";
   (*agent)->poweroff();
   (*machine)->shutdown(std::chrono::seconds(5));
   if (!status) {

@@ -29,10 +29,13 @@ long num(const boost::json::object& o, std::string_view k) {
 }
 
 // running: the supervisor holds its lock and QEMU runs; crashed: one of them
-// died without cleaning up; stopped: neither runs.
+// died without cleaning up; stopped: neither runs. A running sandbox whose
+// virtiofsd has exited has lost its workspace (QEMU cannot reattach one).
 std::string sandbox_status(const fs::path& dir, const boost::json::object& st) {
   const bool supervisor = lock_held(dir);
   const bool qemu = process_runs(num(st, "qemu_pid"), "qemu-system");
+  if (supervisor && qemu && num(st, "virtiofsd_pid") > 0 && !process_runs(num(st, "virtiofsd_pid"), "virtiofsd"))
+    return "running (workspace share down: virtiofsd exited; see virtiofsd.log)";
   if (supervisor && qemu) return "running";
   if (!supervisor && !qemu) return "stopped";
   return supervisor ? "crashed (QEMU died)" : "crashed (supervisor died)";
@@ -136,8 +139,10 @@ int ls_command(std::span<const std::string_view> args) {
     const auto st = read_state(dir);
     if (!st) continue;
     const auto status = sandbox_status(dir, *st);
-    const auto up = status == "running" ? uptime(num(*st, "started")) : "-";
-    rows.push_back({dir.filename().string(), str(*st, "workspace"), status, up, str(*st, "mode"), str(*st, "accel")});
+    const auto up = status.starts_with("running") ? uptime(num(*st, "started")) : "-";
+    const auto* ro = st->if_contains("workspace_readonly");
+    const auto workspace = str(*st, "workspace") + (ro && ro->is_bool() && ro->get_bool() ? " (read-only)" : "");
+    rows.push_back({dir.filename().string(), workspace, status, up, str(*st, "mode"), str(*st, "accel")});
     boost::json::object o = *st;
     o["state"] = status;
     out.push_back(std::move(o));

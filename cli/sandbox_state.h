@@ -29,9 +29,11 @@ inline std::filesystem::path sandboxes_dir() { return std::filesystem::path(sand
 
 struct SandboxState {
   std::string name, workspace, accel, policy, mode, started;
+  std::string share;  // virtiofs, or 9p (the fallback)
   long pid = 0, qemu_pid = 0, virtiofsd_pid = 0;
-  bool detached = false;
+  bool detached = false, workspace_readonly = false;
   long long ready_ms = 0;
+  std::size_t hidden_paths = 0;  // --exclude matches
 };
 
 inline void write_state(const std::filesystem::path& dir, const SandboxState& s) {
@@ -45,6 +47,9 @@ inline void write_state(const std::filesystem::path& dir, const SandboxState& s)
   o["policy"] = s.policy;
   o["mode"] = s.mode;
   o["detached"] = s.detached;
+  o["workspace_readonly"] = s.workspace_readonly;
+  o["share"] = s.share;
+  o["hidden_paths"] = s.hidden_paths;
   o["ready_ms"] = s.ready_ms;
   o["started"] = static_cast<std::int64_t>(std::time(nullptr));
   // Replace atomically: a reader never sees half a file.

@@ -59,7 +59,9 @@ fi
 
 # crc32c_generic: ext4 asks for a crc32c driver by name (no module dependency says so).
 mods="virtio_mmio virtio_net virtio_console virtiofs virtio_blk crc32c_generic ext4 overlay evdev button"
-id=$( (sha256sum "$deb" /bin/busybox "$agent" "$here/init" "$0"; echo "$mods $rootfs_id") | sha256sum | cut -c1-16)
+# Loaded only when the workspace comes over 9p (virtiofsd could not run).
+mods_9p="9p 9pnet_virtio"
+id=$( (sha256sum "$deb" /bin/busybox "$agent" "$here/init" "$0"; echo "$mods $mods_9p $rootfs_id") | sha256sum | cut -c1-16)
 out="$images/$id"
 if [ -f "$out/manifest" ]; then echo "$out"; exit 0; fi
 
@@ -95,12 +97,21 @@ resolve() {
   for d in $(deps_of "$p"); do resolve "$d" || return 1; done
   echo "$1"
 }
+# order: loaded at boot; order-9p: the rest that 9p needs, loaded on demand.
 order=""
 for m in $mods; do order+="$(resolve "$m") "; done
+order_9p=""
+for m in $mods_9p; do order_9p+="$(resolve "$m") "; done
 : > "$root/lib/modules/order"
+: > "$root/lib/modules/order-9p"
 for m in $(echo "$order" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
   plain_ko "$(path_of "$m")" > "$root/lib/modules/$m.ko"
   echo "$m" >> "$root/lib/modules/order"
+done
+for m in $(echo "$order_9p" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
+  [ -f "$root/lib/modules/$m.ko" ] && continue
+  plain_ko "$(path_of "$m")" > "$root/lib/modules/$m.ko"
+  echo "$m" >> "$root/lib/modules/order-9p"
 done
 # Uncompressed: under TCG inflating it costs more than reading it.
 (cd "$root" && find . | LC_ALL=C sort | /bin/busybox cpio -o -H newc 2>/dev/null) > "$work/initrd.cpio"

@@ -2,62 +2,18 @@
 // TCG, Debian's kernel, the guest agent; the proxy and a Python origin on
 // the host's loopback. Guest images are cached in the build tree
 // (SANDGATE_IMAGES), so only the first run builds one.
-#include <gtest/gtest.h>
-
 #include <boost/json/parse.hpp>
 
 #include <csignal>
-#include <filesystem>
 #include <fstream>
 
-#include "../proxy/process.h"
+#include "sandbox_fixture.h"
 
 namespace sandgate {
 namespace {
 
-namespace fs = std::filesystem;
 using testing::Process;
 using testing::shell;
-
-class SandboxTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    // A home of this process's own (tests may run in parallel), and one image
-    // cache for all of them in the build tree.
-    home_ = fs::temp_directory_path() / ("sandgate-home-" + std::to_string(::getpid()));
-    fs::create_directories(home_);
-    ::setenv("SANDGATE_IMAGES", SANDGATE_TEST_IMAGES, 0);  // deploy/test.sh shares one cache between builds
-    ws_ = fs::temp_directory_path() / ("sandgate-ws-" + std::to_string(::getpid()));
-    fs::create_directories(ws_);
-  }
-  static void TearDownTestSuite() {
-    fs::remove_all(ws_);
-    fs::remove_all(home_);
-  }
-  // Each test starts with no sandbox state (images stay cached).
-  void SetUp() override { fs::remove_all(home_ / "sandboxes"); }
-
-  // `sandgate run` with this suite's home; stdout and stderr to files.
-  struct Result {
-    int status;
-    std::string out, err;
-  };
-  Result run(const std::string& args) {
-    const auto out = ws_ / "stdout", err = ws_ / "stderr";
-    const auto r = shell("(SANDGATE_HOME='" + home_.string() + "' " + std::string(SANDGATE_BIN) + " run " + args +
-                         " >" + out.string() + " 2>" + err.string() + ")");
-    auto read = [](const fs::path& p) {
-      std::ifstream f(p);
-      return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-    };
-    return {r.status, read(out), read(err)};
-  }
-  fs::path sandbox_log(const std::string& name) const {
-    return home_ / "sandboxes" / name / "log" / "network.jsonl";
-  }
-
-  static inline fs::path home_, ws_;
-};
 
 TEST_F(SandboxTest, RunsACommandWithItsStreamsAndExitStatus) {
   const auto r = run("--name streams " + ws_.string() +
@@ -173,18 +129,6 @@ TEST_F(SandboxTest, UnsafeWorkspacesAreRefused) {
     EXPECT_NE(r.err.find("will not share"), std::string::npos) << r.err;
   }
 }
-
-// `sandgate <args>` with this suite's home.
-testing::Run cli(const std::string& home, const std::string& args) {
-  return shell("SANDGATE_HOME='" + home + "' " + std::string(SANDGATE_BIN) + " " + args);
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-
-bool pid_alive(long pid) { return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0; }
 
 TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   const auto h = home_.string();

@@ -1,8 +1,10 @@
 #include "sandgate/vmm/machine.h"
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -35,6 +37,9 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd) {
   ::dup2(out_fd, 1);
   ::dup2(out_fd, 2);
   ::setpgid(0, 0);
+  // QEMU needs no device files; without CAP_MKNOD its 9p server cannot make
+  // one in the workspace for the guest either (a no-op when not root).
+  ::prctl(PR_CAPBSET_DROP, CAP_MKNOD, 0, 0, 0);
   ::execvp(args[0], args.data());
   constexpr char msg[] = "sandgate: cannot run the program (is it installed?)\n";
   (void)!::write(2, msg, sizeof msg - 1);
@@ -91,6 +96,13 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
   if (!c.fs_socket.empty())
     a.insert(a.end(), {"-chardev", "socket,id=vfs,path=" + c.fs_socket, "-device",
                        "vhost-user-fs-device,chardev=vfs,tag=ws"});
+  if (!c.fs_9p_dir.empty()) {
+    std::string dir;
+    for (char ch : c.fs_9p_dir) dir += ch == ',' ? std::string(",,") : std::string(1, ch);
+    a.insert(a.end(), {"-fsdev",
+                       "local,id=ws9p,path=" + dir + ",security_model=none" + (c.fs_9p_readonly ? ",readonly=on" : ""),
+                       "-device", "virtio-9p-device,fsdev=ws9p,mount_tag=ws"});
+  }
   if (c.accel == Accel::kvm) {
     a.insert(a.end(), {"-accel", "kvm", "-cpu", "host"});
   } else {

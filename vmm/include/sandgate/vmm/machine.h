@@ -32,6 +32,10 @@ struct MachineConfig {
   std::vector<std::string> kernel_args;  // extra key=value for the guest's init
   // A vhost-user-fs backend socket (virtiofsd), attached with tag "ws"; "" for none.
   std::string fs_socket;
+  // Or a folder QEMU serves itself over virtio-9p with tag "ws" (the fallback
+  // when virtiofsd cannot run), read-only if asked; "" for none.
+  std::string fs_9p_dir;
+  bool fs_9p_readonly = false;
   // The root filesystem disk image, attached read-only as /dev/vda; "" for none.
   std::string root_disk;
 };
