@@ -15,9 +15,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 agent=${1:?usage: build-image.sh AGENT [IMAGES_DIR]}
 images=${2:-${SANDGATE_IMAGES:-${SANDGATE_HOME:-$HOME/.sandgate}/images}}
-mkdir -p "$images/.debs"
-# One build at a time per cache (parallel test runs share one).
-exec 9>"$images/.build.lock"
+mkdir -p "$images/.debs" 2>/dev/null || true
+# One build at a time per cache (parallel test runs share one). A user who
+# may only read a cache (one root built) locks it read-only and uses it.
+[ -e "$images/.build.lock" ] || : > "$images/.build.lock"
+exec 9<"$images/.build.lock"
 flock 9
 [ -x /bin/busybox ] || { echo "build-image: /bin/busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
 

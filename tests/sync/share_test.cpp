@@ -210,6 +210,37 @@ TEST_F(ShareTest, WithoutVirtiofsdTheWorkspaceComesOver9pWithAWarning) {
   EXPECT_NE(ex.err.find("--exclude needs virtiofsd"), std::string::npos) << ex.err;
 }
 
+TEST_F(ShareTest, RunByAnUnprivilegedUserWhatTheGuestCreatesBelongsToThatUser) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  // nobody (65534) runs sandgate: virtiofsd in a user namespace mapping
+  // nobody to the guest's root, QEMU as nobody.
+  const std::string as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups ";
+  const std::string images = std::getenv("SANDGATE_IMAGES");
+  if (shell(as_nobody + "test -x " + std::string(SANDGATE_BIN) + " -a -r " + images).status != 0)
+    GTEST_SKIP() << "the build tree is not reachable by an unprivileged user";
+  // The image is built by root (nobody may only read the cache).
+  ASSERT_EQ(run("--name warm " + workspace("warm").string() + " -- true").status, 0);
+  const auto top = fs::temp_directory_path() / ("sandgate-nobody-" + std::to_string(::getpid()));
+  fs::create_directories(top / "home");
+  fs::create_directories(top / "ws");
+  ASSERT_EQ(::chown(top.c_str(), 65534, 65534) | ::chown((top / "home").c_str(), 65534, 65534) |
+                ::chown((top / "ws").c_str(), 65534, 65534),
+            0);
+  const auto r = shell(as_nobody + "env HOME=" + (top / "home").string() + " SANDGATE_HOME=" +
+                       (top / "home").string() + " SANDGATE_IMAGES=" + images + " " + SANDGATE_BIN +
+                       " run " + (top / "ws").string() + " -- sh -c 'id -u; echo made > made.txt; mkdir dir'");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("0\n"), std::string::npos) << "root in the guest: " << r.out;
+  struct stat st {};
+  ASSERT_EQ(::stat((top / "ws" / "made.txt").c_str(), &st), 0) << r.out;
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_EQ(st.st_gid, 65534u);
+  ASSERT_EQ(::stat((top / "ws" / "dir").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_EQ(read_file(top / "ws" / "made.txt"), "made\n");
+  fs::remove_all(top);
+}
+
 TEST_F(ShareTest, TenThousandSmallFilesAndOneGibibyteFileChecksummedBothWays) {
   const auto ws = workspace("bulk");
   // Host to guest: 10,000 files the guest hashes; a 1 GiB file it hashes
