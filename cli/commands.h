@@ -17,5 +17,6 @@ int exec_command(std::span<const std::string_view> args);
 int stop_command(std::span<const std::string_view> args);
 int rm_command(std::span<const std::string_view> args);
 int env_command(std::span<const std::string_view> args);
+int image_command(std::span<const std::string_view> args);
 
 }  // namespace sandgate::cli

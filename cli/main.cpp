@@ -19,6 +19,7 @@ Commands:
   ls                            list sandboxes: state, uptime, policy mode, accelerator
   stop NAME / rm [-f] NAME      power a sandbox off / remove what it left
   env set NAME KEY=VALUE        environment for later execs, no restart needed
+  image build|ls|rm|prune       the guest images sandboxes boot (built from Debian packages)
   network proxy NAME --allow-host H[:P]
                                 change a sandbox's policy, at once and for good
   proxy --config POLICY --listen ADDR
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
   if (cmd == "stop") return sandgate::cli::stop_command(rest);
   if (cmd == "rm") return sandgate::cli::rm_command(rest);
   if (cmd == "env") return sandgate::cli::env_command(rest);
+  if (cmd == "image") return sandgate::cli::image_command(rest);
   std::fprintf(stderr, "sandgate: unknown command '%.*s'\n\n%s", static_cast<int>(cmd.size()), cmd.data(),
                usage.data());
   return 2;

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "images.h"
 #include "paths.h"
 #include "sandbox_state.h"
 #include "sandgate/proxy/server.h"
@@ -100,26 +101,6 @@ std::string sanitize_name(std::string_view s) {
 std::string self_exe() {
   std::error_code ec;
   return fs::read_symlink("/proc/self/exe", ec).string();
-}
-
-// The newest built guest image, building one if there is none.
-std::string find_or_build_image(const std::string& home) {
-  // SANDGATE_IMAGES: a cache shared by several homes (the tests use one).
-  const char* shared = std::getenv("SANDGATE_IMAGES");
-  const auto images = shared && *shared ? fs::path(shared) : fs::path(home) / "images";
-  const std::string script = std::getenv("SANDGATE_IMAGE_SCRIPT") ? std::getenv("SANDGATE_IMAGE_SCRIPT")
-                                                                 : SANDGATE_IMAGE_SCRIPT;
-  const std::string agent = std::getenv("SANDGATE_AGENT") ? std::getenv("SANDGATE_AGENT") : SANDGATE_AGENT;
-  // The script reuses an image whose inputs have not changed, and says where it is.
-  const std::string cmd = "'" + script + "' '" + agent + "' '" + images.string() + "'";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return {};
-  char line[4096] = {};
-  std::string last;
-  while (std::fgets(line, sizeof line, p)) last = line;
-  if (::pclose(p) != 0) return {};
-  while (!last.empty() && (last.back() == '\n' || last.back() == '\r')) last.pop_back();
-  return last;
 }
 
 volatile std::sig_atomic_t terminate = 0;
@@ -360,7 +341,7 @@ int run_command(std::span<const std::string_view> args) {
     std::ofstream saved(state / "env", std::ios::trunc);
     for (const auto& kv : host_git_identity()) saved << kv << "\n";
   }
-  const auto image = find_or_build_image(home);
+  const auto image = find_or_build_image();
   if (image.empty()) {
     std::cerr << "sandgate run: cannot build the guest image (run deploy/guest/build-image.sh to see why)\n";
     return 1;
@@ -506,6 +487,7 @@ int run_command(std::span<const std::string_view> args) {
   st.mode = mode;
   st.detached = detach;
   st.ready_ms = ready_ms;
+  st.image = image;
   st.workspace_readonly = readonly;
   st.hidden_paths = sc.hidden.size();
   write_state(state, st);

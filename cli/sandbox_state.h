@@ -30,6 +30,7 @@ inline std::filesystem::path sandboxes_dir() { return std::filesystem::path(sand
 struct SandboxState {
   std::string name, workspace, accel, policy, mode, started;
   std::string share;  // virtiofs, or 9p (the fallback)
+  std::string image;  // the guest image's folder
   long pid = 0, qemu_pid = 0, virtiofsd_pid = 0;
   bool detached = false, workspace_readonly = false;
   long long ready_ms = 0;
@@ -49,6 +50,7 @@ inline void write_state(const std::filesystem::path& dir, const SandboxState& s)
   o["detached"] = s.detached;
   o["workspace_readonly"] = s.workspace_readonly;
   o["share"] = s.share;
+  o["image"] = s.image;
   o["hidden_paths"] = s.hidden_paths;
   o["ready_ms"] = s.ready_ms;
   o["started"] = static_cast<std::int64_t>(std::time(nullptr));

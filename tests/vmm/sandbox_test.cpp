@@ -2,6 +2,9 @@
 // TCG, Debian's kernel, the guest agent; the proxy and a Python origin on
 // the host's loopback. Guest images are cached in the build tree
 // (SANDGATE_IMAGES), so only the first run builds one.
+#include <fcntl.h>
+#include <sys/file.h>
+
 #include <boost/json/parse.hpp>
 
 #include <csignal>
@@ -17,13 +20,19 @@ using testing::shell;
 
 TEST_F(SandboxTest, RunsACommandWithItsStreamsAndExitStatus) {
   const auto r = run("--name streams " + ws_.string() +
-                     " -- sh -c 'echo out; echo err >&2; uname -r; echo $HTTPS_PROXY; exit 7'");
+                     " -- sh -c 'echo out; echo err >&2; uname -r; echo $HTTPS_PROXY;"
+                     " env -i /usr/bin/git config --get http.proxy | sed s/^/git=/;"
+                     " env -i /usr/bin/npm config get https-proxy | sed s/^/npm=/;"
+                     " sed -n \"s/^proxy = /pip=/p\" /etc/pip.conf; exit 7'");
   EXPECT_EQ(r.status, 7) << r.err;
   EXPECT_NE(r.out.find("out\n"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("err"), std::string::npos) << "stderr kept apart: " << r.out;
   EXPECT_NE(r.err.find("err\n"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("-amd64\n"), std::string::npos) << "the guest runs Debian's kernel: " << r.out;
   EXPECT_NE(r.out.find("http://10.0.2.100:3128"), std::string::npos) << r.out;
+  // Tools that read their own config find the proxy without the environment.
+  for (const auto* tool : {"git=", "npm=", "pip="})
+    EXPECT_NE(r.out.find(std::string(tool) + "http://10.0.2.100:3128\n"), std::string::npos) << tool << r.out;
   // A missing command is 127, as in a shell.
   EXPECT_EQ(run("--name missing " + ws_.string() + " -- no-such-command").status, 127);
 }
@@ -162,6 +171,32 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   EXPECT_EQ(pty.status, 3) << pty.out;
   EXPECT_NE(pty.out.find("/dev/pts/"), std::string::npos) << pty.out;
   EXPECT_NE(pty.out.find("33 101"), std::string::npos) << pty.out;
+  // ... and follows it when the caller's window changes size (SIGWINCH).
+  std::ofstream(ws_ / "resize.py")
+      << "import fcntl, os, pty, struct, sys, termios, time\n"
+         "def size(fd, rows, cols): fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))\n"
+         "pid, fd = pty.fork()\n"
+         "if pid == 0:\n"
+         "    size(0, 20, 70)\n"
+         "    os.execv(sys.argv[1], [sys.argv[1], 'exec', '-it', 'life', 'sh', '-c', 'stty size; read x; stty size'])\n"
+         "out = b''\n"
+         "def until(text):\n"
+         "    global out\n"
+         "    deadline = time.time() + 30\n"
+         "    while text not in out and time.time() < deadline:\n"
+         "        try: out += os.read(fd, 4096)\n"
+         "        except OSError: break\n"
+         "until(b'20 70')\n"
+         "size(fd, 40, 120)\n"
+         "time.sleep(1)\n"
+         "os.write(fd, b'x\\n')\n"
+         "until(b'40 120')\n"
+         "print(out.decode(errors='replace'))\n"
+         "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n";
+  const auto resized = shell("SANDGATE_HOME='" + h + "' python3 " + (ws_ / "resize.py").string() + " " + SANDGATE_BIN);
+  EXPECT_EQ(resized.status, 0) << resized.out;
+  EXPECT_NE(resized.out.find("20 70"), std::string::npos) << resized.out;
+  EXPECT_NE(resized.out.find("40 120"), std::string::npos) << "the guest's terminal followed: " << resized.out;
 
   // rm refuses a running sandbox; stop ends every process; rm removes every file.
   EXPECT_EQ(cli(h, "rm life").status, 1);
@@ -235,6 +270,82 @@ TEST_F(SandboxTest, GitInTheGuestUsesTheHostIdentityAndAgreesWithTheHost) {
   // The host's git sees the same commit and a clean tree.
   EXPECT_EQ(shell("git -C " + repo.string() + " log -1 --format=%an/%s").out, "Sandbox Tester/first\n");
   EXPECT_EQ(shell("git -C " + repo.string() + " -c safe.directory='*' status --porcelain").out, "");
+}
+
+TEST_F(SandboxTest, ASecondSandboxCannotReachTheFirst) {
+  // The first serves HTTP on its own port 8000 and can reach it itself; the
+  // second tries its address directly and through its proxy.
+  const auto h = home_.string();
+  ASSERT_EQ(cli(h, "run -d --name first " + ws_.string()).status, 0);
+  ASSERT_EQ(cli(h, "run -d --name second " + ws_.string()).status, 0);
+  EXPECT_EQ(cli(h, "exec first sh -c 'echo served-by-first > /tmp/page; cd /tmp;"
+                   " setsid python3 -m http.server 8000 </dev/null >/dev/null 2>&1 &'").status, 0);
+  const auto own = cli(h, "exec first sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do"
+                          " curl -s --noproxy \"*\" http://10.0.2.15:8000/page && break; sleep 1; done'");
+  EXPECT_NE(own.out.find("served-by-first"), std::string::npos) << "control: the first reaches itself: " << own.out;
+  const auto other = cli(h, "exec second sh -c 'curl -s -m 5 --noproxy \"*\" http://10.0.2.15:8000/page;"
+                            " curl -s -m 5 http://10.0.2.15:8000/page; nc -z -w 3 10.0.2.2 8000 && echo REACHED;"
+                            " echo end'");
+  EXPECT_NE(other.out.find("end"), std::string::npos) << other.out;
+  EXPECT_EQ(other.out.find("served-by-first"), std::string::npos) << other.out;
+  EXPECT_EQ(other.out.find("REACHED"), std::string::npos) << other.out;
+  EXPECT_EQ(cli(h, "rm -f first").status, 0);
+  EXPECT_EQ(cli(h, "rm -f second").status, 0);
+}
+
+TEST_F(SandboxTest, ImageLsRmAndPruneKeepTheNewestAndWhatRunningSandboxesUse) {
+  // A cache of three images sharing two root filesystems; "b" is booted by a
+  // running sandbox (its lock held by this process, as a supervisor would).
+  const auto cache = ws_ / "image-cache";
+  fs::remove_all(cache);
+  const std::vector<std::pair<std::string, std::string>> images = {{"a", "r1"}, {"b", "r1"}, {"c", "r2"}};
+  long when = 1'700'000'000;
+  for (const auto& [id, rootfs] : images) {
+    fs::create_directories(cache / id);
+    fs::create_directories(cache / ".rootfs" / rootfs);
+    std::ofstream(cache / ".rootfs" / rootfs / "rootfs.ext4") << std::string(4096, 'r');
+    std::ofstream(cache / id / "vmlinux") << std::string(1 << 20, 'k');
+    std::ofstream(cache / id / "manifest") << "id " << id << "\nkernel linux-image-test 00\nrootfs " << rootfs
+                                            << " bookworm bash\n";
+    fs::create_symlink("../.rootfs/" + rootfs + "/rootfs.ext4", cache / id / "rootfs.ext4");
+    shell("touch -d @" + std::to_string(when += 100) + " " + (cache / id / "manifest").string());
+  }
+  // c is the newest; b is in use.
+  const auto box = home_ / "sandboxes" / "user";
+  fs::create_directories(box);
+  std::ofstream(box / "state.json") << "{\"name\":\"user\",\"image\":\"" << (cache / "b").string() << "\"}\n";
+  const int lock = ::open((box / "lock").c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_EQ(::flock(lock, LOCK_EX), 0);
+  const std::string env = "SANDGATE_IMAGES=" + cache.string() + " ";
+  const auto ls = shell(env + "SANDGATE_HOME=" + home_.string() + " " + SANDGATE_BIN + " image ls --json");
+  ASSERT_EQ(ls.status, 0);
+  const auto listed = boost::json::parse(ls.out).as_array();
+  ASSERT_EQ(listed.size(), 3u);
+  EXPECT_EQ(listed[0].at("id").as_string(), "c") << "newest first";
+  EXPECT_EQ(listed[1].at("used_by").as_array().at(0).as_string(), "user");
+  EXPECT_EQ(listed[0].at("rootfs_bytes").as_int64(), 4096);
+  EXPECT_EQ(listed[0].at("kernel").as_string(), "linux-image-test");
+  auto image = [&](const std::string& args) {
+    return shell(env + "SANDGATE_HOME=" + home_.string() + " " + SANDGATE_BIN + " image " + args);
+  };
+  EXPECT_EQ(image("rm nope").status, 1);
+  const auto in_use = image("rm b");
+  EXPECT_EQ(in_use.status, 1);
+  EXPECT_NE(in_use.out.find("in use by user"), std::string::npos) << in_use.out;
+  EXPECT_TRUE(fs::exists(cache / "b"));
+  // prune keeps c (newest) and b (in use), removes a; r1 is still b's.
+  EXPECT_EQ(image("prune").status, 0);
+  EXPECT_FALSE(fs::exists(cache / "a"));
+  EXPECT_TRUE(fs::exists(cache / "b"));
+  EXPECT_TRUE(fs::exists(cache / "c"));
+  EXPECT_TRUE(fs::exists(cache / ".rootfs" / "r1"));
+  // Once the sandbox is gone, b goes with -f or prune, and r1 with it.
+  ::close(lock);
+  EXPECT_EQ(image("rm b").status, 0);
+  EXPECT_FALSE(fs::exists(cache / ".rootfs" / "r1"));
+  EXPECT_TRUE(fs::exists(cache / ".rootfs" / "r2"));
+  EXPECT_EQ(image("bogus").status, 2);
+  fs::remove_all(cache);
 }
 
 }  // namespace
