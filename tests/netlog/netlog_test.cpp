@@ -189,15 +189,9 @@ TEST_F(NetlogTest, TamperingIsCaughtAtTheRightRecord) {
   }
 }
 
-TEST_F(NetlogTest, ARewrittenChainFailsTheHmac) {
-  auto c = config();
-  c.checkpoint_records = 50;
-  write_log(120, c);
-  auto ls = lines(c.path);
-  // Edit line 30 and recompute every later prev, as an attacker without the key could.
-  ls[29].replace(ls[29].find("example.com"), 11, "exampl3.com");
-  for (std::size_t i = 30; i < ls.size(); ++i) {
-    auto v = boost::json::parse(ls[i]).as_object();
+// Recomputes seq and prev from line `from` on, as an attacker without the key could.
+void rechain(std::vector<std::string>& ls, std::size_t from) {
+  for (std::size_t i = from; i < ls.size(); ++i) {
     unsigned char md[32];
     unsigned len = 0;
     EVP_Digest(ls[i - 1].data(), ls[i - 1].size(), md, &len, EVP_sha256(), nullptr);
@@ -209,13 +203,59 @@ TEST_F(NetlogTest, ARewrittenChainFailsTheHmac) {
     }
     const auto at = ls[i].rfind("\"prev\":\"");
     ls[i].replace(at + 8, 64, hex);
+    const auto seq_at = ls[i].find("\"seq\":") + 6;
+    const auto prev_seq = boost::json::parse(ls[i - 1]).at("seq").as_int64();
+    ls[i].replace(seq_at, ls[i].find(',', seq_at) - seq_at, std::to_string(prev_seq + 1));
   }
+}
+
+TEST_F(NetlogTest, ARewrittenChainFailsTheHmac) {
+  auto c = config();
+  c.checkpoint_records = 50;
+  write_log(120, c);
+  auto ls = lines(c.path);
+  // Edit line 30 and recompute every later prev.
+  ls[29].replace(ls[29].find("example.com"), 11, "exampl3.com");
+  rechain(ls, 30);
   write_lines(c.path, ls);
   const auto chain_only = check(false);
   EXPECT_TRUE(chain_only.problems.empty()) << "a rewritten chain is consistent without the key";
   const auto keyed = check(true);
   ASSERT_FALSE(keyed.problems.empty());
   EXPECT_EQ(keyed.problems[0].kind, "hmac") << describe(keyed);
+}
+
+TEST_F(NetlogTest, RemovedCheckpointsAreAGapAtTheIntervalTheWriterDeclared) {
+  auto c = config();
+  c.checkpoint_records = 20;
+  write_log(100, c);
+  // A restart: a new run with its own file record, then more records.
+  write_log(30, c);
+  VerifyOptions o;
+  o.key = key();  // max_checkpoint_gap 0: each file record's checkpoint_records
+  auto files = log_files(c.path);
+  ASSERT_TRUE(files.has_value());
+  const auto clean = verify(*files, o);
+  EXPECT_TRUE(clean.problems.empty()) << describe(clean);
+  EXPECT_GE(clean.checkpoints, 6u);
+  // Remove every checkpoint after the first and rewrite the chain: only the
+  // gap shows it (no HMAC is left to fail), at the writer's interval of 20.
+  auto ls = lines(c.path);
+  std::vector<std::string> kept;
+  bool first = true;
+  for (const auto& l : ls) {
+    const bool checkpoint = l.find("\"type\":\"checkpoint\"") != std::string::npos;
+    if (checkpoint && !first) continue;
+    first &= !checkpoint;
+    kept.push_back(l);
+  }
+  ASSERT_LT(kept.size(), ls.size());
+  rechain(kept, 1);
+  write_lines(c.path, kept);
+  const auto tampered = verify(*files, o);
+  ASSERT_FALSE(tampered.problems.empty());
+  EXPECT_EQ(tampered.problems[0].kind, "checkpoint-gap") << describe(tampered);
+  EXPECT_NE(tampered.problems[0].message.find("more than 20 records"), std::string::npos) << describe(tampered);
 }
 
 TEST_F(NetlogTest, TornTailIsReportedAndTheNextRunChainsPastIt) {

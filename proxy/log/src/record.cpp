@@ -34,6 +34,9 @@ const Record* RecordParser::parse(std::string_view line) {
     const std::string_view k = kv.key();
     const auto& v = kv.value();
     switch (k.empty() ? '\0' : k[0]) {
+      case 'c':
+        if (k == "checkpoint_records") r.checkpoint_records = static_cast<std::uint64_t>(num(v));
+        break;
       case 'a':
         if (k == "address") r.address = str(v);
         break;

@@ -27,6 +27,7 @@ struct Record {
   bool final = false;
   // file
   std::string_view reason_for_file;
+  std::uint64_t checkpoint_records = 0;
 };
 
 class RecordParser {

@@ -145,8 +145,10 @@ struct Writer::Impl {
     j.key("prev").raw("\"").raw(std::string_view(prev.data(), prev.size())).raw("\"}");
     prev = detail::to_hex(sha.digest(out.view().substr(start)));
     out.append("\n");
-    ++since_checkpoint;
     records.fetch_add(1, std::memory_order_relaxed);
+    // Every checkpoint_records records (of any type) a checkpoint follows:
+    // the bound `verify` holds each file to, from its `file` record.
+    if (type != "checkpoint" && ++since_checkpoint >= config.checkpoint_records) emit_checkpoint(false);
   }
 
   static std::int64_t now_us() {
@@ -332,7 +334,6 @@ struct Writer::Impl {
         Event& e = p->slots_[tail & p->mask_];
         emit_event(e);
         e.policy_set.reset();  // release the policy on this thread, not the I/O one
-        if (since_checkpoint >= config.checkpoint_records) emit_checkpoint(false);
         // Write in cache-sized pieces: a batch that outgrows the CPU caches
         // costs more to copy into the page cache than to format.
         if (out.size() >= write_chunk && fd >= 0) flush();

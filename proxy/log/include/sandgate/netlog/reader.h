@@ -69,7 +69,9 @@ struct VerifyReport {
 
 struct VerifyOptions {
   std::string key;  // HMAC key; empty: the chain only
-  std::uint64_t max_checkpoint_gap = 10'000;  // with a key: records allowed between checkpoints
+  // With a key: records allowed between checkpoints. 0: what each file's
+  // `file` record declares (the writer's --log-checkpoint-records).
+  std::uint64_t max_checkpoint_gap = 0;
   std::size_t max_problems = 20;
 };
 
