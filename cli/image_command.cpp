@@ -189,11 +189,8 @@ std::string images_dir() {
 }
 
 std::string find_or_build_image() {
-  const std::string script = std::getenv("SANDGATE_IMAGE_SCRIPT") ? std::getenv("SANDGATE_IMAGE_SCRIPT")
-                                                                 : SANDGATE_IMAGE_SCRIPT;
-  const std::string agent = std::getenv("SANDGATE_AGENT") ? std::getenv("SANDGATE_AGENT") : SANDGATE_AGENT;
   // The script reuses an image whose inputs have not changed, and says where it is.
-  const std::string cmd = "'" + script + "' '" + agent + "' '" + images_dir() + "'";
+  const std::string cmd = "'" + image_script_path() + "' '" + agent_path() + "' '" + images_dir() + "'";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return {};
   char line[4096] = {};

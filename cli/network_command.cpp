@@ -414,7 +414,7 @@ int proxy_subcommand(std::span<const std::string_view> args) {
     if (!fs::exists(path)) {
       // Start from the bundled default policy.
       fs::create_directories(fs::path(path).parent_path(), ec);
-      fs::copy_file(SANDGATE_DEFAULT_POLICY, path, ec);
+      fs::copy_file(shipped_policy_path(), path, ec);
     }
   } else {
     const auto dir = fs::path(sandgate_home()) / "sandboxes" / name;

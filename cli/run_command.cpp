@@ -351,7 +351,7 @@ int run_command(std::span<const std::string_view> args) {
   // decides by the sandbox's own copy of the policy, which `sandgate network
   // proxy NAME` edits and the proxy reloads when it changes.
   if (policy_path.empty())
-    policy_path = fs::exists(default_policy_path()) ? default_policy_path() : std::string(SANDGATE_DEFAULT_POLICY);
+    policy_path = fs::exists(default_policy_path()) ? default_policy_path() : shipped_policy_path();
   const auto own_policy =
       state / (config::format_for_path(policy_path) == config::Format::docker_json ? "policy.json" : "policy.yaml");
   if (fs::absolute(policy_path) != own_policy) {

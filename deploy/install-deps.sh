@@ -16,6 +16,7 @@ build_pkgs=(
   libyaml-cpp-dev   # policy YAML with line and column marks
   libidn2-dev       # IDNA2008 host names to punycode (not hand-written)
   zlib1g-dev        # reading gzip-compressed rotated network logs (gzread reads plain files too)
+  help2man          # man pages generated from each command's --help
 )
 # Tests, fuzzing and benchmarks.
 test_pkgs=(
@@ -23,6 +24,7 @@ test_pkgs=(
   libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes
   python3 curl git openssl  # the proxy tests: origin server, clients, a TLS certificate
+  systemd                   # systemd-analyze: the unit's verify and security checks
 )
 
 # Sandboxes: QEMU's microvm machine (virtiofsd comes with qemu-system-common),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything and passes the tests: installs the dependencies, builds
 # and runs the test suite twice (release, then ASan+UBSan with warnings as
-# errors), then builds the libFuzzer targets and runs each for a short while.
+# errors), checks the Debian package (deploy/package-test.sh), then builds the
+# libFuzzer targets and runs each for a short while.
 #   FUZZ_SECONDS=N   seconds per fuzz target (default 20; 0 skips fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ echo "== release build and tests"
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build/release -j"$jobs"
 ctest --test-dir build/release --output-on-failure -j"$jobs"
+
+echo "== Debian package: build, install, run as its unit does, reload, purge"
+deploy/package-test.sh build/release
 
 echo "== ASan+UBSan build and tests"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DSANDGATE_SANITIZE=ON -DSANDGATE_BENCH=OFF >/dev/null
