@@ -363,7 +363,9 @@ void Server::watch_policy() {
           bool ours = false;
           for (std::size_t at = 0; at < n;) {
             const auto* e = reinterpret_cast<const inotify_event*>(buf + at);
-            ours |= e->len > 0 && name == e->name;
+            // "..data": Kubernetes swaps this symlink to update a mounted
+            // ConfigMap, and the policy file is a link through it.
+            ours |= e->len > 0 && (name == e->name || std::string_view(e->name) == "..data");
             at += sizeof(inotify_event) + e->len;
           }
           if (!ours) continue;

@@ -372,6 +372,31 @@ TEST_F(ProxyTest, ReloadsWhenThePolicyFileChanges) {
   EXPECT_NE(r.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << r;
 }
 
+TEST_F(ProxyTest, ReloadsWhenAKubernetesConfigMapMountIsUpdated) {
+  // The layout of a mounted ConfigMap: policy.yaml -> ..data/policy.yaml,
+  // ..data -> a versioned folder; an update swaps ..data by rename.
+  auto version = [&](const std::string& v, const std::string& text) {
+    fs::create_directories(dir_ / v);
+    std::ofstream(dir_ / v / "policy.yaml") << text;
+    fs::create_symlink(v, dir_ / "..data_tmp");
+    fs::rename(dir_ / "..data_tmp", dir_ / "..data");
+  };
+  const auto original = read_file(policy_);
+  version("..2026_v1", original);
+  fs::remove(policy_);
+  fs::create_symlink("..data/policy.yaml", policy_);
+  const int port = start_proxy();
+  const std::string req = "CONNECT changed.test:443 HTTP/1.1\r\n\r\n";
+  EXPECT_NE(exchange("127.0.0.1", port, req).find("X-Proxy-Error: blocked-by-default"), std::string::npos);
+  version("..2026_v2", std::regex_replace(original, std::regex("block_hosts:\n"), "block_hosts:\n  - changed.test\n"));
+  std::string r;
+  for (int i = 0; i < 300 && r.find("blocked-by-denylist") == std::string::npos; ++i) {
+    r = exchange("127.0.0.1", port, req);
+    ::usleep(10'000);
+  }
+  EXPECT_NE(r.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << r;
+}
+
 TEST_F(ProxyTest, ReloadClosesTunnelsTheNewPolicyDenies) {
   const int port = start_proxy();
   const int fd = open_tunnel(port, o());
