@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "paths.h"
+#include "sandgate/proxy/harden.h"
 #include "sandgate/proxy/server.h"
 
 namespace sandgate::cli {
@@ -37,6 +38,10 @@ Options:
   --threads N              event loops (default: one per core)
   --forbid-report          refuse policies with 'report: true'
   --no-watch               reload on SIGHUP only, not when the file changes
+  --no-seccomp             skip the process's own restrictions (by default, once
+                           bound: no new privileges, and a seccomp filter that
+                           refuses exec, fork, ptrace, mount, module loading and
+                           identity changes with EPERM)
   --keep-denied-tunnels    leave open tunnels alone when a reload denies them
   --head-bytes N           request head limit (default 16384)
   --max-headers N          header field limit (default 100)
@@ -98,7 +103,7 @@ int proxy_command(std::span<const std::string_view> args) {
   netlog::WriterConfig log;
   log.path = default_log_path();
   log.key_file = default_key_path();
-  bool no_log = false;
+  bool no_log = false, no_seccomp = false;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const auto a = args[i];
     if (a == "-h" || a == "--help") {
@@ -107,6 +112,10 @@ int proxy_command(std::span<const std::string_view> args) {
     }
     if (a == "--forbid-report") {
       load.forbid_report = true;
+      continue;
+    }
+    if (a == "--no-seccomp") {
+      no_seccomp = true;
       continue;
     }
     if (a == "--no-watch") {
@@ -221,6 +230,14 @@ int proxy_command(std::span<const std::string_view> args) {
               << (cfg.listeners[i].sandbox.empty() ? "" : " for sandbox " + cfg.listeners[i].sandbox) << "\n";
   if (cfg.log) std::cout << "sandgate proxy: logging to " << cfg.log->path << "\n";
   if (!cfg.admin.empty()) std::cout << "sandgate proxy: admin on " << (*server)->admin_address() << "\n";
+  // Bound and open: from here on the process needs no new privileges and
+  // none of the system calls the filter refuses.
+  if (!no_seccomp) {
+    if (auto why = proxy::restrict_process(); !why.empty()) {
+      std::cerr << "sandgate proxy: cannot restrict the process (" << why << "); pass --no-seccomp to run anyway\n";
+      return 1;
+    }
+  }
   std::cout.flush();
   (*server)->run();
   const auto s = (*server)->stats();

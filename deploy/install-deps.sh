@@ -17,6 +17,7 @@ build_pkgs=(
   libidn2-dev       # IDNA2008 host names to punycode (not hand-written)
   zlib1g-dev        # reading gzip-compressed rotated network logs (gzread reads plain files too)
   help2man          # man pages generated from each command's --help
+  libseccomp-dev    # the proxy's own seccomp filter once it has bound its listeners
 )
 # Tests, fuzzing and benchmarks.
 test_pkgs=(

@@ -17,7 +17,7 @@ export SANDGATE_IMAGES=${SANDGATE_IMAGES:-$PWD/build/test-images}
 echo "== release build and tests"
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build/release -j"$jobs"
-ctest --test-dir build/release --output-on-failure -j"$jobs"
+ctest --test-dir build/release --output-on-failure -j"$jobs" 2>&1 | tee build/release-ctest.log
 
 echo "== Debian package: build, install, run as its unit does, reload, purge"
 deploy/package-test.sh build/release
@@ -43,5 +43,5 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   done
 fi
 
-echo "== final ctest summary (release)"
-ctest --test-dir build/release -j"$jobs" 2>&1 | tail -n 3
+echo "== release test summary"
+grep -E 'tests passed|tests failed' build/release-ctest.log

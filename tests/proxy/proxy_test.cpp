@@ -358,6 +358,34 @@ TEST_F(ProxyTest, ConnectionFloodGets503AndServiceGoesOn) {
   EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
 }
 
+// The status lines of a process that say what it may still do.
+std::string restrictions(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string out;
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with("NoNewPrivs:") || line.starts_with("Seccomp:")) out += line + "\n";
+  return out;
+}
+
+TEST_F(ProxyTest, OnceBoundTheProxyGainsNoPrivilegesAndRefusesExecAndFork) {
+  const int port = start_proxy();
+  const auto status = restrictions(proxy_->pid());
+  EXPECT_NE(status.find("NoNewPrivs:\t1"), std::string::npos) << status;
+  EXPECT_NE(status.find("Seccomp:\t2"), std::string::npos) << "a seccomp filter: " << status;
+  // Still a working proxy: a request through it, and a reload.
+  const auto r = exchange("127.0.0.1", port, "GET http://127.0.0.1:" + o() +
+                                                 "/small HTTP/1.1\r\nHost: 127.0.0.1:" + o() + "\r\nConnection: close\r\n\r\n");
+  EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
+  proxy_->signal(SIGHUP);
+  EXPECT_TRUE(exchange("127.0.0.1", port, "CONNECT origin.test:" + std::to_string(tls_->port) +
+                                              " HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+  // --no-seccomp leaves it as it was started.
+  proxy_->signal(SIGTERM);
+  ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(15)), 0);
+  start_proxy({"--no-seccomp"});
+  EXPECT_NE(restrictions(proxy_->pid()).find("Seccomp:\t0"), std::string::npos) << restrictions(proxy_->pid());
+}
+
 TEST_F(ProxyTest, ReloadsWhenThePolicyFileChanges) {
   const int port = start_proxy();
   const std::string req = "CONNECT changed.test:443 HTTP/1.1\r\n\r\n";

@@ -89,7 +89,12 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
                                 "-device", "virtio-serial-device",
                                 "-chardev", "socket,id=agent,path=" + c.state_dir + "/agent.sock,server=on,wait=off",
                                 "-device", "virtserialport,chardev=agent,name=agent0",
-                                "-qmp", "unix:" + c.state_dir + "/qmp.sock,server=on,wait=off"};
+                                "-qmp", "unix:" + c.state_dir + "/qmp.sock,server=on,wait=off",
+                                // QEMU's own seccomp filter: no obsolete calls, no scheduling or
+                                // resource changes. Spawning stays allowed (the proxy relay is a
+                                // guestfwd command, run for each guest connection), and so do
+                                // set*id calls: with elevateprivileges=deny the relay never runs.
+                                "-sandbox", "on,obsolete=deny,resourcecontrol=deny"};
   if (!c.root_disk.empty())
     a.insert(a.end(), {"-drive", "file=" + c.root_disk + ",if=none,format=raw,readonly=on,id=root", "-device",
                        "virtio-blk-device,drive=root"});
