@@ -1,4 +1,6 @@
 // `sandgate proxy`: run the forward proxy on one or more listeners.
+#include <unistd.h>
+
 #include <charconv>
 #include <cstdio>
 #include <iostream>
@@ -30,6 +32,9 @@ reopens the log file (for logrotate).
 Listeners:
   --listen ADDR            HOST:PORT, [IPv6]:PORT or unix:PATH (repeatable)
   --listen ADDR=SANDBOX    the same, deciding with the sandbox's named policy
+  --listen fd:N            a listening socket inherited as descriptor N
+  --listen systemd         the sockets systemd's socket activation passed
+                           (sandgate-proxy.socket)
 
 Options:
   --config POLICY          the policy file (required)
@@ -151,7 +156,24 @@ int proxy_command(std::span<const std::string_view> args) {
     if (a == "--config") policy_path = v;
     else if (a == "--listen") {
       const auto eq = v.find('=');
-      cfg.listeners.push_back({std::string(v.substr(0, eq)), eq == std::string_view::npos ? "" : std::string(v.substr(eq + 1))});
+      const std::string address(v.substr(0, eq)), sandbox(eq == std::string_view::npos ? "" : v.substr(eq + 1));
+      if (address == "systemd") {
+        // Socket activation: the sockets systemd passed, from fd 3 on.
+        const char* pid = std::getenv("LISTEN_PID");
+        const char* fds = std::getenv("LISTEN_FDS");
+        const int n = fds ? std::atoi(fds) : 0;
+        if (!pid || std::atol(pid) != static_cast<long>(::getpid()) || n <= 0) {
+          std::cerr << "sandgate proxy: --listen systemd, but systemd passed no sockets (LISTEN_FDS); start it"
+                       " through its .socket unit\n";
+          return 2;
+        }
+        for (int fd = 3; fd < 3 + n; ++fd) cfg.listeners.push_back({"fd:" + std::to_string(fd), sandbox});
+        ::unsetenv("LISTEN_PID");
+        ::unsetenv("LISTEN_FDS");
+        ::unsetenv("LISTEN_FDNAMES");
+      } else {
+        cfg.listeners.push_back({address, sandbox});
+      }
     } else if (a == "--hosts-file") cfg.hosts_file = v;
     else if (a == "--admin") cfg.admin = v;
     else if (a == "--threads") {

@@ -51,7 +51,7 @@ out=$(SANDGATE_HOME="$work/home" /usr/bin/sandgate run "$work/ws" -- sh -c 'echo
 [ "$(cat "$work/ws/made.txt")" = in-guest ] || fail "the installed sandbox did not write the workspace: $out"
 
 echo "-- systemd-analyze"
-systemd-analyze verify "$unit" || fail "systemd-analyze verify"
+systemd-analyze verify "$unit" "${unit%.service}.socket" || fail "systemd-analyze verify"
 exposure=$(systemd-analyze security --offline=true --no-pager "$unit" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
 echo "exposure level: $exposure"
 awk -v e="$exposure" 'BEGIN { exit !(e != "" && e < 2.0) }' || fail "exposure $exposure is not under 2.0"

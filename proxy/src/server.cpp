@@ -1,10 +1,12 @@
 #include "sandgate/proxy/server.h"
 
+#include <fcntl.h>
 #include <netinet/tcp.h>
-#include <csignal>
 #include <sys/inotify.h>
-#include <unistd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -18,6 +20,10 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
+#include <charconv>
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -39,10 +45,18 @@ struct ParsedListen {
   bool is_unix = false;
   std::string path;
   asio::ip::tcp::endpoint tcp;
+  int fd = -1;  // an inherited listening socket (socket activation)
 };
 
 boost::system::result<ParsedListen, std::string> parse_listen(const std::string& text) {
   ParsedListen out;
+  if (text.starts_with("fd:")) {
+    const auto n = text.substr(3);
+    auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), out.fd);
+    if (ec != std::errc{} || end != n.data() + n.size() || out.fd < 3)
+      return "--listen " + text + ": write fd:N with N an inherited descriptor, 3 or more";
+    return out;
+  }
   if (text.starts_with("unix:")) {
     out.is_unix = true;
     out.path = text.substr(5);
@@ -209,6 +223,33 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     auto parsed = parse_listen(text);
     if (!parsed) return parsed.error();
     boost::system::error_code ec;
+    if (parsed->fd >= 0) {
+      // A socket someone else bound (systemd's socket activation): it must
+      // be a listening stream socket; one acceptor serves it, as for unix.
+      int accepting = 0, type = 0;
+      socklen_t len = sizeof accepting;
+      sockaddr_storage addr{};
+      socklen_t addr_len = sizeof addr;
+      if (::getsockopt(parsed->fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0 || !accepting ||
+          (len = sizeof type, ::getsockopt(parsed->fd, SOL_SOCKET, SO_TYPE, &type, &len)) != 0 ||
+          type != SOCK_STREAM || ::getsockname(parsed->fd, reinterpret_cast<sockaddr*>(&addr), &addr_len) != 0)
+        return "--listen " + text + ": not an inherited listening stream socket";
+      ::fcntl(parsed->fd, F_SETFD, FD_CLOEXEC);
+      const Protocol::endpoint ep(&addr, addr_len, addr.ss_family == AF_UNIX ? 0 : IPPROTO_TCP);
+      auto a = std::make_unique<Acceptor>(impl->threads[0]->io);
+      a->assign(ep.protocol(), parsed->fd, ec);
+      if (ec) return "--listen " + text + ": " + ec.message();
+      if (addr.ss_family == AF_UNIX) {
+        impl->bound.push_back("unix:" + std::string(reinterpret_cast<const sockaddr_un&>(addr).sun_path));
+      } else {
+        asio::ip::tcp::endpoint tcp;
+        std::memcpy(tcp.data(), &addr, std::min<std::size_t>(addr_len, sizeof(sockaddr_in6)));
+        impl->bound.push_back(tcp.address().is_v6() ? "[" + tcp.address().to_string() + "]:" + std::to_string(tcp.port())
+                                                    : tcp.address().to_string() + ":" + std::to_string(tcp.port()));
+      }
+      impl->acceptors[0].emplace_back(i, std::move(a));
+      continue;
+    }
     if (parsed->is_unix) {
       // A stale socket from an earlier run is replaced; any other file is not.
       struct stat st {};

@@ -386,6 +386,34 @@ TEST_F(ProxyTest, OnceBoundTheProxyGainsNoPrivilegesAndRefusesExecAndFork) {
   EXPECT_NE(restrictions(proxy_->pid()).find("Seccomp:\t0"), std::string::npos) << restrictions(proxy_->pid());
 }
 
+TEST_F(ProxyTest, ServesASocketPassedBySocketActivation) {
+  // As systemd does: bind and listen, pass the socket as fd 3 with
+  // LISTEN_FDS and LISTEN_PID, and exec the proxy with --listen systemd.
+  const std::string launcher =
+      "import os, socket, sys\n"
+      "s = socket.socket()\n"
+      "s.bind(('127.0.0.1', 0))\n"
+      "s.listen(64)\n"
+      "if s.fileno() != 3: os.dup2(s.fileno(), 3)\n"
+      "os.set_inheritable(3, True)\n"
+      "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+      "os.execv(sys.argv[1], sys.argv[1:])\n";
+  proxy_ = std::make_unique<Process>(std::vector<std::string>{
+      "python3", "-c", launcher, SANDGATE_BIN, "proxy", "--config", policy_.string(), "--listen", "systemd",
+      "--hosts-file", (dir_ / "hosts").string(), "--log", log_path().string(), "--log-key", key_path().string()});
+  const auto line = proxy_->read_line();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(line, m, std::regex(R"(listening on 127\.0\.0\.1:(\d+))"))) << line;
+  const int port = std::stoi(m[1]);
+  const auto r = exchange("127.0.0.1", port, "GET http://127.0.0.1:" + o() + "/small HTTP/1.1\r\nHost: 127.0.0.1:" +
+                                                 o() + "\r\nConnection: close\r\n\r\n");
+  EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
+  // Without the variables, --listen systemd says what is missing.
+  const auto alone = shell(std::string(SANDGATE_BIN) + " proxy --config " + policy_.string() + " --listen systemd");
+  EXPECT_EQ(alone.status, 2);
+  EXPECT_NE(alone.out.find("LISTEN_FDS"), std::string::npos) << alone.out;
+}
+
 TEST_F(ProxyTest, ReloadsWhenThePolicyFileChanges) {
   const int port = start_proxy();
   const std::string req = "CONNECT changed.test:443 HTTP/1.1\r\n\r\n";
