@@ -6,7 +6,9 @@
 // `sandgate relay SOCKET` is the per-connection helper QEMU starts for the
 // guest's proxy connections: it copies stdin/stdout to and from SOCKET.
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -455,8 +457,33 @@ int run_command(std::span<const std::string_view> args) {
     mc.fs_9p_readonly = readonly;
     mc.kernel_args.push_back("sandgate_ws_9p=1");
   }
-  fs::remove(state / "agent.sock", ec);
-  fs::remove(state / "qmp.sock", ec);
+  // As root, QEMU runs as an unprivileged user where it can (sandgate-vm if
+  // the host has one, else nobody): a guest that escaped QEMU would hold that
+  // user, not root. It needs to read the image, run the relay, and reach its
+  // two sockets, which are handed to it; the 9p fallback keeps root (QEMU
+  // itself then serves the workspace).
+  std::string qemu_user = ::getuid() == 0 ? "root" : "";
+  if (::getuid() == 0 && mc.fs_9p_dir.empty()) {
+    const passwd* pw = ::getpwnam("sandgate-vm");
+    if (!pw) pw = ::getpwnam("nobody");
+    if (pw) {
+      vmm::MachineConfig::RunAs ra{pw->pw_uid, pw->pw_gid, {}};
+      const std::string user = pw->pw_name;
+      if (const group* kvm = ::getgrnam("kvm")) ra.groups.push_back(kvm->gr_gid);
+      std::vector<std::string> files = {mc.kernel, mc.initrd};
+      if (!mc.root_disk.empty()) files.push_back(mc.root_disk);
+      if (const auto blocked = vmm::unreachable_for(ra, files, {self_exe()}); blocked.empty()) {
+        for (const auto& sock : {proxy_socket, mc.fs_socket})
+          if (!sock.empty() && ::chown(sock.c_str(), ra.uid, ra.gid) != 0)
+            std::cerr << "sandgate run: cannot hand " << sock << " to " << user << ": " << std::strerror(errno) << "\n";
+        mc.run_as = ra;
+        qemu_user = user;
+      } else {
+        std::cerr << "sandgate run: QEMU runs as root: the user " << user << " cannot use " << blocked
+                  << " (keep sandgate and its images where other users can read them, as the package does)\n";
+      }
+    }
+  }
   const auto started = std::chrono::steady_clock::now();
   auto machine = vmm::Machine::launch(mc);
   if (!machine) {
@@ -488,6 +515,7 @@ int run_command(std::span<const std::string_view> args) {
   st.detached = detach;
   st.ready_ms = ready_ms;
   st.image = image;
+  st.qemu_user = qemu_user;
   st.workspace_readonly = readonly;
   st.hidden_paths = sc.hidden.size();
   write_state(state, st);

@@ -33,6 +33,7 @@ trap cleanup EXIT
 
 echo "-- install $(basename "$deb")"
 apt-get install -y -q "$PWD/$deb" >/dev/null
+getent passwd sandgate-vm >/dev/null && fail "the sandgate-vm user is left after purge"
 for f in /usr/bin/sandgate /usr/libexec/sandgate/sandgate-agent /usr/share/sandgate/guest/build-image.sh \
          /etc/sandgate/policy.yaml "$unit" /usr/share/bash-completion/completions/sandgate \
          /usr/share/doc/sandgate/examples/github-org.yaml; do
@@ -49,6 +50,7 @@ mkdir -p "$work/ws" "$work/home"
 out=$(SANDGATE_HOME="$work/home" /usr/bin/sandgate run "$work/ws" -- sh -c 'echo in-guest > made.txt; uname -r' 2>&1) ||
   fail "sandgate run from the package: $out"
 [ "$(cat "$work/ws/made.txt")" = in-guest ] || fail "the installed sandbox did not write the workspace: $out"
+getent passwd sandgate-vm >/dev/null || fail "the package did not create the sandgate-vm user"
 
 echo "-- systemd-analyze"
 systemd-analyze verify "$unit" "${unit%.service}.socket" || fail "systemd-analyze verify"
@@ -110,6 +112,7 @@ if [ -d /run/systemd/system ]; then systemctl stop sandgate-proxy.service; else 
 /usr/bin/sandgate network log verify --log /var/log/sandgate/network.jsonl --key /var/lib/sandgate/log.key >/dev/null ||
   fail "the log does not verify after a clean stop"
 apt-get purge -y -q sandgate >/dev/null
+getent passwd sandgate-vm >/dev/null && fail "the sandgate-vm user is left after purge"
 for f in /usr/bin/sandgate /usr/libexec/sandgate /usr/share/sandgate /etc/sandgate "$unit" /var/log/sandgate \
          /var/lib/sandgate /usr/share/man/man1/sandgate.1.gz; do
   [ ! -e "$f" ] || fail "$f is left after purge"

@@ -150,6 +150,20 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   EXPECT_EQ(state.at("name").as_string(), "life");
   EXPECT_EQ(state.at("state").as_string(), "running");
   const long qemu = static_cast<long>(state.at("qemu_pid").as_int64());
+  // Started by root, QEMU runs as an unprivileged user when it can reach
+  // what it needs (this build tree and image cache are readable by all).
+  if (::getuid() == 0) {
+    const std::string user(state.at("qemu_user").as_string());
+    std::ifstream status("/proc/" + std::to_string(qemu) + "/status");
+    std::string line;
+    while (std::getline(status, line) && !line.starts_with("Uid:")) {
+    }
+    if (shell("setpriv --reuid=nobody test -r " + std::string(std::getenv("SANDGATE_IMAGES"))).status == 0) {
+      EXPECT_NE(user, "root");
+      EXPECT_EQ(line.find("\t0\t"), std::string::npos) << "QEMU is not root: " << line;
+      EXPECT_EQ(shell("id -u " + user).out, line.substr(5, line.find('\t', 5) - 5) + "\n") << line;
+    }
+  }
   const long virtiofsd = static_cast<long>(state.at("virtiofsd_pid").as_int64());
   const long supervisor = static_cast<long>(state.at("pid").as_int64());
   EXPECT_TRUE(pid_alive(qemu) && pid_alive(virtiofsd) && pid_alive(supervisor));

@@ -5,6 +5,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -12,6 +14,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -24,7 +27,14 @@ namespace {
 // Starts argv with stdin from /dev/null and stdout and stderr to out_fd, in
 // its own process group (a Ctrl-C at the terminal reaches sandgate, which
 // then shuts the guest down). Returns the pid, or -1.
-pid_t spawn(const std::vector<std::string>& argv, int out_fd) {
+// Becomes run_as in a forked child: raw system calls, which change only the
+// calling thread (the child's only one) and take no lock.
+bool become(const MachineConfig::RunAs& r) {
+  return ::syscall(SYS_setgroups, r.groups.size(), r.groups.data()) == 0 &&
+         ::syscall(SYS_setresgid, r.gid, r.gid, r.gid) == 0 && ::syscall(SYS_setresuid, r.uid, r.uid, r.uid) == 0;
+}
+
+pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfig::RunAs* run_as = nullptr) {
   // Everything the child needs is built before fork: the caller has other
   // threads (the proxy's), so the child may only make async-signal-safe calls.
   std::vector<char*> args;
@@ -40,6 +50,11 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd) {
   // QEMU needs no device files; without CAP_MKNOD its 9p server cannot make
   // one in the workspace for the guest either (a no-op when not root).
   ::prctl(PR_CAPBSET_DROP, CAP_MKNOD, 0, 0, 0);
+  if (run_as && !become(*run_as)) {
+    constexpr char msg[] = "sandgate: cannot switch QEMU to its unprivileged user\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+    ::_exit(126);
+  }
   ::execvp(args[0], args.data());
   constexpr char msg[] = "sandgate: cannot run the program (is it installed?)\n";
   (void)!::write(2, msg, sizeof msg - 1);
@@ -87,9 +102,9 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
                                 "-netdev", "user,id=n0,restrict=on,ipv6=off,guestfwd=tcp:10.0.2.100:3128-cmd:" + relay,
                                 "-device", "virtio-net-device,netdev=n0",
                                 "-device", "virtio-serial-device",
-                                "-chardev", "socket,id=agent,path=" + c.state_dir + "/agent.sock,server=on,wait=off",
+                                "-chardev", "socket,id=agent,path=" + c.state_dir + "/vm/agent.sock,server=on,wait=off",
                                 "-device", "virtserialport,chardev=agent,name=agent0",
-                                "-qmp", "unix:" + c.state_dir + "/qmp.sock,server=on,wait=off",
+                                "-qmp", "unix:" + c.state_dir + "/vm/qmp.sock,server=on,wait=off",
                                 // QEMU's own seccomp filter: no obsolete calls, no scheduling or
                                 // resource changes. Spawning stays allowed (the proxy relay is a
                                 // guestfwd command, run for each guest connection), and so do
@@ -118,13 +133,42 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
   return a;
 }
 
+std::string unreachable_for(const MachineConfig::RunAs& run_as, const std::vector<std::string>& files,
+                            const std::vector<std::string>& programs) {
+  std::vector<std::pair<const char*, int>> checks;
+  for (const auto& f : files) checks.emplace_back(f.c_str(), R_OK);
+  for (const auto& p : programs) checks.emplace_back(p.c_str(), X_OK);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (!become(run_as)) ::_exit(255);
+    for (std::size_t i = 0; i < checks.size(); ++i)
+      if (::access(checks[i].first, checks[i].second) != 0) ::_exit(static_cast<int>(i));
+    ::_exit(254);
+  }
+  int st = 0;
+  if (pid < 0 || ::waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return "(the check could not run)";
+  const int code = WEXITSTATUS(st);
+  if (code == 254) return {};
+  if (code == 255 || code >= static_cast<int>(checks.size())) return "(the user could not be switched to)";
+  return checks[static_cast<std::size_t>(code)].first;
+}
+
 boost::system::result<std::unique_ptr<Machine>, std::string> Machine::launch(const MachineConfig& c) {
   const auto argv = qemu_argv(c);
   const auto log = c.state_dir + "/console.log";
   // Invariant: the log fd is opened here, dup'd into the child, and closed in the parent.
   const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (out < 0) return "cannot create " + log + ": " + std::strerror(errno);
-  const pid_t pid = spawn(argv, out);
+  // QEMU's own folder, for its sockets: fresh, 0700, owned by its user.
+  const auto vm_dir = c.state_dir + "/vm";
+  std::error_code ec;
+  std::filesystem::remove_all(vm_dir, ec);
+  if (::mkdir(vm_dir.c_str(), 0700) != 0 ||
+      (c.run_as && ::chown(vm_dir.c_str(), c.run_as->uid, c.run_as->gid) != 0)) {
+    ::close(out);
+    return "cannot create " + vm_dir + ": " + std::strerror(errno);
+  }
+  const pid_t pid = spawn(argv, out, c.run_as ? &*c.run_as : nullptr);
   if (pid < 0) {
     ::close(out);
     return std::string("fork: ") + std::strerror(errno);

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,7 +39,22 @@ struct MachineConfig {
   bool fs_9p_readonly = false;
   // The root filesystem disk image, attached read-only as /dev/vda; "" for none.
   std::string root_disk;
+  // Run QEMU as this user rather than as the caller (root): then it can
+  // reach only what that user can, its own socket folder, and the file
+  // descriptors it is given.
+  struct RunAs {
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::vector<gid_t> groups;  // supplementary (kvm for /dev/kvm)
+  };
+  std::optional<RunAs> run_as;
 };
+
+// Whether `run_as` can read each of `files` and execute each of `programs`
+// (tried in a child that becomes that user). "" when it can, else the first
+// path it cannot use.
+std::string unreachable_for(const MachineConfig::RunAs& run_as, const std::vector<std::string>& files,
+                            const std::vector<std::string>& programs);
 
 // The full QEMU command line for `config` (exposed for tests and `--dry-run`).
 std::vector<std::string> qemu_argv(const MachineConfig& config);
@@ -51,8 +67,9 @@ class Machine {
   ~Machine();  // kills QEMU if it still runs
 
   pid_t pid() const noexcept { return pid_; }
-  std::string agent_socket() const { return state_dir_ + "/agent.sock"; }
-  std::string qmp_socket() const { return state_dir_ + "/qmp.sock"; }
+  // QEMU's sockets live in STATE_DIR/vm, the one folder QEMU may write.
+  std::string agent_socket() const { return state_dir_ + "/vm/agent.sock"; }
+  std::string qmp_socket() const { return state_dir_ + "/vm/qmp.sock"; }
   std::string console_log() const { return state_dir_ + "/console.log"; }
 
   // Waits for QEMU to exit; its exit status, or -1 on timeout.
