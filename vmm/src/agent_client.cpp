@@ -53,13 +53,17 @@ boost::system::result<std::unique_ptr<AgentClient>, std::string> AgentClient::co
     }
   }
   std::unique_ptr<AgentClient> c(new AgentClient(fd));
-  // Ping until the agent answers: until the guest opens its port, bytes are dropped.
+  // Ping until the agent answers: until the guest opens its port, bytes are
+  // dropped. Several pings may have got through, so once one is answered, a
+  // last "sync" ping is sent and everything up to its answer is read: the
+  // channel is then at a frame boundary, with no stray pong half read.
   FrameDecoder decoder;
   auto last_ping = std::chrono::steady_clock::time_point{};
+  bool synced = false;
   for (;;) {
     const auto now = std::chrono::steady_clock::now();
     if (now >= end) return std::string("the guest agent did not answer in time (see the sandbox's console.log)");
-    if (now - last_ping >= std::chrono::milliseconds(20)) {
+    if (!synced && now - last_ping >= std::chrono::milliseconds(20)) {
       c->send(static_cast<unsigned char>(FrameType::ping), 0, "ready?");
       last_ping = now;
     }
@@ -69,8 +73,15 @@ boost::system::result<std::unique_ptr<AgentClient>, std::string> AgentClient::co
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n <= 0) return std::string("the VM closed the agent channel while booting (see console.log)");
     decoder.feed({buf, static_cast<std::size_t>(n)});
-    while (auto f = decoder.next())
-      if (f->type == FrameType::pong) return c;
+    while (auto f = decoder.next()) {
+      if (f->type != FrameType::pong) continue;
+      if (f->payload == "sync") return c;
+      if (!synced) {
+        c->send(static_cast<unsigned char>(FrameType::ping), 0, "sync");
+        synced = true;
+      }
+    }
+    if (decoder.error()) return std::string("the agent sent a malformed frame while booting");
   }
 }
 
