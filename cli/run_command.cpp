@@ -472,7 +472,8 @@ int run_command(std::span<const std::string_view> args) {
       if (const group* kvm = ::getgrnam("kvm")) ra.groups.push_back(kvm->gr_gid);
       std::vector<std::string> files = {mc.kernel, mc.initrd};
       if (!mc.root_disk.empty()) files.push_back(mc.root_disk);
-      if (const auto blocked = vmm::unreachable_for(ra, files, {self_exe()}); blocked.empty()) {
+      // It must also get into the sandbox's folder, where its own vm/ is.
+      if (const auto blocked = vmm::unreachable_for(ra, files, {self_exe(), state.string()}); blocked.empty()) {
         for (const auto& sock : {proxy_socket, mc.fs_socket})
           if (!sock.empty() && ::chown(sock.c_str(), ra.uid, ra.gid) != 0)
             std::cerr << "sandgate run: cannot hand " << sock << " to " << user << ": " << std::strerror(errno) << "\n";

@@ -12,15 +12,18 @@ build=${1:-build/release}
 unit=/lib/systemd/system/sandgate-proxy.service
 fail() { echo "package-test: FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || { echo "package-test: needs root (it installs a package); skipped"; exit 0; }
-if dpkg-query -W -f='${Status}' sandgate 2>/dev/null | grep -q 'install ok installed'; then
+if [ "$(dpkg-query -W -f='${Status}' sandgate 2>/dev/null || true)" = "install ok installed" ]; then
   echo "package-test: a sandgate package is already installed here; not touching it (skipped)"
   exit 0
 fi
 
 echo "-- cpack"
 (cd "$build" && cpack -G DEB >/dev/null)
-deb=$(ls -t "$build"/sandgate_*.deb | head -1)
-dpkg-deb -I "$deb" | grep -q 'Depends:.*libre2' || fail "no shared-library dependencies in $deb"
+debs=("$build"/sandgate_*.deb)
+deb=${debs[-1]}
+# (captured first: grep -q leaving early would fail the pipe under pipefail)
+info=$(dpkg-deb -I "$deb")
+grep -q 'Depends:.*libre2' <<<"$info" || fail "no shared-library dependencies in $deb"
 pids=()
 work=$(mktemp -d)
 cleanup() {
@@ -33,7 +36,6 @@ trap cleanup EXIT
 
 echo "-- install $(basename "$deb")"
 apt-get install -y -q "$PWD/$deb" >/dev/null
-getent passwd sandgate-vm >/dev/null && fail "the sandgate-vm user is left after purge"
 for f in /usr/bin/sandgate /usr/libexec/sandgate/sandgate-agent /usr/share/sandgate/guest/build-image.sh \
          /etc/sandgate/policy.yaml "$unit" /usr/share/bash-completion/completions/sandgate \
          /usr/share/doc/sandgate/examples/github-org.yaml; do
@@ -46,11 +48,15 @@ man -w sandgate-run >/dev/null || fail "no man page for sandgate-run"
 echo "-- a sandbox from the installed files"
 # The installed sandgate finds its agent, image script and default policy
 # under /usr; SANDGATE_IMAGES (test.sh sets it) reuses the test image cache.
+chmod 755 "$work"  # so that QEMU can run as the package's sandgate-vm user
 mkdir -p "$work/ws" "$work/home"
 out=$(SANDGATE_HOME="$work/home" /usr/bin/sandgate run "$work/ws" -- sh -c 'echo in-guest > made.txt; uname -r' 2>&1) ||
   fail "sandgate run from the package: $out"
 [ "$(cat "$work/ws/made.txt")" = in-guest ] || fail "the installed sandbox did not write the workspace: $out"
 getent passwd sandgate-vm >/dev/null || fail "the package did not create the sandgate-vm user"
+qemu_user=$(SANDGATE_HOME="$work/home" /usr/bin/sandgate ls --json |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["qemu_user"])')
+[ "$qemu_user" = sandgate-vm ] || fail "QEMU ran as $qemu_user, not sandgate-vm: $out"
 
 echo "-- systemd-analyze"
 systemd-analyze verify "$unit" "${unit%.service}.socket" || fail "systemd-analyze verify"
@@ -62,7 +68,7 @@ awk -v e="$exposure" 'BEGIN { exit !(e != "" && e < 2.0) }' || fail "exposure $e
 python3 -m http.server 0 --bind 127.0.0.1 --directory /usr/share/doc/sandgate >"$work/origin.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do
-  port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$work/origin.log" | head -1)
+  port=$(sed -n 's/.*port \([0-9]*\).*/\1/p;T;q' "$work/origin.log")
   [ -n "$port" ] && break
   sleep 0.1
 done
@@ -112,7 +118,7 @@ if [ -d /run/systemd/system ]; then systemctl stop sandgate-proxy.service; else 
 /usr/bin/sandgate network log verify --log /var/log/sandgate/network.jsonl --key /var/lib/sandgate/log.key >/dev/null ||
   fail "the log does not verify after a clean stop"
 apt-get purge -y -q sandgate >/dev/null
-getent passwd sandgate-vm >/dev/null && fail "the sandgate-vm user is left after purge"
+if getent passwd sandgate-vm >/dev/null; then fail "the sandgate-vm user is left after purge"; fi
 for f in /usr/bin/sandgate /usr/libexec/sandgate /usr/share/sandgate /etc/sandgate "$unit" /var/log/sandgate \
          /var/lib/sandgate /usr/share/man/man1/sandgate.1.gz; do
   [ ! -e "$f" ] || fail "$f is left after purge"
