@@ -137,6 +137,7 @@ boost::system::result<std::unique_ptr<Share>, std::string> Share::start(const Sh
     std::error_code ec;
     fs::create_directories(empty_dir, ec);
     fs::permissions(empty_dir, fs::perms::owner_read | fs::perms::owner_exec, ec);
+    ::unlink(empty_file.c_str());  // a read-only one from an earlier run
     const int f = ::open(empty_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0400);
     if (f < 0 || ec) {
       if (f >= 0) ::close(f);
