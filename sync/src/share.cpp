@@ -201,7 +201,7 @@ boost::system::result<std::unique_ptr<Share>, std::string> Share::start(const Sh
   // Ready when it says it waits for QEMU; a virtiofsd that cannot set up its
   // sandbox (no namespaces in a container, say) exits before that.
   std::unique_ptr<Share> share(new Share(pid, c.socket));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);  // a loaded host
   for (;;) {
     std::ifstream in(c.log);
     const std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
