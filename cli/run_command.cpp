@@ -481,7 +481,8 @@ int run_command(std::span<const std::string_view> args) {
         qemu_user = user;
       } else {
         std::cerr << "sandgate run: QEMU runs as root: the user " << user << " cannot use " << blocked
-                  << " (keep sandgate and its images where other users can read them, as the package does)\n";
+                  << " (a home such as /root is closed to other users: set SANDGATE_HOME, and SANDGATE_IMAGES if"
+                     " it is elsewhere, to folders outside it)\n";
       }
     }
   }
