@@ -35,7 +35,6 @@ class LineBuffer {
   std::size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
   std::size_t capacity() const noexcept { return capacity_; }
-  void clear() noexcept { size_ = 0; }
   // Drops the first n bytes (those written to the file).
   void consume(std::size_t n) noexcept {
     if (n < size_) std::memmove(data_.get(), data_.get() + n, size_ - n);
