@@ -43,11 +43,13 @@ nl::WriterConfig bench_config(const fs::path& dir) {
   return c;
 }
 
-// What the proxy does per request: claim, fill, publish.
+// What the proxy does per request: claim, fill, publish. On a full ring
+// the proxy's I/O thread waits 1 ms on a timer (back-pressure); so does this
+// one, rather than spin on a core the writer's threads need.
 void fill(nl::Producer& p, const nl::Source* src, const std::shared_ptr<const sandgate::config::PolicySet>& set,
           const sandgate::policy::Target& target, std::uint64_t i) {
   nl::Event* e;
-  while (!(e = p.claim())) std::this_thread::yield();
+  while (!(e = p.claim())) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   e->kind = nl::Event::Kind::decision;
   e->id = p.next_id();
   e->time_us = 1'800'000'000'000'000 + static_cast<std::int64_t>(i);

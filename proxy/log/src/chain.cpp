@@ -15,11 +15,13 @@ Sha256::~Sha256() {
   EVP_MD_free(md_);
 }
 
-Digest Sha256::digest(std::string_view data) noexcept {
+void Sha256::start() noexcept { EVP_DigestInit_ex2(ctx_, md_, nullptr); }
+
+void Sha256::update(std::string_view data) noexcept { EVP_DigestUpdate(ctx_, data.data(), data.size()); }
+
+Digest Sha256::finish() noexcept {
   Digest out{};
   unsigned len = 0;
-  EVP_DigestInit_ex2(ctx_, md_, nullptr);
-  EVP_DigestUpdate(ctx_, data.data(), data.size());
   EVP_DigestFinal_ex(ctx_, out.data(), &len);
   return out;
 }

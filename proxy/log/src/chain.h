@@ -21,7 +21,16 @@ class Sha256 {
   ~Sha256();
   Sha256(const Sha256&) = delete;
   Sha256& operator=(const Sha256&) = delete;
-  Digest digest(std::string_view data) noexcept;
+  Digest digest(std::string_view data) noexcept {
+    start();
+    update(data);
+    return finish();
+  }
+  // The same in pieces: a line's body can be hashed on one thread and its
+  // tail (the chain link) added and finished on another.
+  void start() noexcept;
+  void update(std::string_view data) noexcept;
+  Digest finish() noexcept;
 
  private:
   EVP_MD* md_;

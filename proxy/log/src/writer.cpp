@@ -1,6 +1,6 @@
-// The writer thread: drains the producers' rings, formats each event as one
-// JSON line with the previous line's SHA-256, writes in batches, checkpoints,
-// rotates and fsyncs on its own schedule.
+// The writer: drains the producers' rings, formats each event as one JSON
+// line ending in the previous line's SHA-256, writes in batches,
+// checkpoints, rotates and fsyncs on its own schedule.
 #include "sandgate/netlog/writer.h"
 
 #include <fcntl.h>
@@ -76,6 +76,71 @@ void Producer::publish() noexcept {
 }
 
 // --- Writer ---
+//
+// Two threads, so that one record's SHA-256 (about 400 ns for 600 bytes,
+// the largest single cost) is not in series with formatting the next one:
+//
+//   formatter ("sandgate-log"): drains the producers' rings and the rare
+//     records, writes each record's body (everything but its chain tail)
+//     into a Batch and hashes that body into the record's own SHA-256
+//     context;
+//   chainer ("sandgate-chain"): appends each record's tail
+//     `,"seq":N,"prev":"<hex>"}`, finishes its hash (two blocks, about
+//     90 ns), writes, checkpoints, rotates and fsyncs.
+//
+// The chain link is the tail, so the body's hash can start before the
+// previous line's hash is known: SHA-256 absorbs a prefix, and its state
+// carries over.
+
+namespace {
+
+// Record bodies on their way from the formatter to the chainer.
+struct Batch {
+  detail::LineBuffer text;  // bodies back to back, each without its tail
+  detail::JsonLine json{text};
+  std::vector<std::uint32_t> ends;  // where each body ends in text
+  std::vector<std::unique_ptr<detail::Sha256>> hashes;  // hashes[i] has absorbed body i; reused
+  static constexpr std::size_t soft_limit = 256 << 10;
+
+  std::size_t count() const noexcept { return ends.size(); }
+  bool full() const noexcept { return text.size() >= soft_limit; }
+  void clear() noexcept {
+    text.consume(text.size());
+    ends.clear();
+  }
+};
+
+// `{"schema_version":1,"type":"<type>","time":"...Z"` and the body's own members.
+class RecordHead {
+ public:
+  void write(detail::JsonLine& j, detail::LineBuffer& out, std::string_view type, std::int64_t us) {
+    out.append("{\"schema_version\":1,\"type\":\"");
+    out.append(type);
+    out.append("\"");
+    const std::int64_t s = us / 1'000'000;
+    if (s != cached_second_) {
+      const time_t t = s;
+      tm parts{};
+      gmtime_r(&t, &parts);
+      std::strftime(cached_time_, sizeof cached_time_, "%Y-%m-%dT%H:%M:%S", &parts);
+      cached_second_ = s;
+    }
+    char frac[] = ".000000Z\"";
+    for (std::int64_t v = us % 1'000'000, i = 6; i >= 1; --i, v /= 10) frac[i] = static_cast<char>('0' + v % 10);
+    j.key("time").raw("\"").raw(std::string_view(cached_time_, 19)).raw(frac);
+  }
+
+ private:
+  std::int64_t cached_second_ = -1;
+  char cached_time_[20] = {};
+};
+
+std::int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
 
 struct Writer::Impl {
   WriterConfig config;
@@ -94,92 +159,56 @@ struct Writer::Impl {
   bool wake_flag = false;  // guarded by wake_mutex
   std::atomic<bool> stop{false};
   std::atomic<bool> reopen{false};
-  std::thread thread;
 
-  // Writer-thread state.
-  int fd = -1;
-  std::uint64_t file_bytes = 0;
-  std::uint64_t seq = 0;
-  detail::DigestHex prev{};
-  std::uint64_t since_checkpoint = 0;
-  std::uint64_t drops_logged = 0;
-  std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
-  std::chrono::steady_clock::time_point last_fsync = std::chrono::steady_clock::now();
-  bool dirty = false;
-  detail::LineBuffer out;
-  detail::JsonLine json{out};
-  detail::Sha256 sha;
-  std::int64_t cached_second = -1;
-  char cached_time[20] = {};
+  // Batches between the threads: at most batch_count exist, so a chainer
+  // stalled on a full disk stops the formatter, whose rings then fill
+  // (back-pressure) or drop.
+  static constexpr std::size_t batch_count = 4;
+  std::mutex batch_mutex;
+  std::condition_variable to_chainer, to_formatter;
+  std::deque<std::unique_ptr<Batch>> full_batches, free_batches;  // guarded by batch_mutex
+  bool formatter_done = false;                                     // guarded by batch_mutex
 
+  std::thread formatter_thread, chainer_thread;
   std::atomic<std::uint64_t> records{0}, bytes{0}, rotations{0}, write_errors{0};
 
-  static constexpr std::size_t write_chunk = 256 << 10;
+  // --- formatter thread ---
 
-  // --- record framing ---
+  std::unique_ptr<Batch> batch;  // being filled
+  RecordHead head;
+  std::uint64_t drops_logged = 0;
 
-  void time_field(detail::JsonLine& j, std::int64_t us) {
-    const std::int64_t s = us / 1'000'000;
-    if (s != cached_second) {
-      const time_t t = s;
-      tm parts{};
-      gmtime_r(&t, &parts);
-      std::strftime(cached_time, sizeof cached_time, "%Y-%m-%dT%H:%M:%S", &parts);
-      cached_second = s;
-    }
-    char frac[] = ".000000Z\"";
-    for (std::int64_t v = us % 1'000'000, i = 6; i >= 1; --i, v /= 10) frac[i] = static_cast<char>('0' + v % 10);
-    j.key("time").raw("\"").raw(std::string_view(cached_time, 19)).raw(frac);
-  }
-
+  // Appends one record's body to the batch and hashes it.
   template <class Body>
-  void emit(std::string_view type, std::int64_t time_us, Body&& body) {
-    const auto start = out.size();
-    out.append("{\"schema_version\":1,\"type\":\"");
-    out.append(type);
-    out.append("\"");
-    auto& j = json;
-    j.num("seq", static_cast<std::int64_t>(++seq));
-    time_field(j, time_us);
-    body(j);
-    j.key("prev").raw("\"").raw(std::string_view(prev.data(), prev.size())).raw("\"}");
-    prev = detail::to_hex(sha.digest(out.view().substr(start)));
-    out.append("\n");
-    records.fetch_add(1, std::memory_order_relaxed);
-    // Every checkpoint_records records (of any type) a checkpoint follows:
-    // the bound `verify` holds each file to, from its `file` record.
-    if (type != "checkpoint" && ++since_checkpoint >= config.checkpoint_records) emit_checkpoint(false);
+  void format(std::string_view type, std::int64_t time_us, Body&& body) {
+    auto& b = *batch;
+    const auto start = b.text.size();
+    head.write(b.json, b.text, type, time_us);
+    body(b.json);
+    const auto i = b.count();
+    if (b.hashes.size() == i) b.hashes.push_back(std::make_unique<detail::Sha256>());
+    b.hashes[i]->start();
+    b.hashes[i]->update(b.text.view().substr(start));
+    b.ends.push_back(static_cast<std::uint32_t>(b.text.size()));
+    if (b.full()) hand_over();
   }
 
-  static std::int64_t now_us() {
-    return std::chrono::duration_cast<std::chrono::microseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
+  // Gives the batch to the chainer and takes an empty one, waiting when all
+  // are in use.
+  void hand_over() {
+    std::unique_lock lock(batch_mutex);
+    if (batch->count() > 0) {
+      full_batches.push_back(std::move(batch));
+      to_chainer.notify_one();
+    }
+    if (!batch) {
+      to_formatter.wait(lock, [&] { return !free_batches.empty(); });
+      batch = std::move(free_batches.front());
+      free_batches.pop_front();
+    }
   }
 
-  void emit_file_record(std::string_view reason, std::string_view previous_file, bool previous_torn) {
-    emit("file", now_us(), [&](detail::JsonLine& j) {
-      j.str("run", run_id).str("reason", reason).str("previous_file", previous_file);
-      j.boolean("previous_torn", previous_torn);
-      j.num("pid", ::getpid()).num("checkpoint_records", static_cast<std::int64_t>(config.checkpoint_records));
-      j.boolean("hmac", !key.empty());
-    });
-  }
-
-  void emit_checkpoint(bool final) {
-    // The HMAC covers the hash of the line before it, so the whole chain.
-    const std::string mac = key.empty() ? std::string() : detail::hmac_hex(key, {prev.data(), prev.size()});
-    const auto covered = since_checkpoint;
-    emit("checkpoint", now_us(), [&](detail::JsonLine& j) {
-      j.num("records", static_cast<std::int64_t>(covered)).boolean("final", final);
-      if (mac.empty()) j.null("hmac");
-      else j.str("hmac", mac);
-    });
-    since_checkpoint = 0;
-    last_checkpoint = std::chrono::steady_clock::now();
-  }
-
-  void emit_event(const Event& e) {
+  void format_event(const Event& e) {
     // "<run>-<16 hex digits>": unique across threads and runs.
     char id_buf[40];
     const auto run = run_id.size();
@@ -188,7 +217,7 @@ struct Writer::Impl {
     for (int i = 0; i < 16; ++i) id_buf[run + 1 + i] = "0123456789abcdef"[(e.id >> (60 - 4 * i)) & 15];
     const std::string_view id(id_buf, run + 17);
     if (e.kind == Event::Kind::close) {
-      emit("close", e.time_us, [&](detail::JsonLine& j) {
+      format("close", e.time_us, [&](detail::JsonLine& j) {
         j.code("id", id).str("sandbox", e.source ? e.source->sandbox : "");
         j.num("bytes_up", static_cast<std::int64_t>(e.bytes_up)).num("bytes_down", static_cast<std::int64_t>(e.bytes_down));
         j.num("duration_us", e.duration_us).code("end", to_string(e.end));
@@ -196,7 +225,7 @@ struct Writer::Impl {
       });
       return;
     }
-    emit("decision", e.time_us, [&](detail::JsonLine& j) {
+    format("decision", e.time_us, [&](detail::JsonLine& j) {
       j.code("id", id).str("sandbox", e.source ? e.source->sandbox : "").str("listener", e.source ? e.source->listener : "");
       if (e.client_is_ip) j.key("client").address(e.client, e.client_port);
       else j.null("client");
@@ -220,7 +249,6 @@ struct Writer::Impl {
       if (e.addresses_cut) j.num("addresses_cut", e.addresses_cut);
       if (e.has_used) j.key("address").address(e.used);
       else j.null("address");
-      // The address that decided an address-phase verdict (a blocked one, say).
       // The address that decided an address-phase verdict, when it is not
       // the one dialed (a blocked one, say).
       if (e.decided && e.decision.phase == policy::Phase::address && !(e.has_used && e.used == e.decision.address))
@@ -252,7 +280,150 @@ struct Writer::Impl {
     });
   }
 
-  // --- the file ---
+  // One pass over the rare records and every ring; returns how many it found.
+  std::uint64_t drain_once() {
+    std::uint64_t found = 0;
+    std::vector<std::pair<std::string, std::string>> rare;
+    {
+      std::lock_guard lock(control_mutex);
+      rare.swap(control);
+    }
+    for (const auto& record : rare) {
+      format(record.first, now_us(), [&](detail::JsonLine& j) { j.raw(record.second); });
+      ++found;
+    }
+    for (auto* p : producers) {
+      const auto first = p->tail_.load(std::memory_order_relaxed);
+      auto tail = first;
+      const auto head_seen = p->head_.load(std::memory_order_acquire);
+      for (; tail != head_seen; ++tail) {
+        Event& e = p->slots_[tail & p->mask_];
+        format_event(e);
+        e.policy_set.reset();  // release the policy on this thread, not the I/O one
+        // Free the slots as each batch leaves, not only at the end of the pass.
+        if (batch->count() == 0) p->tail_.store(tail + 1, std::memory_order_release);
+      }
+      found += tail - first;
+      p->tail_.store(tail, std::memory_order_release);
+    }
+    std::uint64_t dropped = 0;
+    for (auto* p : producers) dropped += p->dropped_.load(std::memory_order_relaxed);
+    if (dropped != drops_logged) {
+      const auto lost = dropped - drops_logged;
+      format("drops", now_us(), [&](detail::JsonLine& j) {
+        j.num("count", static_cast<std::int64_t>(lost)).num("total", static_cast<std::int64_t>(dropped));
+      });
+      drops_logged = dropped;
+    }
+    return found;
+  }
+
+  void run_formatter() {
+    for (;;) {
+      // One round per wake: a producer's ring half full, a rare record, a
+      // stop, or the flush interval. Under load that batches hundreds of
+      // records per hand-over and per write().
+      {
+        std::unique_lock lock(wake_mutex);
+        wake_cv.wait_for(lock, config.flush_interval, [&] { return wake_flag || stop.load(); });
+        wake_flag = false;
+      }
+      const bool stopping = stop.load();
+      auto found = drain_once();
+      // On stop, drain until every producer is empty.
+      while (found > 0 && stopping) found = drain_once();
+      if (batch->count() > 0) hand_over();
+      if (stopping) {
+        std::lock_guard lock(batch_mutex);
+        formatter_done = true;
+        to_chainer.notify_one();
+        return;
+      }
+    }
+  }
+
+  // --- chainer thread ---
+
+  int fd = -1;
+  std::uint64_t file_bytes = 0;
+  std::uint64_t seq = 0;
+  detail::DigestHex prev{};
+  std::uint64_t since_checkpoint = 0;
+  std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
+  std::atomic<bool> dirty{false};  // written since the last fdatasync
+  std::mutex fd_mutex;             // the syncer's hold on fd; the chainer changes fd only under it
+  detail::LineBuffer out;
+  detail::JsonLine json{out};
+  RecordHead own_head;
+  detail::Sha256 sha;
+
+  static constexpr std::size_t write_chunk = 256 << 10;
+  static constexpr std::size_t max_unwritten = 8 << 20;
+
+  // Appends `,"seq":N,"prev":"<hex>"}` and the newline to out, and moves the
+  // chain on to the hash of the line `hash` has absorbed up to the tail.
+  void close_record(detail::Sha256& hash) {
+    const auto start = out.size();
+    json.num("seq", static_cast<std::int64_t>(++seq));
+    json.key("prev").raw("\"").raw(std::string_view(prev.data(), prev.size())).raw("\"}");
+    hash.update(out.view().substr(start));
+    prev = detail::to_hex(hash.finish());
+    out.append("\n");
+    records.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // A record of the chainer's own (file, checkpoint), formatted whole here.
+  template <class Body>
+  void emit(std::string_view type, Body&& body) {
+    const auto start = out.size();
+    own_head.write(json, out, type, now_us());
+    body(json);
+    sha.start();
+    sha.update(out.view().substr(start));
+    close_record(sha);
+  }
+
+  void chain_batch(Batch& b) {
+    std::uint32_t begin = 0;
+    for (std::size_t i = 0; i < b.count(); ++i) {
+      const auto end = b.ends[i];
+      out.append(b.text.view().substr(begin, end - begin));
+      close_record(*b.hashes[i]);
+      begin = end;
+      // Every checkpoint_records records (of any type) a checkpoint follows:
+      // the bound `verify` holds each file to, from its `file` record.
+      if (++since_checkpoint >= config.checkpoint_records) emit_checkpoint(false);
+      // Write in cache-sized pieces: a batch that outgrows the CPU caches
+      // costs more to copy into the page cache than to format.
+      if (out.size() >= write_chunk && fd >= 0) flush();
+      if (config.max_file_bytes && fd >= 0 && file_bytes + out.size() >= config.max_file_bytes) rotate("rotate");
+    }
+  }
+
+  void emit_file_record(std::string_view reason, std::string_view previous_file, bool previous_torn) {
+    emit("file", [&](detail::JsonLine& j) {
+      j.str("run", run_id).str("reason", reason).str("previous_file", previous_file);
+      j.boolean("previous_torn", previous_torn);
+      j.num("pid", ::getpid()).num("checkpoint_records", static_cast<std::int64_t>(config.checkpoint_records));
+      j.boolean("hmac", !key.empty());
+    });
+    ++since_checkpoint;  // `verify` counts a file's records from its file record
+  }
+
+  void emit_checkpoint(bool final) {
+    // The HMAC covers the hash of the line before it, so the whole chain.
+    const std::string mac = key.empty() ? std::string() : detail::hmac_hex(key, {prev.data(), prev.size()});
+    const auto covered = since_checkpoint;
+    emit("checkpoint", [&](detail::JsonLine& j) {
+      j.num("records", static_cast<std::int64_t>(covered)).boolean("final", final);
+      if (mac.empty()) j.null("hmac");
+      else j.str("hmac", mac);
+    });
+    since_checkpoint = 0;
+    last_checkpoint = std::chrono::steady_clock::now();
+  }
+
+  // --- the file (chainer thread) ---
 
   boost::system::result<void, std::string> open_file(std::string_view reason, std::string_view previous_file,
                                                      bool previous_torn) {
@@ -265,7 +436,10 @@ struct Writer::Impl {
     }
     struct stat st {};
     ::fstat(f, &st);
-    fd = f;
+    {
+      std::lock_guard lock(fd_mutex);
+      fd = f;
+    }
     file_bytes = static_cast<std::uint64_t>(st.st_size);
     emit_file_record(reason, previous_file, previous_torn);
     return {};
@@ -276,6 +450,7 @@ struct Writer::Impl {
     emit_checkpoint(final);
     flush();
     ::fsync(fd);
+    std::lock_guard lock(fd_mutex);
     ::close(fd);  // releases the flock
     fd = -1;
   }
@@ -287,7 +462,8 @@ struct Writer::Impl {
       if (n < 0) {
         if (errno == EINTR) continue;
         // Disk full or I/O error: keep the bytes and try again next round;
-        // the rings fill meanwhile and hold back new connections.
+        // the batches and then the rings fill meanwhile and hold back new
+        // connections.
         write_errors.fetch_add(1, std::memory_order_relaxed);
         break;
       }
@@ -296,7 +472,7 @@ struct Writer::Impl {
     out.consume(done);
     file_bytes += done;
     bytes.fetch_add(done, std::memory_order_relaxed);
-    dirty |= done > 0;
+    if (done > 0) dirty.store(true, std::memory_order_relaxed);
   }
 
   void rotate(std::string_view reason) {
@@ -313,78 +489,67 @@ struct Writer::Impl {
     if (auto r = open_file("reopen", "", false); !r) write_errors.fetch_add(1, std::memory_order_relaxed);
   }
 
-  // --- the loop ---
-
-  bool drain_once() {
-    bool any = false;
-    std::vector<std::pair<std::string, std::string>> rare;
-    {
-      std::lock_guard lock(control_mutex);
-      rare.swap(control);
-    }
-    for (const auto& record : rare) {
-      emit(record.first, now_us(), [&](detail::JsonLine& j) { j.raw(record.second); });
-      any = true;
-    }
-    for (auto* p : producers) {
-      auto tail = p->tail_.load(std::memory_order_relaxed);
-      const auto head = p->head_.load(std::memory_order_acquire);
-      // Bounded batch: a stalled disk lets the rings fill (back-pressure).
-      for (; tail != head && out.size() < (8u << 20); ++tail) {
-        Event& e = p->slots_[tail & p->mask_];
-        emit_event(e);
-        e.policy_set.reset();  // release the policy on this thread, not the I/O one
-        // Write in cache-sized pieces: a batch that outgrows the CPU caches
-        // costs more to copy into the page cache than to format.
-        if (out.size() >= write_chunk && fd >= 0) flush();
-        if (config.max_file_bytes && fd >= 0 && file_bytes + out.size() >= config.max_file_bytes) rotate("rotate");
-      }
-      any |= tail != p->tail_.load(std::memory_order_relaxed);
-      p->tail_.store(tail, std::memory_order_release);
-    }
-    std::uint64_t dropped = 0;
-    for (auto* p : producers) dropped += p->dropped_.load(std::memory_order_relaxed);
-    if (dropped != drops_logged) {
-      const auto lost = dropped - drops_logged;
-      emit("drops", now_us(), [&](detail::JsonLine& j) {
-        j.num("count", static_cast<std::int64_t>(lost)).num("total", static_cast<std::int64_t>(dropped));
-      });
-      drops_logged = dropped;
-    }
-    return any;
-  }
-
-  void run() {
+  void run_chainer() {
     using namespace std::chrono;
     for (;;) {
-      // One round per wake: a producer's ring half full, a rare record, a
-      // stop, or the flush interval. Under load that batches hundreds of
-      // records into one write(); a writer that looped without sleeping
-      // would make a system call for every record or two.
+      std::unique_ptr<Batch> b;
+      bool done = false;
       {
-        std::unique_lock lock(wake_mutex);
-        wake_cv.wait_for(lock, config.flush_interval, [&] { return wake_flag || stop.load(); });
-        wake_flag = false;
+        std::unique_lock lock(batch_mutex);
+        // While the disk refuses writes (full, I/O errors) take no more:
+        // the batches, then the rings fill and hold back new connections.
+        // At a stop, take them anyway: the rings are drained once more and
+        // what cannot be written is lost, rather than hang the exit.
+        const auto may_take = [&] { return out.size() < max_unwritten || stop.load(); };
+        to_chainer.wait_for(lock, config.flush_interval, [&] {
+          return reopen.load() || (may_take() && (!full_batches.empty() || formatter_done));
+        });
+        if (may_take() && !full_batches.empty()) {
+          b = std::move(full_batches.front());
+          full_batches.pop_front();
+        }
+        done = formatter_done && full_batches.empty() && !b;
       }
-      const bool stopping = stop.load();
       if (reopen.exchange(false)) reopen_file();
-      bool busy = drain_once();
-      // On stop, drain until every producer is empty.
-      while (busy && stopping) busy = drain_once();
-      const auto now = steady_clock::now();
-      if (since_checkpoint > 0 && now - last_checkpoint >= config.checkpoint_interval) emit_checkpoint(false);
-      if (stopping) {
+      if (b) {
+        chain_batch(*b);
+        b->clear();
+        std::lock_guard lock(batch_mutex);
+        free_batches.push_back(std::move(b));
+        to_formatter.notify_one();
+      }
+      if (done) {
         close_file(true);
         return;
       }
+      const auto now = steady_clock::now();
+      if (since_checkpoint > 0 && now - last_checkpoint >= config.checkpoint_interval) emit_checkpoint(false);
       if (!out.empty() && fd >= 0) flush();
-      // A burst may have grown the buffer to its 8 MiB cap: give that back.
+      // Writes failed for a while and the buffer grew: give that back.
       if (out.empty() && out.capacity() > (2u << 20)) out.shrink(1 << 20);
-      if (dirty && now - last_fsync >= config.fsync_interval) {
-        ::fdatasync(fd);
-        dirty = false;
-        last_fsync = now;
+      if (config.fsync_interval.count() == 0 && dirty.exchange(false) && fd >= 0) ::fdatasync(fd);
+    }
+  }
+
+  // --- syncer thread (when fsync_interval > 0) ---
+  //
+  // fdatasync(2) of a busy log takes a fifth of a second here; on the
+  // chainer it would stall the pipeline for that long and fill the rings.
+
+  std::mutex sync_mutex;
+  std::condition_variable sync_cv;
+  bool sync_stop = false;  // guarded by sync_mutex
+  std::thread syncer_thread;
+
+  void run_syncer() {
+    std::unique_lock lock(sync_mutex);
+    while (!sync_cv.wait_for(lock, config.fsync_interval, [&] { return sync_stop; })) {
+      lock.unlock();
+      if (dirty.exchange(false)) {
+        std::lock_guard hold(fd_mutex);
+        if (fd >= 0) ::fdatasync(fd);
       }
+      lock.lock();
     }
   }
 };
@@ -394,7 +559,14 @@ Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Writer::~Writer() {
   impl_->stop = true;
   wake();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->formatter_thread.joinable()) impl_->formatter_thread.join();
+  if (impl_->chainer_thread.joinable()) impl_->chainer_thread.join();  // it fsyncs and closes the file
+  {
+    std::lock_guard lock(impl_->sync_mutex);
+    impl_->sync_stop = true;
+  }
+  impl_->sync_cv.notify_one();
+  if (impl_->syncer_thread.joinable()) impl_->syncer_thread.join();
 }
 
 boost::system::result<std::unique_ptr<Writer>, std::string> Writer::open(WriterConfig config, unsigned producers) {
@@ -429,16 +601,29 @@ boost::system::result<std::unique_ptr<Writer>, std::string> Writer::open(WriterC
   if (auto r = impl->open_file("start", previous_file, tail->torn); !r) return r.error();
   impl->flush();
 
+  impl->batch = std::make_unique<Batch>();
+  for (std::size_t i = 1; i < Impl::batch_count; ++i) impl->free_batches.push_back(std::make_unique<Batch>());
+
   std::unique_ptr<Writer> w(new Writer(std::move(impl)));
   for (unsigned i = 0; i < producers; ++i) {
     w->producers_.push_back(
         std::make_unique<Producer>(*w, i, w->impl_->config.queue_slots, w->impl_->config.drop_when_full));
     w->impl_->producers.push_back(w->producers_.back().get());
   }
-  w->impl_->thread = std::thread([im = w->impl_.get()] {
-    ::pthread_setname_np(::pthread_self(), "sandgate-log");  // for top, perf and gdb
-    im->run();
+  // Named for top, perf and gdb.
+  w->impl_->formatter_thread = std::thread([im = w->impl_.get()] {
+    ::pthread_setname_np(::pthread_self(), "sandgate-log");
+    im->run_formatter();
   });
+  w->impl_->chainer_thread = std::thread([im = w->impl_.get()] {
+    ::pthread_setname_np(::pthread_self(), "sandgate-chain");
+    im->run_chainer();
+  });
+  if (w->impl_->config.fsync_interval.count() > 0)
+    w->impl_->syncer_thread = std::thread([im = w->impl_.get()] {
+      ::pthread_setname_np(::pthread_self(), "sandgate-sync");
+      im->run_syncer();
+    });
   return w;
 }
 
@@ -480,8 +665,11 @@ void Writer::policy_loaded(std::string_view event, const config::PolicySet* set,
 }
 
 void Writer::reopen() noexcept {
-  impl_->reopen = true;
-  wake();
+  {
+    std::lock_guard lock(impl_->batch_mutex);  // so the chainer cannot miss it between check and sleep
+    impl_->reopen = true;
+  }
+  impl_->to_chainer.notify_one();
 }
 
 void Writer::wake() noexcept {

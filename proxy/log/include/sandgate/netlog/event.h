@@ -1,6 +1,6 @@
 // What the proxy hands the network log: one fixed-size event per decision
 // or closed connection, filled in place in a queue slot (no allocation).
-// The writer thread turns events into JSON lines; docs/log.md is the schema.
+// The writer's threads turn events into JSON lines; docs/log.md is the schema.
 #pragma once
 
 #include <algorithm>

@@ -1,12 +1,13 @@
-// The network log's writer: bounded per-thread queues drained by one writer
-// thread into a hash-chained JSON Lines file.
+// The network log's writer: bounded per-thread queues drained by the log's
+// own threads into a hash-chained JSON Lines file.
 //
 // Each I/O thread owns one Producer (a single-producer ring of Event slots):
 // claim() a slot, fill it, publish(). Neither allocates nor takes a lock; a
 // full ring makes claim() return nullptr and the caller chooses to wait
 // (back-pressure, the default) or to drop (counted, and logged as a `drops`
-// record). The writer thread formats, hashes and writes; rare records
-// (policy loads) go through a small locked queue.
+// record). The writer's threads format, hash and write (writer.cpp says
+// how the work is split); rare records (policy loads) go through a small
+// locked queue.
 //
 // Every record carries `prev`, the SHA-256 of the line before it, across
 // files and restarts; checkpoint records carry an HMAC of that chain under a
@@ -92,7 +93,7 @@ class Writer {
  public:
   // Opens (or continues) the log: reads the last record of an existing file to
   // continue its chain and sequence; a torn last line is left where it is (the
-  // file is rotated away) so `verify` reports it. Starts the writer thread.
+  // file is rotated away) so `verify` reports it. Starts the writer's threads.
   // Fails with a message naming the path and errno.
   static boost::system::result<std::unique_ptr<Writer>, std::string> open(WriterConfig config,
                                                                           unsigned producers);
