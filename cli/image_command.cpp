@@ -88,7 +88,7 @@ std::vector<Image> list_images() {
       if (line.starts_with("rootfs ")) im.rootfs = line.substr(7, line.find(' ', 7) - 7);
     }
     im.bytes = folder_bytes(e.path());
-    const auto rootfs = e.path() / "rootfs.ext4";
+    const auto rootfs = e.path() / "rootfs.erofs";
     if (fs::exists(rootfs, ec)) im.rootfs_bytes = fs::file_size(rootfs, ec);
     struct stat st {};
     if (::stat((e.path() / "manifest").c_str(), &st) == 0) im.created = st.st_mtime;

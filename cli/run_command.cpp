@@ -416,7 +416,7 @@ int run_command(std::span<const std::string_view> args) {
   }
   mc.kernel = image + "/" + (mc.accel == vmm::Accel::kvm ? "vmlinuz" : "vmlinux");
   mc.initrd = image + "/initrd.cpio";
-  if (fs::exists(image + "/rootfs.ext4")) mc.root_disk = fs::canonical(image + "/rootfs.ext4").string();
+  if (fs::exists(image + "/rootfs.erofs")) mc.root_disk = fs::canonical(image + "/rootfs.erofs").string();
   mc.state_dir = state.string();
   mc.proxy_relay = self_exe() + " relay " + proxy_socket;
   std::string ws_hex;

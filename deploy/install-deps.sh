@@ -34,7 +34,7 @@ test_pkgs=(
 # root filesystem built with mmdebstrap (apt), by deploy/guest/build-image.sh.
 sandbox_pkgs=(
   qemu-system-x86 busybox-static binutils xz-utils
-  mmdebstrap e2fsprogs  # the guest's Debian root filesystem, built through apt, as an ext4 image
+  mmdebstrap erofs-utils  # the guest's Debian root filesystem, built through apt, as an EROFS image
 )
 
 check_only=0

@@ -317,11 +317,11 @@ TEST_F(SandboxTest, ImageLsRmAndPruneKeepTheNewestAndWhatRunningSandboxesUse) {
   for (const auto& [id, rootfs] : images) {
     fs::create_directories(cache / id);
     fs::create_directories(cache / ".rootfs" / rootfs);
-    std::ofstream(cache / ".rootfs" / rootfs / "rootfs.ext4") << std::string(4096, 'r');
+    std::ofstream(cache / ".rootfs" / rootfs / "rootfs.erofs") << std::string(4096, 'r');
     std::ofstream(cache / id / "vmlinux") << std::string(1 << 20, 'k');
     std::ofstream(cache / id / "manifest") << "id " << id << "\nkernel linux-image-test 00\nrootfs " << rootfs
                                             << " bookworm bash\n";
-    fs::create_symlink("../.rootfs/" + rootfs + "/rootfs.ext4", cache / id / "rootfs.ext4");
+    fs::create_symlink("../.rootfs/" + rootfs + "/rootfs.erofs", cache / id / "rootfs.erofs");
     shell("touch -d @" + std::to_string(when += 100) + " " + (cache / id / "manifest").string());
   }
   // c is the newest; b is in use.

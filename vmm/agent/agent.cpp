@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,10 +22,12 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -376,9 +379,31 @@ class Agent {
   std::map<std::uint32_t, Session> sessions_;
 };
 
+// `sandgate-agent --load-modules ORDER`: loads the modules ORDER lists (one
+// name a line, dependencies first) from ORDER's folder, all from this one
+// process: under TCG a busybox insmod per module cost about 10 ms each in
+// process start-up alone. Returns how many failed (already loaded is fine).
+int load_modules(const std::string& order) {
+  const auto dir = order.substr(0, order.rfind('/') + 1);
+  std::ifstream names(order);
+  int failed = 0;
+  for (std::string name; std::getline(names, name);) {
+    if (name.empty()) continue;
+    const auto path = dir + name + ".ko";
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || (::syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)) {
+      std::fprintf(stderr, "sandgate-agent: cannot load %s: %s\n", path.c_str(), std::strerror(errno));
+      ++failed;
+    }
+    if (fd >= 0) ::close(fd);
+  }
+  return failed;
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string_view(argv[1]) == "--load-modules") return load_modules(argv[2]) == 0 ? 0 : 1;
   ::signal(SIGPIPE, SIG_IGN);
   return Agent().run();
 }
