@@ -77,8 +77,9 @@ void Producer::publish() noexcept {
 
 // --- Writer ---
 //
-// Two threads, so that one record's SHA-256 (about 400 ns for 600 bytes,
-// the largest single cost) is not in series with formatting the next one:
+// Three threads, so that one record's SHA-256 (about 400 ns for 600 bytes,
+// the largest single cost) is not in series with formatting the next one,
+// and fdatasync(2) never stalls the writing:
 //
 //   formatter ("sandgate-log"): drains the producers' rings and the rare
 //     records, writes each record's body (everything but its chain tail)
@@ -86,7 +87,8 @@ void Producer::publish() noexcept {
 //     context;
 //   chainer ("sandgate-chain"): appends each record's tail
 //     `,"seq":N,"prev":"<hex>"}`, finishes its hash (two blocks, about
-//     90 ns), writes, checkpoints, rotates and fsyncs.
+//     90 ns), writes, checkpoints and rotates;
+//   syncer ("sandgate-sync"): fdatasync every fsync_interval.
 //
 // The chain link is the tail, so the body's hash can start before the
 // previous line's hash is known: SHA-256 absorbs a prefix, and its state
@@ -113,10 +115,8 @@ struct Batch {
 // `{"schema_version":1,"type":"<type>","time":"...Z"` and the body's own members.
 class RecordHead {
  public:
-  void write(detail::JsonLine& j, detail::LineBuffer& out, std::string_view type, std::int64_t us) {
-    out.append("{\"schema_version\":1,\"type\":\"");
-    out.append(type);
-    out.append("\"");
+  void write(detail::JsonLine& j, std::string_view type, std::int64_t us) {
+    j.raw("{\"schema_version\":1,\"type\":\"").raw(type).raw("\"");
     const std::int64_t s = us / 1'000'000;
     if (s != cached_second_) {
       const time_t t = s;
@@ -183,7 +183,7 @@ struct Writer::Impl {
   void format(std::string_view type, std::int64_t time_us, Body&& body) {
     auto& b = *batch;
     const auto start = b.text.size();
-    head.write(b.json, b.text, type, time_us);
+    head.write(b.json, type, time_us);
     body(b.json);
     const auto i = b.count();
     if (b.hashes.size() == i) b.hashes.push_back(std::make_unique<detail::Sha256>());
@@ -376,7 +376,7 @@ struct Writer::Impl {
   template <class Body>
   void emit(std::string_view type, Body&& body) {
     const auto start = out.size();
-    own_head.write(json, out, type, now_us());
+    own_head.write(json, type, now_us());
     body(json);
     sha.start();
     sha.update(out.view().substr(start));
