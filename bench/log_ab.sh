@@ -20,6 +20,7 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$work"' EXIT
 
 mkdir -p "$work/www" "$work/nginx"
+chmod 755 "$work" "$work/www"  # nginx's worker (nobody) must read the file, or every answer is a 403
 head -c 512 /dev/zero | tr '\0' x > "$work/www/small"
 cat > "$work/nginx.conf" <<EOF
 worker_processes 1;
@@ -73,3 +74,4 @@ done | tee "$work/results"
 awk '{ on += $2; off += $3; oc += $5; fc += $6 }
      END { printf "mean  %.0f  %.0f  %.3f  %.1f  %.1f\n", on / NR, off / NR, on / off, oc / NR, fc / NR }' "$work/results"
 echo "log records written: $(wc -l < "$work/log/network.jsonl")"
+[ -n "${KEEP_LOG:-}" ] && cp "$work/log/network.jsonl" "$KEEP_LOG"

@@ -40,7 +40,9 @@ trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; f
 } > "$work/policy.yaml"
 "$sg" policy check "$work/policy.yaml"
 
-taskset -c 1 "$sg" proxy --config "$work/policy.yaml" --listen "127.0.0.1:$port" --threads 1 &
+# Logging on, as deployed (and as the peers log), into this run's folder.
+taskset -c 1 "$sg" proxy --config "$work/policy.yaml" --listen "127.0.0.1:$port" --threads 1 \
+  --log "$work/log/network.jsonl" --log-key "$work/keys/log.key" &
 pid=$!
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
 # Results never go into the harness folder (it may be shared and read-only).

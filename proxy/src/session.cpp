@@ -103,6 +103,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       client_is_ip_ = true;
     }
     ctx_.counters.connections.fetch_add(1, std::memory_order_relaxed);
+    // The watchdog's first wait is for the head. (A deadline already past
+    // would put the timer first in the reactor's queue: two timerfd_settime
+    // calls a connection, a tenth of a short tunnel's CPU time in a VM.)
+    arm(ctx_.limits.head_timeout);
     asio::co_spawn(client_.get_executor(), watchdog(shared_from_this()), asio::detached);
     asio::co_spawn(client_.get_executor(), run(shared_from_this()), asio::detached);
   }
