@@ -498,18 +498,26 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     complete = false;
     moved = 0;
     http::serializer<isRequest, http::buffer_body> sr{p.get()};
-    auto [hec, hn] = co_await http::async_write_header(out, sr, token);
-    if (hec) co_return hec;
     if (const auto length = p.content_length(); length && !p.chunked() && !p.is_done()) {
       auto remaining = *length;
       const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
-      if (first > 0) {
-        arm(ctx_.limits.idle_timeout);
-        auto [wec, m] = co_await asio::async_write(out, asio::buffer(inbuf.data().data(), first), token);
-        if (wec) co_return wec;
-        inbuf.consume(first);
-        remaining -= first;
+      arm(ctx_.limits.idle_timeout);
+      if (first == 0) {
+        // (A buffer_body without data writes nothing, not even the head.)
+        auto [hec, hn] = co_await http::async_write_header(out, sr, token);
+        if (hec) co_return hec;
+      } else {
+        // The head and the body bytes already read leave in one write: a small
+        // message is one segment and one wakeup of the reader, not two.
+        auto& body = p.get().body();
+        body.data = inbuf.data().data();
+        body.size = first;
+        body.more = first < remaining;
+        auto [wec, m] = co_await http::async_write(out, sr, token);
+        if (wec && wec != http::error::need_buffer) co_return wec;
       }
+      inbuf.consume(first);
+      remaining -= first;
       arm(ctx_.limits.idle_timeout);
       moved = first;
       if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); }))
@@ -518,6 +526,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       complete = true;
       co_return boost::system::error_code{};
     }
+    auto [hec, hn] = co_await http::async_write_header(out, sr, token);
+    if (hec) co_return hec;
     // Invariant: a chunked body moves through this fixed buffer, whatever its size.
     std::array<char, 16 * 1024> chunk;
     do {

@@ -61,6 +61,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if path.startswith(os.path.realpath(self.server.static)) and os.path.isfile(path):
                 with open(path, "rb") as f:
                     return self.reply(200, f.read(), "application/octet-stream")
+        if self.path.startswith("/oneshot/"):
+            # Head and body in one write, so the proxy reads part of the body with the head.
+            body = b"y" * int(self.path[9:])
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+            return
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())
             return self.reply(200, text.encode())
