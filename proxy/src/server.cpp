@@ -1,6 +1,7 @@
 #include "sandgate/proxy/server.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/tcp.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
@@ -335,6 +336,9 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     im.admin_handlers.healthy = [&im] { return !im.stopping.load(); };
     asio::co_spawn(im.control, detail::serve_admin(*im.admin, im.admin_handlers), asio::detached);
   }
+  // Loading the policy (YAML nodes, rule compilation) freed megabytes that
+  // malloc would otherwise keep: hand them back before serving.
+  ::malloc_trim(0);
   return server;
 }
 
@@ -349,6 +353,7 @@ void Server::reload() {
     return;
   }
   if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {});
+  ::malloc_trim(0);  // the YAML nodes of the parse (see start)
   im.reloads_ok.fetch_add(1, std::memory_order_relaxed);
   std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)
             << ")\n";
