@@ -36,6 +36,9 @@ namespace http = beast::http;
 using Clock = std::chrono::steady_clock;
 using tcp = asio::ip::tcp;
 constexpr auto token = asio::as_tuple(asio::use_awaitable);
+// A body this small is read into the buffer (when already here) and sent with
+// its head; a larger one is spliced.
+constexpr std::uint64_t small_body = 16 * 1024;
 
 // Fields a proxy must not forward (RFC 9110 7.6.1), besides those Connection lists.
 constexpr http::field hop_by_hop[] = {http::field::connection,    http::field::keep_alive,
@@ -500,6 +503,14 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     http::serializer<isRequest, http::buffer_body> sr{p.get()};
     if (const auto length = p.content_length(); length && !p.chunked() && !p.is_done()) {
       auto remaining = *length;
+      if (remaining > inbuf.size() && remaining <= small_body) {
+        // Part of a small body came with the head: take the rest if it is
+        // already here (no wait), so the whole message leaves in one write.
+        set_non_blocking(in);
+        boost::system::error_code ec;
+        const auto n = in.read_some(inbuf.prepare(static_cast<std::size_t>(remaining) - inbuf.size()), ec);
+        if (!ec) inbuf.commit(n);
+      }
       const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
       arm(ctx_.limits.idle_timeout);
       if (first == 0) {
@@ -520,7 +531,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       remaining -= first;
       arm(ctx_.limits.idle_timeout);
       moved = first;
-      if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); }))
+      if (remaining > 0 && !body_pipe_) body_pipe_.emplace();
+      if (remaining > 0 && !co_await splice_body(in, out, remaining, *body_pipe_, [this] { arm(ctx_.limits.idle_timeout); }))
         co_return asio::error::make_error_code(asio::error::connection_aborted);
       moved = *length;
       complete = true;
@@ -635,7 +647,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       co_return false;
     }
 
-    beast::flat_buffer upbuf;
+    // The origin's bytes; kept by the connection so its capacity is reused.
+    auto& upbuf = upbuf_;
+    upbuf.clear();
     std::optional<http::response_parser<http::buffer_body>> rp;
     for (;;) {
       // Interim 1xx answers (other than 101) are not forwarded.
@@ -721,6 +735,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   Socket upstream_;
   tcp::resolver resolver_;
   asio::steady_timer timer_;
+  std::optional<Pipe> body_pipe_;  // for bodies of known length, made at the first; empty between bodies
+  beast::flat_buffer upbuf_;        // the origin's answer (plain HTTP)
   ThreadContext& ctx_;
   const Listener& listener_;
   std::shared_ptr<const config::PolicySet> set_;

@@ -24,26 +24,6 @@ using asio::experimental::awaitable_operators::operator&&;
 constexpr auto token = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t chunk = 1 << 16;  // buffered fallback
 
-// Invariant: a Pipe owns both ends and closes them when the direction ends.
-struct Pipe {
-  int fd[2] = {-1, -1};
-  std::size_t size = 0;
-  Pipe() {
-    if (::pipe2(fd, O_NONBLOCK | O_CLOEXEC) != 0) fd[0] = fd[1] = -1;
-    // The default capacity (64 KiB). Larger pipes gained little here, and an
-    // unprivileged user's pipe pages are capped (pipe-user-pages-soft): big
-    // pipes would starve later tunnels.
-    size = fd[1] >= 0 ? static_cast<std::size_t>(std::max(::fcntl(fd[1], F_GETPIPE_SZ), 4096)) : 0;
-  }
-  ~Pipe() {
-    for (int f : fd)
-      if (f >= 0) ::close(f);
-  }
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  bool ok() const { return fd[0] >= 0; }
-};
-
 // A failed direction ends the tunnel: closing both sockets wakes the other
 // direction's wait with an error.
 void abort_both(Socket& a, Socket& b) {
@@ -157,11 +137,28 @@ asio::awaitable<void> check_then_splice(Socket& client, Socket& upstream, std::s
 
 }  // namespace
 
-asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
+Pipe::Pipe() {
+  if (::pipe2(fd, O_NONBLOCK | O_CLOEXEC) != 0) fd[0] = fd[1] = -1;
+  // The default capacity (64 KiB). Larger pipes gained little here, and an
+  // unprivileged user's pipe pages are capped (pipe-user-pages-soft): big
+  // pipes would starve later tunnels.
+  size = fd[1] >= 0 ? static_cast<std::size_t>(std::max(::fcntl(fd[1], F_GETPIPE_SZ), 4096)) : 0;
+}
+
+Pipe::~Pipe() {
+  for (int f : fd)
+    if (f >= 0) ::close(f);
+}
+
+void set_non_blocking(Socket& s) {
+  // (native_non_blocking() reads Asio's flag; setting it is an ioctl.)
+  if (!s.native_non_blocking()) s.native_non_blocking(true);
+}
+
+asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes, Pipe& pipe,
                                   const std::function<void()>& on_activity) {
-  from.native_non_blocking(true);
-  to.native_non_blocking(true);
-  Pipe pipe;
+  set_non_blocking(from);
+  set_non_blocking(to);
   bool use_splice = pipe.ok();
   std::unique_ptr<char[]> copy_buf;
   while (bytes > 0) {
@@ -215,8 +212,8 @@ asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream, std
                                            std::string_view target_host,
                                            const std::function<void()>& on_activity) {
   // splice needs the fds in non-blocking mode; Asio waits for readiness.
-  client.native_non_blocking(true);
-  upstream.native_non_blocking(true);
+  set_non_blocking(client);
+  set_non_blocking(upstream);
   Direction up, down;
   bool refused = false;
   auto timed = [](asio::awaitable<void> a, Direction& d) -> asio::awaitable<void> {

@@ -21,6 +21,7 @@ import os
 import ssl
 import socketserver
 import sys
+import time
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -66,6 +67,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = b"y" * int(self.path[9:])
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
                              % (len(body), body))
+            return
+        if self.path.startswith("/slowbody/"):
+            # The head, then the body a moment later: the proxy must not wait
+            # for it before relaying the head, nor lose it.
+            body = b"z" * int(self.path[10:])
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            self.wfile.flush()
+            time.sleep(0.2)
+            self.wfile.write(body)
             return
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())

@@ -22,17 +22,22 @@ TEST_F(ProxyTest, CurlGetThroughTheProxy) {
   EXPECT_EQ(r.out.find("Proxy-Connection"), std::string::npos) << r.out;
 }
 
-TEST_F(ProxyTest, ABodyReadWithTheHeadLeavesWithTheHeadIntact) {
-  // The origin writes head and body at once; the proxy sends its head and
-  // the body bytes it already holds in one write, and splices the rest.
+TEST_F(ProxyTest, BodiesThatComeWithTheHeadOrAfterItArriveWhole) {
+  // /oneshot: head and body in one write from the origin; the proxy sends its
+  // head with the body bytes it holds in one write, and splices the rest.
+  // /slowbody: the body 0.2 s after the head; nothing waits for it or loses it.
   const int port = start_proxy();
-  for (const int n : {100, 300000}) {
-    auto r = shell("curl -sS -D - -x http://127.0.0.1:" + std::to_string(port) + " http://origin.test:" + o() +
-                   "/oneshot/" + std::to_string(n));
-    EXPECT_EQ(r.status, 0) << r.out;
-    EXPECT_NE(r.out.find("Via: 1.1 sandgate"), std::string::npos) << r.out.substr(0, 300);
-    EXPECT_NE(r.out.find("\r\n\r\n" + std::string(static_cast<std::size_t>(n), 'y')), std::string::npos) << n;
-    EXPECT_TRUE(r.out.ends_with(std::string(static_cast<std::size_t>(n), 'y'))) << n;
+  for (const std::string path : {"oneshot", "slowbody"}) {
+    const char fill = path == "oneshot" ? 'y' : 'z';
+    for (const int n : {100, 300000}) {
+      auto r = shell("curl -sS -D - -x http://127.0.0.1:" + std::to_string(port) + " http://origin.test:" + o() + "/" +
+                     path + "/" + std::to_string(n));
+      const std::string body(static_cast<std::size_t>(n), fill);
+      EXPECT_EQ(r.status, 0) << r.out;
+      EXPECT_NE(r.out.find("Via: 1.1 sandgate"), std::string::npos) << r.out.substr(0, 300);
+      EXPECT_NE(r.out.find("\r\n\r\n" + body), std::string::npos) << path << " " << n;
+      EXPECT_TRUE(r.out.ends_with(body)) << path << " " << n;
+    }
   }
 }
 
