@@ -195,6 +195,24 @@ TEST_F(ProxyTest, KeepAliveServesPipelinedRequests) {
   EXPECT_EQ(count, 3u) << r;
 }
 
+TEST_F(ProxyTest, KeepAliveAfterASplicedBodyReadsTheNextHead) {
+  // A large body is spliced with the origin socket's low-water mark raised;
+  // the next answer on the same upstream connection is 100 bytes and must
+  // not wait for more.
+  const int port = start_proxy();
+  const auto get = [&](const std::string& path) {
+    return "GET http://origin.test:" + o() + path + " HTTP/1.1\r\nHost: origin.test:" + o() + "\r\n\r\n";
+  };
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = exchange("127.0.0.1", port, get("/bytes/300000") + get("/small") + get("/bytes/20000") + get("/small"),
+                          std::chrono::milliseconds(1500));
+  std::size_t count = 0;
+  for (auto at = r.find("HTTP/1.1 200"); at != std::string::npos; at = r.find("HTTP/1.1 200", at + 1)) ++count;
+  EXPECT_EQ(count, 4u) << r.substr(0, 400);
+  EXPECT_TRUE(r.ends_with(std::string(100, 'x'))) << r.substr(r.size() > 200 ? r.size() - 200 : 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
 TEST_F(ProxyTest, Ipv6LoopbackListener) {
   const int port = start_proxy({}, "[::1]:0");
   const auto r = exchange("::1", port, "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
