@@ -507,8 +507,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         // Part of a small body came with the head: take the rest if it is
         // already here (no wait), so the whole message leaves in one write.
         set_non_blocking(in);
+        const auto want = std::min(static_cast<std::size_t>(remaining) - inbuf.size(), inbuf.max_size() - inbuf.size());
         boost::system::error_code ec;
-        const auto n = in.read_some(inbuf.prepare(static_cast<std::size_t>(remaining) - inbuf.size()), ec);
+        const auto n = want > 0 ? in.read_some(inbuf.prepare(want), ec) : 0;
         if (!ec) inbuf.commit(n);
       }
       const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
@@ -701,6 +702,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       boost::system::error_code ignored;
       upstream_.close(ignored);
     }
+    // An idle keep-alive connection holds a few KiB, not a 16 KiB body's worth.
+    if (upbuf_.capacity() > 4096) upbuf_.shrink_to_fit();
     co_return keep;
   }
 

@@ -195,6 +195,19 @@ TEST_F(ProxyTest, KeepAliveServesPipelinedRequests) {
   EXPECT_EQ(count, 3u) << r;
 }
 
+TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
+  // A 12,000-byte body sent with its head, through a proxy whose head buffer
+  // holds 2 KiB: the proxy takes what fits with the head and splices the rest.
+  const int port = start_proxy({"--head-bytes", "2048"});
+  const std::string body(12000, 'a');
+  const auto r = exchange("127.0.0.1", port,
+                          "POST http://origin.test:" + o() + "/sha256 HTTP/1.1\r\nHost: origin.test:" + o() +
+                              "\r\nContent-Length: 12000\r\nConnection: close\r\n\r\n" + body);
+  const auto expect = shell("head -c 12000 /dev/zero | tr '\\0' a | sha256sum").out.substr(0, 64);
+  EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+  EXPECT_NE(r.find(expect + " 12000"), std::string::npos) << r;
+}
+
 TEST_F(ProxyTest, KeepAliveAfterASplicedBodyReadsTheNextHead) {
   // A large body is spliced with the origin socket's low-water mark raised;
   // the next answer on the same upstream connection is 100 bytes and must
