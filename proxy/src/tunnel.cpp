@@ -142,10 +142,11 @@ asio::awaitable<void> check_then_splice(Socket& client, Socket& upstream, std::s
 class ReadLowWater {
  public:
   explicit ReadLowWater(Socket& s) : s_(s) {}
-  ~ReadLowWater() { set(1); }
+  ~ReadLowWater() { reset(); }
   ReadLowWater(const ReadLowWater&) = delete;
   ReadLowWater& operator=(const ReadLowWater&) = delete;
   void expect(std::uint64_t left) { set(static_cast<int>(std::min<std::uint64_t>(left, 256 * 1024))); }
+  void reset() { set(1); }
 
  private:
   void set(int bytes) {
@@ -204,6 +205,7 @@ asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
       if (errno == EINTR) continue;
       if (errno == EINVAL) {
         use_splice = false;
+        low.reset();  // the buffered copy reads what is there
         continue;
       }
       if (errno != EAGAIN) co_return false;
