@@ -10,6 +10,7 @@
 #include <array>
 #include <cerrno>
 #include <memory>
+#include <vector>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -55,9 +56,31 @@ asio::awaitable<void> copy(Socket& from, Socket& to, Direction& d, const std::fu
   to.shutdown(asio::socket_base::shutdown_send, ignored);
 }
 
+// Empty pipes kept for this thread's next tunnels: each tunnel needs two,
+// and making and closing one is four system calls. Only a pipe a direction
+// left empty comes back.
+std::vector<std::unique_ptr<Pipe>>& spare_pipes() {
+  thread_local std::vector<std::unique_ptr<Pipe>> spare;
+  return spare;
+}
+
+std::unique_ptr<Pipe> take_pipe() {
+  auto& spare = spare_pipes();
+  if (spare.empty()) return std::make_unique<Pipe>();
+  auto p = std::move(spare.back());
+  spare.pop_back();
+  return p;
+}
+
+void give_back(std::unique_ptr<Pipe> p) {
+  constexpr std::size_t keep = 16;
+  if (auto& spare = spare_pipes(); p->ok() && spare.size() < keep) spare.push_back(std::move(p));
+}
+
 asio::awaitable<void> splice_one_way(Socket& from, Socket& to, Direction& d,
                                      const std::function<void()>& on_activity) {
-  Pipe pipe;
+  auto owned = take_pipe();
+  Pipe& pipe = *owned;
   if (!pipe.ok()) co_return co_await copy(from, to, d, on_activity);
   const int in = from.native_handle();
   const int out = to.native_handle();
@@ -91,6 +114,7 @@ asio::awaitable<void> splice_one_way(Socket& from, Socket& to, Direction& d,
     }
     on_activity();
   }
+  give_back(std::move(owned));  // EOF with nothing in it
   // Half-close: the peer sees EOF, and may still answer the other way.
   boost::system::error_code ignored;
   to.shutdown(asio::socket_base::shutdown_send, ignored);
