@@ -74,4 +74,3 @@ done | tee "$work/results"
 awk '{ on += $2; off += $3; oc += $5; fc += $6 }
      END { printf "mean  %.0f  %.0f  %.3f  %.1f  %.1f\n", on / NR, off / NR, on / off, oc / NR, fc / NR }' "$work/results"
 echo "log records written: $(wc -l < "$work/log/network.jsonl")"
-[ -n "${KEEP_LOG:-}" ] && cp "$work/log/network.jsonl" "$KEEP_LOG"

@@ -532,8 +532,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       remaining -= first;
       arm(ctx_.limits.idle_timeout);
       moved = first;
-      if (remaining > 0 && !body_pipe_) body_pipe_.emplace();
-      if (remaining > 0 && !co_await splice_body(in, out, remaining, *body_pipe_, [this] { arm(ctx_.limits.idle_timeout); }))
+      if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); }))
         co_return asio::error::make_error_code(asio::error::connection_aborted);
       moved = *length;
       complete = true;
@@ -648,9 +647,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       co_return false;
     }
 
-    // The origin's bytes; kept by the connection so its capacity is reused.
-    auto& upbuf = upbuf_;
-    upbuf.clear();
+    upbuf_.clear();
     std::optional<http::response_parser<http::buffer_body>> rp;
     for (;;) {
       // Interim 1xx answers (other than 101) are not forwarded.
@@ -659,7 +656,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       rp->body_limit(boost::none);
       if (req.method() == http::verb::head) rp->skip(true);
       arm(ctx_.limits.idle_timeout);
-      auto [ec, n] = co_await http::async_read_header(upstream_, upbuf, *rp, token);
+      auto [ec, n] = co_await http::async_read_header(upstream_, upbuf_, *rp, token);
       if (ec) {
         co_await log_close(sent, 0, ec == http::error::end_of_stream ? netlog::EndReason::upstream_close
                                                                       : netlog::EndReason::error,
@@ -686,7 +683,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     res.keep_alive(keep);
     bool response_complete = false;
     std::uint64_t received = 0;
-    if (auto ec = co_await relay_body(upstream_, upbuf, *rp, client_, response_complete, received)) {
+    if (auto ec = co_await relay_body(upstream_, upbuf_, *rp, client_, response_complete, received)) {
       co_await log_close(sent, received,
                          end_ != netlog::EndReason::client_close ? end_
                          : timed_out_                             ? netlog::EndReason::idle_timeout
@@ -697,7 +694,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_await log_close(sent, received, keep ? netlog::EndReason::complete : netlog::EndReason::client_close,
                        static_cast<std::uint16_t>(status));
     // Bytes past the response (a misbehaving origin) mean the stream is not reusable.
-    upstream_open_ = origin_keeps && (response_complete || rp->is_done()) && upbuf.size() == 0;
+    upstream_open_ = origin_keeps && (response_complete || rp->is_done()) && upbuf_.size() == 0;
     if (!upstream_open_) {
       boost::system::error_code ignored;
       upstream_.close(ignored);
@@ -738,8 +735,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   Socket upstream_;
   tcp::resolver resolver_;
   asio::steady_timer timer_;
-  std::optional<Pipe> body_pipe_;  // for bodies of known length, made at the first; empty between bodies
-  beast::flat_buffer upbuf_;        // the origin's answer (plain HTTP)
+  beast::flat_buffer upbuf_;  // the origin's answer (plain HTTP); its capacity is reused
   ThreadContext& ctx_;
   const Listener& listener_;
   std::shared_ptr<const config::PolicySet> set_;

@@ -25,6 +25,27 @@ using asio::experimental::awaitable_operators::operator&&;
 constexpr auto token = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t chunk = 1 << 16;  // buffered fallback
 
+// Invariant: a Pipe owns both ends (non-blocking) and closes them; ok() is
+// false when pipe2 failed (then callers copy through a buffer).
+struct Pipe {
+  int fd[2] = {-1, -1};
+  std::size_t size = 0;  // its capacity
+  Pipe() {
+    if (::pipe2(fd, O_NONBLOCK | O_CLOEXEC) != 0) fd[0] = fd[1] = -1;
+    // The default capacity (64 KiB). Larger pipes gained little here, and an
+    // unprivileged user's pipe pages are capped (pipe-user-pages-soft): big
+    // pipes would starve later tunnels.
+    size = fd[1] >= 0 ? static_cast<std::size_t>(std::max(::fcntl(fd[1], F_GETPIPE_SZ), 4096)) : 0;
+  }
+  ~Pipe() {
+    for (int f : fd)
+      if (f >= 0) ::close(f);
+  }
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  bool ok() const { return fd[0] >= 0; }
+};
+
 // A failed direction ends the tunnel: closing both sockets wakes the other
 // direction's wait with an error.
 void abort_both(Socket& a, Socket& b) {
@@ -56,8 +77,8 @@ asio::awaitable<void> copy(Socket& from, Socket& to, Direction& d, const std::fu
   to.shutdown(asio::socket_base::shutdown_send, ignored);
 }
 
-// Empty pipes kept for this thread's next tunnels: each tunnel needs two,
-// and making and closing one is four system calls. Only a pipe a direction
+// Empty pipes kept for this thread's next tunnels and bodies: a tunnel
+// needs two, and making and closing one is four system calls. Only a pipe
 // left empty comes back.
 std::vector<std::unique_ptr<Pipe>>& spare_pipes() {
   thread_local std::vector<std::unique_ptr<Pipe>> spare;
@@ -184,28 +205,17 @@ class ReadLowWater {
 
 }  // namespace
 
-Pipe::Pipe() {
-  if (::pipe2(fd, O_NONBLOCK | O_CLOEXEC) != 0) fd[0] = fd[1] = -1;
-  // The default capacity (64 KiB). Larger pipes gained little here, and an
-  // unprivileged user's pipe pages are capped (pipe-user-pages-soft): big
-  // pipes would starve later tunnels.
-  size = fd[1] >= 0 ? static_cast<std::size_t>(std::max(::fcntl(fd[1], F_GETPIPE_SZ), 4096)) : 0;
-}
-
-Pipe::~Pipe() {
-  for (int f : fd)
-    if (f >= 0) ::close(f);
-}
-
 void set_non_blocking(Socket& s) {
   // (native_non_blocking() reads Asio's flag; setting it is an ioctl.)
   if (!s.native_non_blocking()) s.native_non_blocking(true);
 }
 
-asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes, Pipe& pipe,
+asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
                                   const std::function<void()>& on_activity) {
   set_non_blocking(from);
   set_non_blocking(to);
+  auto owned = take_pipe();
+  Pipe& pipe = *owned;
   bool use_splice = pipe.ok();
   std::unique_ptr<char[]> copy_buf;
   ReadLowWater low(from);
@@ -255,6 +265,7 @@ asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
     }
     on_activity();
   }
+  give_back(std::move(owned));  // all of the body moved: nothing in it
   co_return true;
 }
 

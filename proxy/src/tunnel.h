@@ -38,27 +38,14 @@ boost::asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstre
                                                   std::string_view target_host,
                                                   const std::function<void()>& on_activity);
 
-// A pipe for splice(2), both ends non-blocking. Invariant: it owns both
-// ends; ok() is false when pipe2 failed (then callers copy through a buffer).
-struct Pipe {
-  int fd[2] = {-1, -1};
-  std::size_t size = 0;  // its capacity
-  Pipe();
-  ~Pipe();
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  bool ok() const { return fd[0] >= 0; }
-};
-
 // Sets O_NONBLOCK on the socket, once (splice needs it; Asio waits for readiness).
 void set_non_blocking(Socket& s);
 
 // Moves exactly `bytes` from `from` to `to` (an HTTP body of known length)
-// with splice(2) through `pipe`, or a buffered copy where splice is refused.
-// True when all of the body moved, and then the pipe is empty again, so a
-// connection reuses one pipe for all its bodies. False if a side fails or
-// the body ends early. on_activity is called as bytes move.
-boost::asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes, Pipe& pipe,
+// with splice(2) through a pipe from the thread's pool (the tunnels' too), or
+// a buffered copy where splice is refused. False if a side fails or the body
+// ends early. on_activity is called as bytes move.
+boost::asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
                                          const std::function<void()>& on_activity);
 
 }  // namespace sandgate::proxy::detail

@@ -69,8 +69,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                              % (len(body), body))
             return
         if self.path.startswith("/slowbody/"):
-            # The head, then the body a moment later: the proxy must not wait
-            # for it before relaying the head, nor lose it.
+            # The head, then the body a moment later: the proxy must not lose it.
             body = b"z" * int(self.path[10:])
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
             self.wfile.flush()

@@ -25,7 +25,8 @@ TEST_F(ProxyTest, CurlGetThroughTheProxy) {
 TEST_F(ProxyTest, BodiesThatComeWithTheHeadOrAfterItArriveWhole) {
   // /oneshot: head and body in one write from the origin; the proxy sends its
   // head with the body bytes it holds in one write, and splices the rest.
-  // /slowbody: the body 0.2 s after the head; nothing waits for it or loses it.
+  // /slowbody: the body 0.2 s after the head, not there when the proxy looks
+  // for it with the head; it is spliced once it comes, and arrives whole.
   const int port = start_proxy();
   for (const std::string path : {"oneshot", "slowbody"}) {
     const char fill = path == "oneshot" ? 'y' : 'z';
