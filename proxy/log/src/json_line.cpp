@@ -17,10 +17,11 @@ std::size_t utf8_length(std::string_view s, std::size_t i) {
 
 }  // namespace
 
+// Not zeroed: a page of a fresh buffer costs memory only once it is written.
 void LineBuffer::grow(std::size_t n) {
   std::size_t cap = capacity_ ? capacity_ : 4096;
   while (cap - size_ < n) cap *= 2;
-  auto bigger = std::make_unique<char[]>(cap);
+  auto bigger = std::make_unique_for_overwrite<char[]>(cap);
   if (size_) std::memcpy(bigger.get(), data_.get(), size_);
   data_ = std::move(bigger);
   capacity_ = cap;
@@ -28,7 +29,7 @@ void LineBuffer::grow(std::size_t n) {
 
 void LineBuffer::shrink(std::size_t keep) {
   if (capacity_ <= size_ + keep) return;
-  auto smaller = std::make_unique<char[]>(size_ + keep);
+  auto smaller = std::make_unique_for_overwrite<char[]>(size_ + keep);
   if (size_) std::memcpy(smaller.get(), data_.get(), size_);
   data_ = std::move(smaller);
   capacity_ = size_ + keep;

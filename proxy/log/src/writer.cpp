@@ -50,11 +50,14 @@ Producer::Producer(Writer& writer, std::uint64_t index, std::size_t slots, bool 
     : writer_(writer), index_(index), drop_when_full_(drop_when_full) {
   std::size_t n = 16;
   while (n < slots) n <<= 1;
-  slots_ = std::make_unique<Event[]>(n);
+  slots_ = std::allocator<Event>().allocate(n);
   mask_ = n - 1;
 }
 
-Producer::~Producer() = default;
+Producer::~Producer() {
+  std::destroy_n(slots_, built_);
+  std::allocator<Event>().deallocate(slots_, mask_ + 1);
+}
 
 Event* Producer::claim() noexcept {
   const auto head = head_.load(std::memory_order_relaxed);
@@ -65,6 +68,7 @@ Event* Producer::claim() noexcept {
       return nullptr;
     }
   }
+  if (head == built_ && built_ <= mask_) std::construct_at(&slots_[built_++]);
   return &slots_[head & mask_];
 }
 

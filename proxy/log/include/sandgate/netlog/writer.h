@@ -72,8 +72,11 @@ class Producer {
   std::uint64_t index_;
   std::uint64_t ids_ = 0;
   bool drop_when_full_;
-  std::unique_ptr<Event[]> slots_;
+  // Raw storage: a slot is constructed when the ring first reaches it, so
+  // an idle proxy's ring costs memory only for the slots it has used.
+  Event* slots_;
   std::size_t mask_;
+  std::size_t built_ = 0;  // slots constructed so far (producer thread)
   std::uint64_t cached_tail_ = 0;        // producer's view of tail_
   alignas(64) std::atomic<std::uint64_t> head_{0};   // next slot to publish (producer writes)
   alignas(64) std::atomic<std::uint64_t> tail_{0};   // next slot to drain (writer writes)
