@@ -98,7 +98,9 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
                                   const netlog::Source* source, std::atomic<std::size_t>& open_tunnels,
                                   bool is_tcp) {
   for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(token);
+    // The client's address comes with the accept, not from a getpeername(2) after it.
+    Protocol::endpoint peer;
+    auto [ec, socket] = co_await acceptor.async_accept(peer, token);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       // Out of descriptors or a transient error: back off briefly, keep serving.
@@ -122,13 +124,11 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
       ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       if (ctx.limits.max_client_connections > 0 && ctx.clients) {
         // The client's share, by its address (not its port).
-        boost::system::error_code peer_ec;
-        const auto peer = socket.remote_endpoint(peer_ec);
         std::size_t h = 0;
         const auto* sa = reinterpret_cast<const sockaddr*>(peer.data());
-        if (!peer_ec && sa->sa_family == AF_INET)
+        if (sa->sa_family == AF_INET)
           h = std::hash<std::uint32_t>{}(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr);
-        else if (!peer_ec && sa->sa_family == AF_INET6)
+        else if (sa->sa_family == AF_INET6)
           h = std::hash<std::string_view>{}(std::string_view(
               reinterpret_cast<const char*>(&reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr), 16));
         slot = &ctx.clients->open[h % detail::ClientCounts::buckets];
@@ -147,7 +147,7 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
         }
       }
     }
-    detail::start_session(std::move(socket), ctx, listener, source, open_tunnels, slot);
+    detail::start_session(std::move(socket), peer, ctx, listener, source, open_tunnels, slot);
   }
 }
 

@@ -92,13 +92,11 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         ctx_(ctx),
         listener_(listener) {}
 
-  void start() {
+  void start(const asio::generic::stream_protocol::endpoint& peer) {
     ++ctx_.open_connections;
     ctx_.sessions.insert(this);
-    boost::system::error_code ec;
-    const auto peer = client_.remote_endpoint(ec);
     const auto* sa = reinterpret_cast<const sockaddr*>(peer.data());
-    if (!ec && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)) {
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
       tcp::endpoint tep;
       std::memcpy(tep.data(), peer.data(), std::min<std::size_t>(peer.size(), sizeof(sockaddr_in6)));
       client_addr_ = from_asio(tep.address());
@@ -753,9 +751,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 
 }  // namespace
 
-void start_session(Socket client, ThreadContext& ctx, const Listener& listener, const netlog::Source* source,
-                   std::atomic<std::size_t>& open_tunnels, std::atomic<std::uint32_t>* client_slot) {
-  std::make_shared<Session>(std::move(client), ctx, listener, source, open_tunnels, client_slot)->start();
+void start_session(Socket client, const asio::generic::stream_protocol::endpoint& peer, ThreadContext& ctx,
+                   const Listener& listener, const netlog::Source* source, std::atomic<std::size_t>& open_tunnels,
+                   std::atomic<std::uint32_t>* client_slot) {
+  std::make_shared<Session>(std::move(client), ctx, listener, source, open_tunnels, client_slot)->start(peer);
 }
 
 }  // namespace sandgate::proxy::detail

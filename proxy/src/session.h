@@ -66,8 +66,10 @@ struct ThreadContext {
 // Starts serving one accepted connection; the session keeps itself alive.
 // open_tunnels counts the listener's open tunnels across all threads.
 // client_slot, when not null, is the client's counter; the session releases it.
-// source names the listener in the network log.
-void start_session(boost::asio::generic::stream_protocol::socket client, ThreadContext& ctx,
+// source names the listener in the network log; peer is the client's address
+// as accept(2) returned it.
+void start_session(boost::asio::generic::stream_protocol::socket client,
+                   const boost::asio::generic::stream_protocol::endpoint& peer, ThreadContext& ctx,
                    const Listener& listener, const netlog::Source* source, std::atomic<std::size_t>& open_tunnels,
                    std::atomic<std::uint32_t>* client_slot);
 
