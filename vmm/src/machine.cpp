@@ -145,7 +145,11 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
   } else {
     // The translation cache is most of QEMU's own memory under TCG; bound it
     // (MachineConfig::tb_size_mib) rather than leave it to QEMU's default.
-    a.insert(a.end(), {"-accel", "tcg,tb-size=" + std::to_string(c.tb_size_mib), "-cpu", "max"});
+    // erms=off: with "enhanced REP MOVSB/STOSB" the guest kernel (and glibc)
+    // copy and clear memory a byte per REP iteration, which TCG emulates one
+    // iteration at a time; without it they move 8 bytes a step. The agent is
+    // ready 0.18 s sooner (1.78 -> 1.60 s to "guest ready", median of 5).
+    a.insert(a.end(), {"-accel", "tcg,tb-size=" + std::to_string(c.tb_size_mib), "-cpu", "max,erms=off"});
   }
   return a;
 }
