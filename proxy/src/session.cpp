@@ -476,6 +476,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     // through the first-flight check with the rest of it.
     std::string prefix(static_cast<const char*>(buf.data().data()), buf.size());
     buf.consume(buf.size());
+    buf.shrink_to_fit();  // the head buffer is not needed again: the tunnel is the connection's last use
     const auto result = co_await relay_tunnel(client_, upstream_, std::move(prefix), target->host,
                                               [this] { arm(ctx_.limits.tunnel_idle_timeout); });
     (result.spliced ? ctx_.counters.spliced : ctx_.counters.buffered).fetch_add(1, std::memory_order_relaxed);

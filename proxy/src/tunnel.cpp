@@ -172,6 +172,7 @@ asio::awaitable<void> check_then_splice(Socket& client, Socket& upstream, std::s
     d.bytes += n;
     on_activity();
   }
+  std::string().swap(buf);  // a tunnel that goes quiet keeps no buffer
   if (eof) {
     boost::system::error_code ignored;
     upstream.shutdown(asio::socket_base::shutdown_send, ignored);
