@@ -7,8 +7,9 @@
 #     virtiofsd and the supervisor (its proxy included), next to the guest
 #     RAM QEMU holds (RssShmem: memfd pages the guest touched);
 #  3. proxied connection rate from inside the guest (each connection passes
-#     QEMU's user network and a relay process) against the same client
-#     (busybox nc) and the same proxy from the host, in the same run.
+#     the guest agent, its virtio-serial port and the supervisor) against the
+#     same client (one python3 process) on the proxy's socket from the host,
+#     in the same run.
 #
 #   bench/sandbox_bench.sh        Environment: SANDGATE (binary), REPS (default 5), CONNS (default 50)
 set -euo pipefail
@@ -52,7 +53,7 @@ priv=$(( $(status_kib "$qemu" RssAnon) + $(status_kib "$vfs" RssAnon) + $(status
 echo "beyond guest RAM, private (RssAnon of all three): $priv KiB"
 
 echo
-echo "== proxied connections per second: $conns sequential GETs with busybox nc"
+echo "== proxied connections per second: $conns sequential GETs, one python3 client process"
 python3 -m http.server 0 --bind 127.0.0.1 >"$ws/origin.log" 2>&1 &
 origin_pid=$!
 port=""
@@ -62,21 +63,23 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 "$sg" network proxy "bench$reps" --allow-host "localhost:$port" >/dev/null
-# busybox nc on both sides: the guest keeps a copy next to its Debian root.
-bb=/usr/local/lib/sandgate/busybox
-loop='i=0; while [ $i -lt '"$conns"' ]; do printf "GET http://localhost:'"$port"'/ HTTP/1.0\r\n\r\n" | '"$bb"' nc 10.0.2.100 3128 >/dev/null; i=$((i+1)); done'
-t0=$(now_ms)
-"$sg" exec "bench$reps" sh -c "$loop"
-t1=$(now_ms)
-guest_ms=$((t1 - t0))
-# The same client on the host, against the same proxy socket (through the same relay command QEMU runs).
-sock="$SANDGATE_HOME/sandboxes/bench$reps/proxy.sock"
-t0=$(now_ms)
-for _ in $(seq "$conns"); do
-  printf 'GET http://localhost:%s/ HTTP/1.0\r\n\r\n' "$port" | "$sg" relay "$sock" >/dev/null
-done
-t1=$(now_ms)
-host_ms=$((t1 - t0))
+# The same client both sides: N connections, each one GET read to the end,
+# timed inside the client (its start-up is not counted). The guest dials
+# the proxy address; the host, the sandbox's proxy socket.
+client='import socket, sys, time
+family, addr, n, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+req = ("GET http://localhost:%s/ HTTP/1.0\r\n\r\n" % port).encode()
+t = time.perf_counter()
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX if family == "unix" else socket.AF_INET)
+    s.connect(addr if family == "unix" else (addr, 3128))
+    s.sendall(req)
+    while s.recv(65536):
+        pass
+    s.close()
+print(round((time.perf_counter() - t) * 1000))'
+guest_ms=$("$sg" exec "bench$reps" python3 -c "$client" inet 10.0.2.100 "$conns" "$port")
+host_ms=$(python3 -c "$client" unix "$SANDGATE_HOME/sandboxes/bench$reps/proxy.sock" "$conns" "$port")
 awk -v g="$guest_ms" -v h="$host_ms" -v n="$conns" 'BEGIN {
-  printf "guest: %d in %d ms = %.1f/s   host (same relay, same proxy): %d in %d ms = %.1f/s   guest/host = %.2f\n",
+  printf "guest: %d in %d ms = %.1f/s   host (same client, same proxy socket): %d in %d ms = %.1f/s   guest/host = %.2f\n",
          n, g, n * 1000 / g, n, h, n * 1000 / h, h / g }'

@@ -11,7 +11,6 @@ int policy_command(std::span<const std::string_view> args);
 int proxy_command(std::span<const std::string_view> args);
 int network_command(std::span<const std::string_view> args);
 int run_command(std::span<const std::string_view> args);
-int relay_command(std::span<const std::string_view> args);
 int ls_command(std::span<const std::string_view> args);
 int exec_command(std::span<const std::string_view> args);
 int stop_command(std::span<const std::string_view> args);

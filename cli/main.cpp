@@ -67,7 +67,6 @@ int main(int argc, char** argv) {
   if (cmd == "proxy") return sandgate::cli::proxy_command(rest);
   if (cmd == "network") return sandgate::cli::network_command(rest);
   if (cmd == "run") return sandgate::cli::run_command(rest);
-  if (cmd == "relay") return sandgate::cli::relay_command(rest);
   if (cmd == "ls") return sandgate::cli::ls_command(rest);
   if (cmd == "exec") return sandgate::cli::exec_command(rest);
   if (cmd == "stop") return sandgate::cli::stop_command(rest);

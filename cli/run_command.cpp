@@ -1,10 +1,8 @@
 // `sandgate run`: a sandbox on a workspace. Boots a QEMU microVM whose only
-// network path is this process's own proxy listener (a unix socket the
-// guest reaches through QEMU's restricted user network), runs a command in
-// it through the guest agent, and shuts it down.
-//
-// `sandgate relay SOCKET` is the per-connection helper QEMU starts for the
-// guest's proxy connections: it copies stdin/stdout to and from SOCKET.
+// network path is this process's own proxy listener (a unix socket; the
+// guest's connections reach it as streams on a virtio-serial port that this
+// process relays), runs a command in it through the guest agent, and shuts
+// it down.
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -14,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <charconv>
 #include <csignal>
 #include <chrono>
@@ -33,6 +32,7 @@
 #include "sandgate/vmm/agent_client.h"
 #include "sandgate/vmm/control.h"
 #include "sandgate/vmm/machine.h"
+#include "sandgate/vmm/stream_mux.h"
 
 namespace sandgate::cli {
 namespace {
@@ -99,12 +99,6 @@ std::string sanitize_name(std::string_view s) {
   return out.empty() ? "sandbox" : out.substr(0, 48);
 }
 
-// The executable's own path, for QEMU's relay command.
-std::string self_exe() {
-  std::error_code ec;
-  return fs::read_symlink("/proc/self/exe", ec).string();
-}
-
 volatile std::sig_atomic_t terminate = 0;
 
 // A detached sandbox's life after boot: tell the parent it is ready, then
@@ -142,43 +136,6 @@ int supervise(const fs::path& state, vmm::Machine& machine, vmm::AgentClient& ag
 }
 
 }  // namespace
-
-int relay_command(std::span<const std::string_view> args) {
-  if (args.size() != 1) {
-    std::fputs("usage: sandgate relay SOCKET   (QEMU runs this per guest connection)\n", stderr);
-    return 2;
-  }
-  const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, std::string(args[0]).c_str(), sizeof addr.sun_path - 1);
-  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return 1;
-  // Invariant: stdin/stdout are the guest connection (QEMU's), s the proxy's; both close at exit.
-  bool in_open = true;
-  char buf[64 * 1024];
-  for (;;) {
-    pollfd fds[2] = {{0, static_cast<short>(in_open ? POLLIN : 0), 0}, {s, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) return 1;
-    if (in_open && fds[0].revents) {
-      const ssize_t n = ::read(0, buf, sizeof buf);
-      if (n <= 0) {
-        ::shutdown(s, SHUT_WR);
-        in_open = false;
-      } else if (::send(s, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) {
-        return 0;
-      }
-    }
-    if (fds[1].revents) {
-      const ssize_t n = ::recv(s, buf, sizeof buf, 0);
-      if (n <= 0) return 0;
-      for (ssize_t done = 0; done < n;) {
-        const ssize_t w = ::write(1, buf + done, static_cast<std::size_t>(n - done));
-        if (w <= 0) return 0;
-        done += w;
-      }
-    }
-  }
-}
 
 int run_command(std::span<const std::string_view> args) {
   std::string name, policy_path, workspace, cwd, hosts_file;
@@ -418,7 +375,6 @@ int run_command(std::span<const std::string_view> args) {
   mc.initrd = image + "/initrd.cpio";
   if (fs::exists(image + "/rootfs.erofs")) mc.root_disk = fs::canonical(image + "/rootfs.erofs").string();
   mc.state_dir = state.string();
-  mc.proxy_relay = self_exe() + " relay " + proxy_socket;
   std::string ws_hex;
   for (unsigned char ch : ws.string()) {
     ws_hex += "0123456789abcdef"[ch >> 4];
@@ -459,9 +415,10 @@ int run_command(std::span<const std::string_view> args) {
   }
   // As root, QEMU runs as an unprivileged user where it can (sandgate-vm if
   // the host has one, else nobody): a guest that escaped QEMU would hold that
-  // user, not root. It needs to read the image, run the relay, and reach its
-  // two sockets, which are handed to it; the 9p fallback keeps root (QEMU
-  // itself then serves the workspace).
+  // user, not root. It needs to read the image and reach virtiofsd's socket,
+  // which is handed to it; the proxy's socket is not (this process relays the
+  // guest's connections to it). The 9p fallback keeps root (QEMU itself then
+  // serves the workspace).
   std::string qemu_user = ::getuid() == 0 ? "root" : "";
   if (::getuid() == 0 && mc.fs_9p_dir.empty()) {
     const passwd* pw = ::getpwnam("sandgate-vm");
@@ -473,10 +430,10 @@ int run_command(std::span<const std::string_view> args) {
       std::vector<std::string> files = {mc.kernel, mc.initrd};
       if (!mc.root_disk.empty()) files.push_back(mc.root_disk);
       // It must also get into the sandbox's folder, where its own vm/ is.
-      if (const auto blocked = vmm::unreachable_for(ra, files, {self_exe(), state.string()}); blocked.empty()) {
-        for (const auto& sock : {proxy_socket, mc.fs_socket})
-          if (!sock.empty() && ::chown(sock.c_str(), ra.uid, ra.gid) != 0)
-            std::cerr << "sandgate run: cannot hand " << sock << " to " << user << ": " << std::strerror(errno) << "\n";
+      if (const auto blocked = vmm::unreachable_for(ra, files, {state.string()}); blocked.empty()) {
+        if (!mc.fs_socket.empty() && ::chown(mc.fs_socket.c_str(), ra.uid, ra.gid) != 0)
+          std::cerr << "sandgate run: cannot hand " << mc.fs_socket << " to " << user << ": " << std::strerror(errno)
+                    << "\n";
         mc.run_as = ra;
         qemu_user = user;
       } else {
@@ -492,6 +449,15 @@ int run_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate run: " << machine.error() << "\n";
     return 1;
   }
+  // The guest's connections, for as long as this process runs the sandbox.
+  std::atomic<bool> network_stop{false};
+  std::jthread network([&, port = (*machine)->net_socket()] {
+    vmm::relay_guest_network(port, proxy_socket, network_stop);
+  });
+  struct StopNetwork {
+    std::atomic<bool>& stop;
+    ~StopNetwork() { stop = true; }
+  } stop_network{network_stop};
   auto agent = vmm::AgentClient::connect((*machine)->agent_socket(), boot_timeout);
   if (!agent) {
     std::cerr << "sandgate run: " << agent.error() << " (" << (*machine)->console_log() << ")\n";

@@ -73,7 +73,7 @@ fi
 
 # crc32c_generic: erofs (through libcrc32c) asks for a crc32c driver by name
 # (no module dependency says so).
-mods="virtio_mmio virtio_net virtio_console virtiofs virtio_blk crc32c_generic erofs overlay evdev button"
+mods="virtio_mmio virtio_console virtiofs virtio_blk crc32c_generic erofs overlay evdev button"
 # Loaded only when the workspace comes over 9p (virtiofsd could not run).
 mods_9p="9p 9pnet_virtio"
 id=$( (echo "$deb_sha"; sha256sum /bin/busybox "$agent" "$here/init" "$0"; echo "$mods $mods_9p $rootfs_id") | sha256sum | cut -c1-16)

@@ -101,6 +101,37 @@ TEST_F(SandboxTest, TheOnlyWayOutIsTheProxyAndItDecidesEveryConnection) {
   EXPECT_GE(denied, 2);
 }
 
+TEST_F(SandboxTest, TheGuestsConnectionsShareItsPortWithoutLossOrStalls) {
+  // Every guest connection is a stream on one virtio-serial port. Six
+  // downloads at once, one of them read slowly (its window fills and waits
+  // while the others go on), and an upload, each checked whole by hash.
+  Process origin({"python3", std::string(SANDGATE_TESTDATA) + "/proxy/origin.py", "127.0.0.1",
+                  (ws_ / "origin.log").string()});
+  const auto port = origin.read_line();
+  ASSERT_FALSE(port.empty());
+  const auto url = "http://127.0.0.1:" + port + "/bytes/3000000";
+  const auto expected = shell("curl -s " + url + " | sha256sum | cut -c1-64").out;
+  ASSERT_EQ(expected.size(), 65u) << expected;
+  shell("head -c 2000000 /dev/urandom > " + (ws_ / "upload").string());
+  const auto upload_hash = shell("sha256sum " + (ws_ / "upload").string() + " | cut -c1-64").out;
+  const auto policy = ws_ / "policy.yaml";
+  std::ofstream(policy) << "version: 1\nmode: deny\nallow_hosts:\n  - 127.0.0.1:" << port
+                        << "\nallow_cidrs:\n  - 127.0.0.1/32\n";
+  std::ofstream(ws_ / "streams.sh")
+      << "for i in 1 2 3 4 5; do (echo fast-$(curl -s " << url << " | sha256sum | cut -c1-64)) & done\n"
+      << "(echo slow-$(curl -s " << url << " | (sleep 3; cat) | sha256sum | cut -c1-64)) &\n"
+      << "echo upload-$(curl -s --data-binary @upload http://127.0.0.1:" << port << "/post)\n"
+      << "wait\n";
+  const auto r = run("--name streams --policy " + policy.string() + " " + ws_.string() + " -- sh streams.sh");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  const auto want = expected.substr(0, 64);
+  std::size_t fast = 0;
+  for (auto at = r.out.find("fast-" + want); at != std::string::npos; at = r.out.find("fast-" + want, at + 1)) ++fast;
+  EXPECT_EQ(fast, 5u) << r.out;
+  EXPECT_NE(r.out.find("slow-" + want), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("upload-" + upload_hash.substr(0, 64) + " 2000000"), std::string::npos) << r.out;
+}
+
 TEST_F(SandboxTest, BadArgumentsSayWhy) {
   EXPECT_EQ(run("").status, 2);
   EXPECT_EQ(run("/no/such/folder -- true").status, 2);
@@ -288,16 +319,18 @@ TEST_F(SandboxTest, GitInTheGuestUsesTheHostIdentityAndAgreesWithTheHost) {
 
 TEST_F(SandboxTest, ASecondSandboxCannotReachTheFirst) {
   // The first serves HTTP on its own port 8000 and can reach it itself; the
-  // second tries its address directly and through its proxy.
+  // second tries the address a guest had on QEMU's user network (a guest has
+  // no network device now), its own loopback, and its proxy.
   const auto h = home_.string();
   ASSERT_EQ(cli(h, "run -d --name first " + ws_.string()).status, 0);
   ASSERT_EQ(cli(h, "run -d --name second " + ws_.string()).status, 0);
   EXPECT_EQ(cli(h, "exec first sh -c 'echo served-by-first > /tmp/page; cd /tmp;"
                    " setsid python3 -m http.server 8000 </dev/null >/dev/null 2>&1 &'").status, 0);
   const auto own = cli(h, "exec first sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do"
-                          " curl -s --noproxy \"*\" http://10.0.2.15:8000/page && break; sleep 1; done'");
+                          " curl -s --noproxy \"*\" http://127.0.0.1:8000/page && break; sleep 1; done'");
   EXPECT_NE(own.out.find("served-by-first"), std::string::npos) << "control: the first reaches itself: " << own.out;
   const auto other = cli(h, "exec second sh -c 'curl -s -m 5 --noproxy \"*\" http://10.0.2.15:8000/page;"
+                            " curl -s -m 5 --noproxy \"*\" http://127.0.0.1:8000/page;"
                             " curl -s -m 5 http://10.0.2.15:8000/page; nc -z -w 3 10.0.2.2 8000 && echo REACHED;"
                             " echo end'");
   EXPECT_NE(other.out.find("end"), std::string::npos) << other.out;

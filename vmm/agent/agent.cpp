@@ -5,13 +5,16 @@
 // One poll loop: the port, every running command's stdout and stderr pipes,
 // and a signalfd for SIGCHLD. A command's exit frame is sent only after its
 // output pipes reach EOF, so no output is lost behind it.
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -20,6 +23,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/src.hpp>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -32,6 +36,7 @@
 #include <vector>
 
 #include "sandgate/vmm/agent_protocol.h"
+#include "sandgate/vmm/stream_mux.h"
 
 namespace {
 
@@ -402,8 +407,46 @@ int load_modules(const std::string& order) {
 
 }  // namespace
 
+// The guest's way to its proxy: a listener on the proxy address (init puts
+// it on the loopback device; the guest has no network device), each
+// connection a stream on the port "net0", which the host's supervisor
+// hands to the sandbox's proxy. Runs for the agent's life; a host that
+// disconnects is waited for, the listener's backlog holding new clients.
+void serve_network() {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(3128);
+  ::inet_pton(AF_INET, "10.0.2.100", &addr.sin_addr);
+  if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listener, 1024) != 0) {
+    std::fprintf(stderr, "sandgate-agent: cannot listen on 10.0.2.100:3128: %s\n", std::strerror(errno));
+    return;
+  }
+  const std::atomic<bool> never{false};
+  for (;;) {
+    const auto path = find_port("net0");
+    const int port = path.empty() ? -1 : ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (port < 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
+    sandgate::vmm::StreamMux(port, listener, nullptr).run(never);
+    ::close(port);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc == 3 && std::string_view(argv[1]) == "--load-modules") return load_modules(argv[2]) == 0 ? 0 : 1;
   ::signal(SIGPIPE, SIG_IGN);
+  // SIGCHLD is read from the agent's signalfd: blocked in every thread, the
+  // network one included, or it could be delivered there and lost.
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+  std::thread(serve_network).detach();
   return Agent().run();
 }

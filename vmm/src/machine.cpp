@@ -99,9 +99,6 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
     if (const auto khz = host_tsc_khz()) append += " tsc_early_khz=" + std::to_string(khz) + " tsc=reliable";
   }
   for (const auto& a : c.kernel_args) append += " " + a;
-  // QEMU option values escape a comma by doubling it.
-  std::string relay;
-  for (char ch : c.proxy_relay) relay += ch == ',' ? std::string(",,") : std::string(1, ch);
   std::vector<std::string> a = {c.qemu,
                                 "-M", "microvm,memory-backend=mem",
                                 "-object", "memory-backend-memfd,id=mem,size=" + mem + "M,share=on",
@@ -114,19 +111,20 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
                                 "-initrd", c.initrd,
                                 "-append", append,
                                 "-serial", "stdio",
-                                // The guest's only way out: QEMU user networking with restrict=on (no
-                                // route to the host or anywhere), plus one forward to the proxy.
-                                "-netdev", "user,id=n0,restrict=on,ipv6=off,guestfwd=tcp:10.0.2.100:3128-cmd:" + relay,
-                                "-device", "virtio-net-device,netdev=n0",
+                                // No network device (-nodefaults, and none added): the guest's only
+                                // way out is the port net0, whose streams the supervisor hands to
+                                // the proxy. QEMU itself has no network backend to reach anything.
+                                "-nic", "none",
                                 "-device", "virtio-serial-device",
                                 "-chardev", "socket,id=agent,path=" + c.state_dir + "/vm/agent.sock,server=on,wait=off",
                                 "-device", "virtserialport,chardev=agent,name=agent0",
+                                "-chardev", "socket,id=net,path=" + c.state_dir + "/vm/net.sock,server=on,wait=off",
+                                "-device", "virtserialport,chardev=net,name=net0",
                                 "-qmp", "unix:" + c.state_dir + "/vm/qmp.sock,server=on,wait=off",
-                                // QEMU's own seccomp filter: no obsolete calls, no scheduling or
-                                // resource changes. Spawning stays allowed (the proxy relay is a
-                                // guestfwd command, run for each guest connection), and so do
-                                // set*id calls: with elevateprivileges=deny the relay never runs.
-                                "-sandbox", "on,obsolete=deny,resourcecontrol=deny"};
+                                // QEMU's own seccomp filter: no obsolete calls, no new processes, no
+                                // privilege, scheduling or resource changes. (Run as root, QEMU is
+                                // already the user it should be: Machine::launch switched before exec.)
+                                "-sandbox", "on,obsolete=deny,spawn=deny,elevateprivileges=deny,resourcecontrol=deny"};
   if (!c.root_disk.empty())
     a.insert(a.end(), {"-drive", "file=" + c.root_disk + ",if=none,format=raw,readonly=on,id=root", "-device",
                        "virtio-blk-device,drive=root"});

@@ -34,6 +34,12 @@ enum class FrameType : std::uint8_t {
   stderr_data = 67,
   exit = 68,      // payload: the exit status as decimal text (128 + signal when killed)
   error = 69,     // payload: why the command could not start; the session ends
+  // the network port (stream_mux.h): the session is a stream
+  net_open = 96,
+  net_data = 97,
+  net_eof = 98,
+  net_close = 99,
+  net_credit = 100,
 };
 
 inline constexpr std::size_t header_size = 9;

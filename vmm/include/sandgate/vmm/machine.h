@@ -1,6 +1,7 @@
-// A QEMU microVM (-M microvm, virtio-mmio devices) whose only network path
-// is the sandbox's proxy, with its agent on a virtio-serial port and QMP for
-// its lifecycle. vmm knows nothing of HTTP: the proxy is a unix socket path.
+// A QEMU microVM (-M microvm, virtio-mmio devices) with no network device:
+// its only network path is a virtio-serial port whose streams the host
+// relays to the sandbox's proxy (stream_mux.h). Its agent has a port of its
+// own, and QMP drives its lifecycle. vmm knows nothing of HTTP.
 #pragma once
 
 #include <sys/types.h>
@@ -27,9 +28,6 @@ struct MachineConfig {
   Accel accel = Accel::tcg;
   unsigned tb_size_mib = 64;  // TCG's translation cache (32 saves ~15 MiB, boots slower)
   std::string state_dir;  // the machine's sockets and console log live here
-  // Run for each guest connection to the proxy address (10.0.2.100:3128):
-  // a command whose stdin/stdout carry that connection (`sandgate relay SOCKET`).
-  std::string proxy_relay;
   std::vector<std::string> kernel_args;  // extra key=value for the guest's init
   // A vhost-user-fs backend socket (virtiofsd), attached with tag "ws"; "" for none.
   std::string fs_socket;
@@ -69,6 +67,8 @@ class Machine {
   pid_t pid() const noexcept { return pid_; }
   // QEMU's sockets live in STATE_DIR/vm, the one folder QEMU may write.
   std::string agent_socket() const { return state_dir_ + "/vm/agent.sock"; }
+  // The guest's network port (stream_mux.h: relay_guest_network).
+  std::string net_socket() const { return state_dir_ + "/vm/net.sock"; }
   std::string qmp_socket() const { return state_dir_ + "/vm/qmp.sock"; }
   std::string console_log() const { return state_dir_ + "/console.log"; }
 
