@@ -68,7 +68,7 @@ void StreamMux::on_frame(const Frame& f) {
   const auto id = f.session;
   if (f.type == FrameType::net_open) {
     if (streams_.count(id)) return drop(id, true);  // a reused id: the far side is confused
-    const int fd = dial_ ? dial_() : -1;
+    const int fd = dial_ && streams_.size() < max_streams ? dial_() : -1;
     if (fd < 0) return send(FrameType::net_close, id);
     set_non_blocking(fd);
     streams_[id].fd = fd;
@@ -110,6 +110,7 @@ void StreamMux::read_stream(std::uint32_t id, Stream& s) {
   } else if (n == 0) {
     s.near_eof = true;
     send(FrameType::net_eof, id);
+    if (s.shut) drop(id, false);  // both ways done
   } else if (errno != EAGAIN && errno != EINTR) {
     drop(id, true);
   }
@@ -151,7 +152,7 @@ void StreamMux::run(const std::atomic<bool>& stop) {
     ids.clear();
     fds.push_back({port_, static_cast<short>(POLLIN | (port_out_.empty() ? 0 : POLLOUT)), 0});
     const bool room = port_out_.size() < port_high_water;
-    fds.push_back({room ? listener_ : -1, POLLIN, 0});
+    fds.push_back({room && streams_.size() < max_streams ? listener_ : -1, POLLIN, 0});
     for (auto& [id, s] : streams_) {
       short events = 0;
       if (room && !s.near_eof && s.credit > 0) events |= POLLIN;

@@ -29,6 +29,10 @@ namespace sandgate::vmm {
 class StreamMux {
  public:
   static constexpr std::size_t window = 256 * 1024;  // unacknowledged bytes per stream and direction
+  // Streams open at once; past it a far side's open is refused and the
+  // listener waits. With the window this bounds what a guest can make the
+  // host hold: at most 256 MiB, and only while the proxy does not read.
+  static constexpr std::size_t max_streams = 1024;
 
   // port: the channel, made non-blocking here. listener: a listening socket
   // whose connections become streams this side opens, or -1. dial: makes the
