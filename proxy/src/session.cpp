@@ -504,12 +504,15 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       auto remaining = *length;
       if (remaining > inbuf.size() && remaining <= small_body) {
         // Part of a small body came with the head: take the rest if it is
-        // already here (no wait), so the whole message leaves in one write.
-        set_non_blocking(in);
+        // already here, so the whole message leaves in one write. MSG_DONTWAIT,
+        // not Asio's read_some: that one polls until data comes, and would
+        // stop this thread for a client that pauses.
         const auto want = std::min(static_cast<std::size_t>(remaining) - inbuf.size(), inbuf.max_size() - inbuf.size());
-        boost::system::error_code ec;
-        const auto n = want > 0 ? in.read_some(inbuf.prepare(want), ec) : 0;
-        if (!ec) inbuf.commit(n);
+        if (want > 0) {
+          const auto room = inbuf.prepare(want);
+          const ssize_t n = ::recv(in.native_handle(), room.data(), room.size(), MSG_DONTWAIT);
+          if (n > 0) inbuf.commit(static_cast<std::size_t>(n));
+        }
       }
       const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
       arm(ctx_.limits.idle_timeout);

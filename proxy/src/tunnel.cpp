@@ -204,12 +204,13 @@ class ReadLowWater {
   int current_ = 1;
 };
 
-}  // namespace
-
+// Sets O_NONBLOCK on the socket, once (splice needs it; Asio waits for
+// readiness). native_non_blocking() reads Asio's flag; setting it is an ioctl.
 void set_non_blocking(Socket& s) {
-  // (native_non_blocking() reads Asio's flag; setting it is an ioctl.)
   if (!s.native_non_blocking()) s.native_non_blocking(true);
 }
+
+}  // namespace
 
 asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
                                   const std::function<void()>& on_activity) {

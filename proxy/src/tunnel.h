@@ -38,9 +38,6 @@ boost::asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstre
                                                   std::string_view target_host,
                                                   const std::function<void()>& on_activity);
 
-// Sets O_NONBLOCK on the socket, once (splice needs it; Asio waits for readiness).
-void set_non_blocking(Socket& s);
-
 // Moves exactly `bytes` from `from` to `to` (an HTTP body of known length)
 // with splice(2) through a pipe from the thread's pool (the tunnels' too), or
 // a buffered copy where splice is refused. False if a side fails or the body

@@ -209,6 +209,44 @@ TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
   EXPECT_NE(r.find(expect + " 12000"), std::string::npos) << r;
 }
 
+TEST_F(ProxyTest, ASmallBodyThatStopsHalfwayHoldsUpOnlyItsOwnConnection) {
+  // A client sends a head, 10 of its 1,000 body bytes, and pauses. The proxy
+  // looks for the rest without waiting; its one I/O thread must go on
+  // serving others meanwhile.
+  const int port = start_proxy({"--threads", "1"});
+  const int slow = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(slow, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const std::string part = "POST http://origin.test:" + o() + "/sha256 HTTP/1.1\r\nHost: origin.test:" + o() +
+                           "\r\nContent-Length: 1000\r\n\r\n" + std::string(10, 'b');
+  ASSERT_EQ(::send(slow, part.data(), part.size(), MSG_NOSIGNAL), static_cast<ssize_t>(part.size()));
+  ::usleep(300'000);  // the proxy has the head and the 10 bytes
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = exchange("127.0.0.1", port,
+                          "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
+                              "\r\nConnection: close\r\n\r\n",
+                          std::chrono::milliseconds(3000));
+  EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  // The paused body then finishes and arrives whole.
+  const std::string rest(990, 'b');
+  ASSERT_EQ(::send(slow, rest.data(), rest.size(), MSG_NOSIGNAL), static_cast<ssize_t>(rest.size()));
+  std::string answer;
+  char buf[4096];
+  pollfd pfd{slow, POLLIN, 0};
+  while (answer.find(" 1000\n") == std::string::npos && ::poll(&pfd, 1, 5000) > 0) {
+    const ssize_t n = ::recv(slow, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    answer.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(slow);
+  const auto expect = shell("head -c 1000 /dev/zero | tr '\\0' b | sha256sum").out.substr(0, 64);
+  EXPECT_NE(answer.find(expect + " 1000"), std::string::npos) << answer;
+}
+
 TEST_F(ProxyTest, KeepAliveAfterASplicedBodyReadsTheNextHead) {
   // A large body is spliced with the origin socket's low-water mark raised;
   // the next answer on the same upstream connection is 100 bytes and must
