@@ -15,6 +15,7 @@
 namespace sandgate {
 
 namespace fs = std::filesystem;
+using testing::connect_tcp;
 using testing::exchange;
 using testing::Process;
 using testing::shell;
@@ -141,12 +142,8 @@ inline std::string status_line(const std::string& response) { return response.su
 
 // Opens a CONNECT tunnel to the origin; returns the socket, or -1.
 inline int open_tunnel(int proxy_port, const std::string& origin_port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<std::uint16_t>(proxy_port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return -1;
+  const int fd = connect_tcp("127.0.0.1", proxy_port);
+  if (fd < 0) return -1;
   const std::string req = "CONNECT origin.test:" + origin_port + " HTTP/1.1\r\n\r\n";
   ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
   char buf[256] = {};

@@ -101,10 +101,8 @@ class Process {
   std::string buffered_;
 };
 
-// Sends `request` to host:port over TCP and returns everything received
-// until the peer closes or `limit` passes without data.
-inline std::string exchange(const std::string& host, int port, const std::string& request,
-                            std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+// A TCP connection to host:port (IPv4 or IPv6 literal); the socket, or -1.
+inline int connect_tcp(const std::string& host, int port) {
   const bool v6 = host.find(':') != std::string::npos;
   const int fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_storage ss{};
@@ -122,12 +120,17 @@ inline std::string exchange(const std::string& host, int port, const std::string
     ::inet_pton(AF_INET, host.c_str(), &a->sin_addr);
     len = sizeof *a;
   }
-  std::string out;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     ::close(fd);
-    return "connect failed";
+    return -1;
   }
-  if (!request.empty()) ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  return fd;
+}
+
+// Everything received on fd until the peer closes or `limit` passes without
+// data; closes fd.
+inline std::string read_until_close(int fd, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  std::string out;
   for (;;) {
     pollfd p{fd, POLLIN, 0};
     if (::poll(&p, 1, static_cast<int>(limit.count())) <= 0) break;
@@ -138,6 +141,16 @@ inline std::string exchange(const std::string& host, int port, const std::string
   }
   ::close(fd);
   return out;
+}
+
+// Sends `request` to host:port over TCP and returns everything received
+// until the peer closes or `limit` passes without data.
+inline std::string exchange(const std::string& host, int port, const std::string& request,
+                            std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  const int fd = connect_tcp(host, port);
+  if (fd < 0) return "connect failed";
+  if (!request.empty()) ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  return read_until_close(fd, limit);
 }
 
 struct Run {

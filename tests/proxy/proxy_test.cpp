@@ -9,6 +9,7 @@ namespace {
 
 using testing::exchange;
 using testing::Process;
+using testing::read_until_close;
 using testing::shell;
 
 TEST_F(ProxyTest, CurlGetThroughTheProxy) {
@@ -214,14 +215,10 @@ TEST_F(ProxyTest, ASmallBodyThatStopsHalfwayHoldsUpOnlyItsOwnConnection) {
   // looks for the rest without waiting; its one I/O thread must go on
   // serving others meanwhile.
   const int port = start_proxy({"--threads", "1"});
-  const int slow = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<std::uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(slow, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const int slow = connect_tcp("127.0.0.1", port);
+  ASSERT_GE(slow, 0);
   const std::string part = "POST http://origin.test:" + o() + "/sha256 HTTP/1.1\r\nHost: origin.test:" + o() +
-                           "\r\nContent-Length: 1000\r\n\r\n" + std::string(10, 'b');
+                           "\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n" + std::string(10, 'b');
   ASSERT_EQ(::send(slow, part.data(), part.size(), MSG_NOSIGNAL), static_cast<ssize_t>(part.size()));
   ::usleep(300'000);  // the proxy has the head and the 10 bytes
   const auto start = std::chrono::steady_clock::now();
@@ -234,15 +231,7 @@ TEST_F(ProxyTest, ASmallBodyThatStopsHalfwayHoldsUpOnlyItsOwnConnection) {
   // The paused body then finishes and arrives whole.
   const std::string rest(990, 'b');
   ASSERT_EQ(::send(slow, rest.data(), rest.size(), MSG_NOSIGNAL), static_cast<ssize_t>(rest.size()));
-  std::string answer;
-  char buf[4096];
-  pollfd pfd{slow, POLLIN, 0};
-  while (answer.find(" 1000\n") == std::string::npos && ::poll(&pfd, 1, 5000) > 0) {
-    const ssize_t n = ::recv(slow, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    answer.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(slow);
+  const auto answer = read_until_close(slow);
   const auto expect = shell("head -c 1000 /dev/zero | tr '\\0' b | sha256sum").out.substr(0, 64);
   EXPECT_NE(answer.find(expect + " 1000"), std::string::npos) << answer;
 }
@@ -417,12 +406,8 @@ TEST_F(ProxyTest, ConnectionFloodGets503AndServiceGoesOn) {
   std::vector<int> fds;
   int ok = 0, busy = 0;
   for (int i = 0; i < 60; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<std::uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    const int fd = connect_tcp("127.0.0.1", port);
+    ASSERT_GE(fd, 0);
     const std::string req = "CONNECT origin.test:" + o() + " HTTP/1.1\r\n\r\n";
     ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
     pollfd p{fd, POLLIN, 0};

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "../proxy/process.h"
 #include "sandgate/vmm/stream_mux.h"
 
 namespace sandgate::vmm {
@@ -32,24 +33,10 @@ int tcp_listener(std::uint16_t& port) {
   return fd;
 }
 
-int tcp_connect(std::uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(port);
-  return ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 ? fd : (::close(fd), -1);
-}
+int tcp_connect(std::uint16_t port) { return sandgate::testing::connect_tcp("127.0.0.1", port); }
+using sandgate::testing::read_until_close;
 
-// Reads until EOF (or error); what arrived.
-std::string read_all(int fd) {
-  std::string got;
-  char buf[65536];
-  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) got.append(buf, static_cast<std::size_t>(n));
-  return got;
-}
-
-class StreamMuxTest : public testing::Test {
+class StreamMuxTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, port_), 0);
@@ -119,17 +106,15 @@ TEST_F(StreamMuxTest, StreamsArriveWholeWhileOneReaderWaits) {
         ::write(c, mine.data(), mine.size());
         ::shutdown(c, SHUT_WR);
       });
-      const auto got = read_all(c);
+      const auto got = read_until_close(c);
       w.join();
-      ::close(c);
       whole += got == mine;
     });
   for (auto& t : others) t.join();
   EXPECT_EQ(whole.load(), 8) << "the others went on while one stream was full";
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  EXPECT_EQ(read_all(slow), big);
+  EXPECT_EQ(read_until_close(slow), big);
   slow_writer.join();
-  ::close(slow);
 }
 
 TEST_F(StreamMuxTest, PastTheStreamLimitClientsWaitAndThenGetThrough) {
@@ -148,10 +133,7 @@ TEST_F(StreamMuxTest, PastTheStreamLimitClientsWaitAndThenGetThrough) {
   char c;
   EXPECT_LT(::read(extra, &c, 1), 0) << "served past the limit";
   for (int fd : held) ::close(fd);
-  tv = {10, 0};
-  ::setsockopt(extra, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  EXPECT_EQ(read_all(extra), "ping");
-  ::close(extra);
+  EXPECT_EQ(read_until_close(extra, std::chrono::seconds(10)), "ping");
 }
 
 }  // namespace
