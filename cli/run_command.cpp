@@ -12,7 +12,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <charconv>
 #include <csignal>
 #include <chrono>
@@ -449,15 +448,11 @@ int run_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate run: " << machine.error() << "\n";
     return 1;
   }
-  // The guest's connections, for as long as this process runs the sandbox.
-  std::atomic<bool> network_stop{false};
-  std::jthread network([&, port = (*machine)->net_socket()] {
-    vmm::relay_guest_network(port, proxy_socket, network_stop);
+  // The guest's connections, for as long as this process runs the sandbox
+  // (the jthread asks it to stop, and waits, when run_command returns).
+  std::jthread network([&proxy_socket, port = (*machine)->net_socket()](std::stop_token stop) {
+    vmm::relay_guest_network(port, proxy_socket, stop);
   });
-  struct StopNetwork {
-    std::atomic<bool>& stop;
-    ~StopNetwork() { stop = true; }
-  } stop_network{network_stop};
   auto agent = vmm::AgentClient::connect((*machine)->agent_socket(), boot_timeout);
   if (!agent) {
     std::cerr << "sandgate run: " << agent.error() << " (" << (*machine)->console_log() << ")\n";

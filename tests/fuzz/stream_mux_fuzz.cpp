@@ -4,7 +4,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -26,14 +25,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // other end nobody reads: the mux must stay within its window regardless.
   std::vector<int> far_ends;
   {
-    const std::atomic<bool> stop{false};
     sandgate::vmm::StreamMux mux(port[0], -1, [&] {
       int pair[2];
       if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return -1;
       far_ends.push_back(pair[1]);
       return pair[0];
     });
-    mux.run(stop);  // returns at the port's EOF
+    mux.run({});  // returns at the port's EOF
   }
   for (int fd : far_ends) ::close(fd);
   ::close(port[0]);

@@ -61,13 +61,13 @@ class StreamMuxTest : public ::testing::Test {
         }).detach();
       }
     });
-    guest_ = std::thread([this] { StreamMux(port_[0], guest_listener_, nullptr).run(stop_); });
-    host_ = std::thread([this] { StreamMux(port_[1], -1, [this] { return tcp_connect(echo_port_); }).run(stop_); });
+    guest_ = std::jthread([this](std::stop_token stop) { StreamMux(port_[0], guest_listener_, nullptr).run(stop); });
+    host_ = std::jthread(
+        [this](std::stop_token stop) { StreamMux(port_[1], -1, [this] { return tcp_connect(echo_port_); }).run(stop); });
   }
   void TearDown() override {
-    stop_ = true;
-    guest_.join();
-    host_.join();
+    guest_ = {};  // asks each mux to stop, and waits for it
+    host_ = {};
     ::shutdown(echo_, SHUT_RDWR);
     ::close(echo_);
     echo_thread_.join();
@@ -77,8 +77,8 @@ class StreamMuxTest : public ::testing::Test {
   int port_[2]{-1, -1};
   int echo_ = -1, guest_listener_ = -1;
   std::uint16_t echo_port_ = 0, guest_port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread echo_thread_, guest_, host_;
+  std::thread echo_thread_;
+  std::jthread guest_, host_;
 };
 
 TEST_F(StreamMuxTest, StreamsArriveWholeWhileOneReaderWaits) {

@@ -23,7 +23,6 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/src.hpp>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -424,7 +423,6 @@ void serve_network() {
     std::fprintf(stderr, "sandgate-agent: cannot listen on 10.0.2.100:3128: %s\n", std::strerror(errno));
     return;
   }
-  const std::atomic<bool> never{false};
   for (;;) {
     const auto path = find_port("net0");
     const int port = path.empty() ? -1 : ::open(path.c_str(), O_RDWR | O_CLOEXEC);
@@ -432,7 +430,7 @@ void serve_network() {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
       continue;
     }
-    sandgate::vmm::StreamMux(port, listener, nullptr).run(never);
+    sandgate::vmm::StreamMux(port, listener, nullptr).run({});  // runs until the port closes
     ::close(port);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

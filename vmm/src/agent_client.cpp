@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "sandgate/vmm/agent_protocol.h"
+#include "unix_socket.h"
 
 namespace sandgate::vmm {
 namespace {
@@ -39,18 +40,10 @@ boost::system::result<std::unique_ptr<AgentClient>, std::string> AgentClient::co
   const auto end = std::chrono::steady_clock::now() + timeout;
   int fd = -1;
   // QEMU creates the socket a moment after it starts.
-  while (fd < 0) {
-    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, socket.c_str(), sizeof addr.sun_path - 1);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-      ::close(fd);
-      fd = -1;
-      if (std::chrono::steady_clock::now() >= end)
-        return "the VM's agent socket " + socket + " did not appear (QEMU did not start; see console.log)";
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+  while ((fd = detail::connect_unix(socket)) < 0) {
+    if (std::chrono::steady_clock::now() >= end)
+      return "the VM's agent socket " + socket + " did not appear (QEMU did not start; see console.log)";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   std::unique_ptr<AgentClient> c(new AgentClient(fd));
   // Ping until the agent answers: until the guest opens its port, bytes are

@@ -18,6 +18,8 @@
 #include <fstream>
 #include <thread>
 
+#include "unix_socket.h"
+
 namespace sandgate::vmm {
 
 std::string_view to_string(Accel a) noexcept { return a == Accel::kvm ? "kvm" : "tcg"; }
@@ -224,13 +226,9 @@ void Machine::kill() noexcept {
 }
 
 bool Machine::qmp(const std::string& command) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const auto path = qmp_socket();
-  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
   // Invariant: fd is closed before return.
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  const int fd = detail::connect_unix(qmp_socket());
+  bool ok = fd >= 0;
   if (ok) {
     const std::string msg = R"({"execute":"qmp_capabilities"})" "\n" R"({"execute":")" + command + "\"}\n";
     ok = ::write(fd, msg.data(), msg.size()) == static_cast<ssize_t>(msg.size());
@@ -242,7 +240,7 @@ bool Machine::qmp(const std::string& command) {
       for (ssize_t i = 0; i < n; ++i) answers += buf[i] == '\n';
     }
   }
-  ::close(fd);
+  if (fd >= 0) ::close(fd);
   return ok;
 }
 

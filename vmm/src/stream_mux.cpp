@@ -3,15 +3,15 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
 #include <chrono>
-#include <cstring>
 #include <thread>
 #include <vector>
+
+#include "unix_socket.h"
 
 namespace sandgate::vmm {
 namespace {
@@ -29,10 +29,6 @@ StreamMux::StreamMux(int port, int listener, std::function<int()> dial)
     : port_(port), listener_(listener), dial_(std::move(dial)) {
   set_non_blocking(port_);
   if (listener_ >= 0) set_non_blocking(listener_);
-}
-
-StreamMux::~StreamMux() {
-  for (auto& [id, s] : streams_) ::close(s.fd);
 }
 
 void StreamMux::send(FrameType type, std::uint32_t id, std::string_view payload) {
@@ -64,7 +60,7 @@ void StreamMux::drop(std::uint32_t id, bool tell_far_side) {
   if (tell_far_side) send(FrameType::net_close, id);
 }
 
-void StreamMux::on_frame(const Frame& f) {
+void StreamMux::on_frame(Frame&& f) {
   const auto id = f.session;
   if (f.type == FrameType::net_open) {
     if (streams_.count(id)) return drop(id, true);  // a reused id: the far side is confused
@@ -81,7 +77,8 @@ void StreamMux::on_frame(const Frame& f) {
     case FrameType::net_data:
       // More than the window means the far side ignores flow control.
       if (s.far_eof || s.out.size() + f.payload.size() > window) return drop(id, true);
-      s.out += f.payload;
+      if (s.out.empty()) s.out = std::move(f.payload);  // the usual case: no second copy
+      else s.out += f.payload;
       write_stream(id, s);
       return;
     case FrameType::net_eof:
@@ -143,11 +140,12 @@ void StreamMux::write_stream(std::uint32_t id, Stream& s) {
   if (s.shut && s.near_eof) drop(id, false);  // both ways done
 }
 
-void StreamMux::run(const std::atomic<bool>& stop) {
+void StreamMux::run(std::stop_token stop) {
   std::vector<pollfd> fds;
   std::vector<std::uint32_t> ids;
   char buf[read_chunk];
-  while (!stop.load(std::memory_order_relaxed) && !port_done_) {
+  bool port_done = false;
+  while (!stop.stop_requested() && !port_done) {
     fds.clear();
     ids.clear();
     fds.push_back({port_, static_cast<short>(POLLIN | (port_out_.empty() ? 0 : POLLOUT)), 0});
@@ -189,49 +187,28 @@ void StreamMux::run(const std::atomic<bool>& stop) {
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
       const ssize_t n = ::read(port_, buf, sizeof buf);
       if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-        port_done_ = true;
+        port_done = true;
       } else if (n > 0) {
         decoder_.feed({buf, static_cast<std::size_t>(n)});
-        while (auto f = decoder_.next()) on_frame(*f);
-        if (decoder_.error()) port_done_ = true;  // garbage on the channel: end it
+        while (auto f = decoder_.next()) on_frame(std::move(*f));
+        if (decoder_.error()) port_done = true;  // garbage on the channel: end it
       }
     }
-    if (!port_out_.empty() && !flush_port()) port_done_ = true;
+    if (!port_out_.empty() && !flush_port()) port_done = true;
   }
   for (auto& [id, s] : streams_) ::close(s.fd);
   streams_.clear();
 }
 
-}  // namespace sandgate::vmm
-
-namespace sandgate::vmm {
-namespace {
-
-int connect_unix(const std::string& path) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-}  // namespace
-
-void relay_guest_network(const std::string& port_socket, const std::string& proxy_socket,
-                         const std::atomic<bool>& stop) {
+void relay_guest_network(const std::string& port_socket, const std::string& proxy_socket, std::stop_token stop) {
   int port = -1;
   // QEMU creates its socket a moment after it starts.
-  while (port < 0 && !stop.load(std::memory_order_relaxed)) {
-    port = connect_unix(port_socket);
+  while (port < 0 && !stop.stop_requested()) {
+    port = detail::connect_unix(port_socket);
     if (port < 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (port < 0) return;
-  StreamMux mux(port, -1, [&] { return connect_unix(proxy_socket); });
+  StreamMux mux(port, -1, [&] { return detail::connect_unix(proxy_socket); });
   mux.run(stop);
   ::close(port);
 }

@@ -15,11 +15,11 @@
 // writing to each other cannot deadlock.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <stop_token>
 #include <string>
 
 #include "sandgate/vmm/agent_protocol.h"
@@ -38,13 +38,12 @@ class StreamMux {
   // whose connections become streams this side opens, or -1. dial: makes the
   // local end of a stream the far side opened; -1 refuses it.
   StreamMux(int port, int listener, std::function<int()> dial);
-  ~StreamMux();
   StreamMux(const StreamMux&) = delete;
   StreamMux& operator=(const StreamMux&) = delete;
 
-  // Relays until the channel ends (EOF or error) or `stop` is set (checked
-  // at least every 200 ms). Every stream is closed when it returns.
-  void run(const std::atomic<bool>& stop);
+  // Relays until the channel ends (EOF or error) or a stop is requested
+  // (checked at least every 200 ms). Every stream is closed when it returns.
+  void run(std::stop_token stop);
 
  private:
   struct Stream {
@@ -58,7 +57,7 @@ class StreamMux {
   };
 
   void send(FrameType type, std::uint32_t id, std::string_view payload = {});
-  void on_frame(const Frame& f);
+  void on_frame(Frame&& f);
   void read_stream(std::uint32_t id, Stream& s);
   void write_stream(std::uint32_t id, Stream& s);
   void drop(std::uint32_t id, bool tell_far_side);
@@ -71,14 +70,12 @@ class StreamMux {
   std::string port_out_;  // frames waiting for the channel
   std::map<std::uint32_t, Stream> streams_;
   std::uint32_t next_id_ = 0;
-  bool port_done_ = false;
 };
 
 // The host's end of a guest's network port: connects to QEMU's socket for
 // it (port_socket; retried until QEMU has made it) and relays every stream
 // the guest opens to a new connection to the proxy's unix socket, until the
-// VM ends or `stop` is set.
-void relay_guest_network(const std::string& port_socket, const std::string& proxy_socket,
-                         const std::atomic<bool>& stop);
+// VM ends or a stop is requested.
+void relay_guest_network(const std::string& port_socket, const std::string& proxy_socket, std::stop_token stop);
 
 }  // namespace sandgate::vmm
