@@ -4,11 +4,12 @@
 //
 // One poll loop: the port, every running command's stdout and stderr pipes,
 // and a signalfd for SIGCHLD. A command's exit frame is sent only after its
-// output pipes reach EOF, so no output is lost behind it.
+// output pipes reach EOF, so no output is lost behind it. A second thread
+// carries the guest's connections to its proxy (serve_network, port "net0").
 #include <arpa/inet.h>
 #include <dirent.h>
-#include <netinet/in.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
