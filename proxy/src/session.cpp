@@ -144,6 +144,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     policy_ = set_->for_sandbox(listener_.sandbox).get();
     beast::flat_buffer buf(ctx_.limits.head_bytes);
     while (co_await serve_one(buf)) {
+      // An idle keep-alive connection holds no parsed message.
+      request_.reset();
+      response_.reset();
     }
     finish();
   }
@@ -295,7 +298,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     const auto head_size = co_await read_head(buf);
     if (head_size == 0) co_return false;
     const std::string_view head(static_cast<const char*>(buf.data().data()), head_size);
-    RequestParser parser;
+    auto& parser = request_.emplace();
     parser.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
     parser.body_limit(boost::none);  // bodies stream through a fixed buffer
     // Until the head parses, the log names what the request line held.
@@ -472,6 +475,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     tunnel_target_ = *target;
     if (ctx_.close_denied_tunnels) ctx_.tunnels.insert(this);
+    request_.reset();  // `authority` viewed it; the tunnel needs neither
     // Bytes the client sent right after its head (a TLS ClientHello) go
     // through the first-flight check with the rest of it.
     std::string prefix(static_cast<const char*>(buf.data().data()), buf.size());
@@ -489,71 +493,89 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_await log_close(result.bytes_up, result.bytes_down, end, 0);
   }
 
-  template <bool isRequest>
   // Writes the (rewritten) header of p's message to `out`, then its body.
   // A Content-Length body is spliced socket to socket after the bytes already
   // read; any other body (chunked) is re-framed by Beast through a fixed
   // buffer. `complete` says whether the whole body went through.
+  // Not a coroutine itself: each path is one, so that each frame stays under
+  // the 1 KiB Asio recycles (a larger one is a malloc and free per message).
+  template <bool isRequest>
   asio::awaitable<boost::system::error_code> relay_body(Socket& in, beast::flat_buffer& inbuf,
                                                         http::parser<isRequest, http::buffer_body>& p, Socket& out,
                                                         bool& complete, std::uint64_t& moved) {
     complete = false;
     moved = 0;
+    if (p.content_length() && !p.chunked() && !p.is_done()) return relay_sized_body(in, inbuf, p, out, complete, moved);
+    return relay_chunked_body(in, inbuf, p, out, complete, moved);
+  }
+
+  template <bool isRequest>
+  asio::awaitable<boost::system::error_code> relay_sized_body(Socket& in, beast::flat_buffer& inbuf,
+                                                              http::parser<isRequest, http::buffer_body>& p,
+                                                              Socket& out, bool& complete, std::uint64_t& moved) {
     http::serializer<isRequest, http::buffer_body> sr{p.get()};
-    if (const auto length = p.content_length(); length && !p.chunked() && !p.is_done()) {
-      auto remaining = *length;
-      if (remaining > inbuf.size() && remaining <= small_body) {
-        // Part of a small body came with the head: take the rest if it is
-        // already here, so the whole message leaves in one write. MSG_DONTWAIT,
-        // not Asio's read_some: that one polls until data comes, and would
-        // stop this thread for a client that pauses.
-        const auto want = std::min(static_cast<std::size_t>(remaining) - inbuf.size(), inbuf.max_size() - inbuf.size());
-        if (want > 0) {
-          const auto room = inbuf.prepare(want);
-          const ssize_t n = ::recv(in.native_handle(), room.data(), room.size(), MSG_DONTWAIT);
-          if (n > 0) inbuf.commit(static_cast<std::size_t>(n));
-        }
+    const std::uint64_t length = *p.content_length();
+    auto remaining = length;
+    if (remaining > inbuf.size() && remaining <= small_body) {
+      // Part of a small body came with the head: take the rest if it is
+      // already here, so the whole message leaves in one write. MSG_DONTWAIT,
+      // not Asio's read_some: that one polls until data comes, and would
+      // stop this thread for a client that pauses.
+      const auto want = std::min(static_cast<std::size_t>(remaining) - inbuf.size(), inbuf.max_size() - inbuf.size());
+      if (want > 0) {
+        const auto room = inbuf.prepare(want);
+        const ssize_t n = ::recv(in.native_handle(), room.data(), room.size(), MSG_DONTWAIT);
+        if (n > 0) inbuf.commit(static_cast<std::size_t>(n));
       }
-      const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
-      arm(ctx_.limits.idle_timeout);
-      if (first == 0) {
-        // (A buffer_body without data writes nothing, not even the head.)
-        auto [hec, hn] = co_await http::async_write_header(out, sr, token);
-        if (hec) co_return hec;
-      } else {
-        // The head and the body bytes already read leave in one write: a small
-        // message is one segment and one wakeup of the reader, not two.
-        auto& body = p.get().body();
-        body.data = inbuf.data().data();
-        body.size = first;
-        body.more = first < remaining;
-        auto [wec, m] = co_await http::async_write(out, sr, token);
-        if (wec && wec != http::error::need_buffer) co_return wec;
-      }
-      inbuf.consume(first);
-      remaining -= first;
-      arm(ctx_.limits.idle_timeout);
-      moved = first;
-      if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); }))
-        co_return asio::error::make_error_code(asio::error::connection_aborted);
-      moved = *length;
-      complete = true;
-      co_return boost::system::error_code{};
     }
+    const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
+    arm(ctx_.limits.idle_timeout);
+    if (first == 0) {
+      // (A buffer_body without data writes nothing, not even the head.)
+      auto [hec, hn] = co_await http::async_write_header(out, sr, token);
+      if (hec) co_return hec;
+    } else {
+      // The head and the body bytes already read leave in one write: a small
+      // message is one segment and one wakeup of the reader, not two.
+      auto& body = p.get().body();
+      body.data = inbuf.data().data();
+      body.size = first;
+      body.more = first < remaining;
+      auto [wec, m] = co_await http::async_write(out, sr, token);
+      if (wec && wec != http::error::need_buffer) co_return wec;
+    }
+    inbuf.consume(first);
+    remaining -= first;
+    arm(ctx_.limits.idle_timeout);
+    moved = first;
+    if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); }))
+      co_return asio::error::make_error_code(asio::error::connection_aborted);
+    moved = length;
+    complete = true;
+    co_return boost::system::error_code{};
+  }
+
+  template <bool isRequest>
+  asio::awaitable<boost::system::error_code> relay_chunked_body(Socket& in, beast::flat_buffer& inbuf,
+                                                                http::parser<isRequest, http::buffer_body>& p,
+                                                                Socket& out, bool& complete, std::uint64_t& moved) {
+    http::serializer<isRequest, http::buffer_body> sr{p.get()};
     auto [hec, hn] = co_await http::async_write_header(out, sr, token);
     if (hec) co_return hec;
-    // Invariant: a chunked body moves through this fixed buffer, whatever its size.
-    std::array<char, 16 * 1024> chunk;
+    // Invariant: a chunked body moves through this fixed buffer, whatever its
+    // size. On the heap, not in the frame: Asio recycles only small frames.
+    constexpr std::size_t chunk_size = 16 * 1024;
+    const auto chunk = std::make_unique_for_overwrite<char[]>(chunk_size);
     do {
       arm(ctx_.limits.idle_timeout);
       if (!p.is_done()) {
-        p.get().body().data = chunk.data();
-        p.get().body().size = chunk.size();
+        p.get().body().data = chunk.get();
+        p.get().body().size = chunk_size;
         auto [ec, n] = co_await http::async_read(in, inbuf, p, token);
         if (ec && ec != http::error::need_buffer) co_return ec;
-        p.get().body().size = chunk.size() - p.get().body().size;
+        p.get().body().size = chunk_size - p.get().body().size;
         moved += p.get().body().size;
-        p.get().body().data = chunk.data();
+        p.get().body().data = chunk.get();
         p.get().body().more = !p.is_done();
       } else {
         p.get().body().data = nullptr;
@@ -566,69 +588,72 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_return boost::system::error_code{};
   }
 
-  // One absolute-form request; true when the client connection stays open.
-  asio::awaitable<bool> serve_http(RequestParser& parser, beast::flat_buffer& buf) {
-    auto& req = parser.get();
+  // Checks an absolute-form request's target and Host header. When they are
+  // acceptable, sets http_target_ and requested_ (host:port as asked) and
+  // rewrites the target to origin form; else returns why, for a 400.
+  std::string take_http_target(http::request<http::buffer_body>& req) {
     auto url = boost::urls::parse_absolute_uri(req.target());
-    if (!url || url->scheme_id() != boost::urls::scheme::http) {
-      co_await bad_request(req.target().starts_with("/") || req.target() == "*"
-                               ? "a forward proxy needs an absolute-form target, as GET http://host/path"
-                               : "only http:// targets are forwarded; use CONNECT for https");
-      co_return false;
-    }
+    if (!url || url->scheme_id() != boost::urls::scheme::http)
+      return req.target().starts_with("/") || req.target() == "*"
+                 ? "a forward proxy needs an absolute-form target, as GET http://host/path"
+                 : "only http:// targets are forwarded; use CONNECT for https";
     // Boost.URL 1.81 reads "http://1.2.3.4.:80/x" as host 1.2.3.4 and path
     // ".:80/x"; an http URL's path is empty or starts with '/', so anything
     // else is a misparse and refused.
-    if (const auto path = url->encoded_path(); !path.empty() && !path.starts_with("/")) {
-      co_await bad_request("the target's authority could not be parsed");
-      co_return false;
-    }
-    if (url->has_userinfo()) {
-      co_await bad_request("userinfo (user@host) is not allowed in a target");
-      co_return false;
-    }
-    // Copies: url views req.target(), which is rewritten below.
-    const std::string host_and_port(url->encoded_host_and_port());
-    audit_.requested = host_and_port;
-    std::string origin_form(url->encoded_target());
-    if (origin_form.empty()) origin_form = "/";
-    auto target = policy::parse_target(host_and_port, 80);
-    if (!target) {
-      co_await bad_request("bad target host: " + std::string(policy::describe(target.error())));
-      co_return false;
-    }
+    if (const auto path = url->encoded_path(); !path.empty() && !path.starts_with("/"))
+      return "the target's authority could not be parsed";
+    if (url->has_userinfo()) return "userinfo (user@host) is not allowed in a target";
+    // Copies into members that keep their capacity: url views req.target().
+    requested_ = url->encoded_host_and_port();
+    audit_.requested = requested_;
+    origin_form_ = url->encoded_target();
+    if (origin_form_.empty()) origin_form_ = "/";
+    auto target = policy::parse_target(requested_, 80);
+    if (!target) return "bad target host: " + std::string(policy::describe(target.error()));
     // A Host header that names another destination is a confused-deputy attempt.
     if (const auto host_field = req[http::field::host]; !host_field.empty()) {
       auto h = policy::parse_target(host_field, 80);
-      if (!h || h->host != target->host || h->port != target->port) {
-        co_await bad_request("the Host header names another host than the request target");
-        co_return false;
-      }
+      if (!h || h->host != target->host || h->port != target->port)
+        return "the Host header names another host than the request target";
     }
-    std::vector<policy::Address> allowed;
-    if (!co_await decide(*target, allowed)) co_return false;
+    http_target_ = std::move(*target);
+    req.target(origin_form_);
+    return {};
+  }
+
+  // One absolute-form request; true when the client connection stays open.
+  // (Its response is a coroutine of its own: one frame for both would be
+  // over the 1 KiB Asio recycles.)
+  asio::awaitable<bool> serve_http(RequestParser& parser, beast::flat_buffer& buf) {
+    auto& req = parser.get();
+    if (auto why = take_http_target(req); !why.empty()) {
+      co_await bad_request(why);
+      co_return false;
+    }
+    const auto& target = http_target_;
+    allowed_.clear();
+    if (!co_await decide(target, allowed_)) co_return false;
     // Reuse the upstream connection of the previous request only for the same
     // target, and only if its address passed this request's checks too.
-    const bool reuse = upstream_open_ && upstream_host_ == target->host && upstream_port_ == target->port &&
-                       std::find(allowed.begin(), allowed.end(), upstream_addr_) != allowed.end() &&
+    const bool reuse = upstream_open_ && upstream_host_ == target.host && upstream_port_ == target.port &&
+                       std::find(allowed_.begin(), allowed_.end(), upstream_addr_) != allowed_.end() &&
                        upstream_still_open();
     if (!reuse) {
       upstream_open_ = false;
-      if (!co_await dial(allowed, target->port)) co_return false;
-      upstream_host_ = target->host;
-      upstream_port_ = target->port;
+      if (!co_await dial(allowed_, target.port)) co_return false;
+      upstream_host_ = target.host;
+      upstream_port_ = target.port;
     } else {
       audit_.connected = true;
       audit_.connect_us = 0;  // the kept-alive connection
     }
     co_await log_decision(0, nullptr);
 
-    const bool client_keep_alive = req.keep_alive();
+    const Asked asked{req.method() == http::verb::head, req.version() == 11, req.keep_alive()};
     const bool expect_continue = beast::iequals(req[http::field::expect], "100-continue");
-    req.target(origin_form);
     strip_hop_by_hop(req);
     req.erase(http::field::expect);
-    req.set(http::field::host, host_and_port);
+    req.set(http::field::host, requested_);
     add_via(req);
     req.keep_alive(true);
     req.version(11);
@@ -648,15 +673,28 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       co_await log_close(sent, 0, timed_out_ ? netlog::EndReason::idle_timeout : netlog::EndReason::error, 0);
       co_return false;
     }
+    co_return co_await relay_response(asked, sent);
+  }
 
+  // What the client's request said, for its answer; taken before the request
+  // is rewritten for the origin.
+  struct Asked {
+    bool head;          // HEAD: the answer has no body
+    bool http11;        // may get a chunked answer
+    bool keep_alive;
+  };
+
+  // Reads the origin's answer and relays it; true when the client connection
+  // stays open. `sent`: the request body's bytes, for the close record.
+  asio::awaitable<bool> relay_response(Asked asked, std::uint64_t sent) {
     upbuf_.clear();
-    std::optional<http::response_parser<http::buffer_body>> rp;
+    auto& rp = response_;
     for (;;) {
       // Interim 1xx answers (other than 101) are not forwarded.
       rp.emplace();
       rp->header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
       rp->body_limit(boost::none);
-      if (req.method() == http::verb::head) rp->skip(true);
+      if (asked.head) rp->skip(true);
       arm(ctx_.limits.idle_timeout);
       auto [ec, n] = co_await http::async_read_header(upstream_, upbuf_, *rp, token);
       if (ec) {
@@ -674,11 +712,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     strip_hop_by_hop(res);
     add_via(res);
     const unsigned status = res.result_int();
-    const bool bodiless = req.method() == http::verb::head || status == 204 || status == 304;
-    bool keep = client_keep_alive;
+    const bool bodiless = asked.head || status == 204 || status == 304;
+    bool keep = asked.keep_alive;
     if (!bodiless && !res.has_content_length() && !res.chunked()) {
-      // Close-delimited from the origin: chunk it for an HTTP/1.1 client, else close.
-      if (req.version() == 11) res.chunked(true);
+      // Close-delimited from the origin: chunk it for an HTTP/1.1 client; an
+      // HTTP/1.0 one must not get chunked (RFC 9112 6.1), so close instead.
+      if (asked.http11) res.chunked(true);
       else keep = false;
     }
     res.version(11);  // an intermediary sends its own HTTP version
@@ -738,6 +777,14 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   tcp::resolver resolver_;
   asio::steady_timer timer_;
   beast::flat_buffer upbuf_;  // the origin's answer (plain HTTP); its capacity is reused
+  // The message under way; members, not coroutine locals, since Asio
+  // recycles only frames under 1 KiB and these would make a frame larger.
+  std::optional<RequestParser> request_;
+  std::optional<http::response_parser<http::buffer_body>> response_;
+  // Absolute-form requests: kept between requests so their capacity is reused.
+  std::string requested_, origin_form_;
+  policy::Target http_target_;
+  std::vector<policy::Address> allowed_;
   ThreadContext& ctx_;
   const Listener& listener_;
   std::shared_ptr<const config::PolicySet> set_;

@@ -8,6 +8,7 @@ accepted connection to CONNLOG (so a test can prove a forbidden origin saw
 nothing). Endpoints:
   GET  /small          100 bytes
   GET  /bytes/N        N bytes of a repeating pattern
+  GET  /unsized/N      N bytes with no Content-Length, ended by closing
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
@@ -75,6 +76,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             time.sleep(0.2)
             self.wfile.write(body)
+            return
+        if self.path.startswith("/unsized/"):
+            # No Content-Length: the body ends when the connection closes.
+            body = b"u" * int(self.path[9:])
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body)
+            self.close_connection = True
             return
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())

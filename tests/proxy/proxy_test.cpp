@@ -197,6 +197,26 @@ TEST_F(ProxyTest, KeepAliveServesPipelinedRequests) {
   EXPECT_EQ(count, 3u) << r;
 }
 
+TEST_F(ProxyTest, AnAnswerEndedByCloseIsChunkedOnlyForAnHttp11Client) {
+  // The origin sends no Content-Length and closes after the body. An HTTP/1.1
+  // client may get it chunked on a kept-alive connection; an HTTP/1.0 one
+  // must not see Transfer-Encoding (RFC 9112 6.1): its answer ends at close.
+  const int port = start_proxy();
+  const auto ask = [&](const std::string& version) {
+    return exchange("127.0.0.1", port,
+                    "GET http://origin.test:" + o() + "/unsized/50 HTTP/" + version + "\r\nHost: origin.test:" + o() +
+                        "\r\nConnection: close\r\n\r\n");
+  };
+  const std::string body(50, 'u');
+  const auto old = ask("1.0");
+  EXPECT_EQ(status_line(old), "HTTP/1.1 200 OK") << old;
+  EXPECT_EQ(old.find("Transfer-Encoding"), std::string::npos) << old;
+  EXPECT_TRUE(old.ends_with("\r\n\r\n" + body)) << old;
+  const auto now = ask("1.1");
+  EXPECT_NE(now.find("Transfer-Encoding: chunked"), std::string::npos) << now;
+  EXPECT_TRUE(now.ends_with("32\r\n" + body + "\r\n0\r\n\r\n")) << now;
+}
+
 TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
   // A 12,000-byte body sent with its head, through a proxy whose head buffer
   // holds 2 KiB: the proxy takes what fits with the head and splices the rest.
