@@ -144,9 +144,6 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     policy_ = set_->for_sandbox(listener_.sandbox).get();
     beast::flat_buffer buf(ctx_.limits.head_bytes);
     while (co_await serve_one(buf)) {
-      // An idle keep-alive connection holds no parsed message.
-      request_.reset();
-      response_.reset();
     }
     finish();
   }
@@ -298,7 +295,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     const auto head_size = co_await read_head(buf);
     if (head_size == 0) co_return false;
     const std::string_view head(static_cast<const char*>(buf.data().data()), head_size);
-    auto& parser = request_.emplace();
+    RequestParser parser;
     parser.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
     parser.body_limit(boost::none);  // bodies stream through a fixed buffer
     // Until the head parses, the log names what the request line held.
@@ -475,7 +472,6 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     tunnel_target_ = *target;
     if (ctx_.close_denied_tunnels) ctx_.tunnels.insert(this);
-    request_.reset();  // `authority` viewed it; the tunnel needs neither
     // Bytes the client sent right after its head (a TLS ClientHello) go
     // through the first-flight check with the rest of it.
     std::string prefix(static_cast<const char*>(buf.data().data()), buf.size());
@@ -688,7 +684,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // stays open. `sent`: the request body's bytes, for the close record.
   asio::awaitable<bool> relay_response(Asked asked, std::uint64_t sent) {
     upbuf_.clear();
-    auto& rp = response_;
+    std::optional<http::response_parser<http::buffer_body>> rp;
     for (;;) {
       // Interim 1xx answers (other than 101) are not forwarded.
       rp.emplace();
@@ -777,10 +773,6 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   tcp::resolver resolver_;
   asio::steady_timer timer_;
   beast::flat_buffer upbuf_;  // the origin's answer (plain HTTP); its capacity is reused
-  // The message under way; members, not coroutine locals, since Asio
-  // recycles only frames under 1 KiB and these would make a frame larger.
-  std::optional<RequestParser> request_;
-  std::optional<http::response_parser<http::buffer_body>> response_;
   // Absolute-form requests: kept between requests so their capacity is reused.
   std::string requested_, origin_form_;
   policy::Target http_target_;
