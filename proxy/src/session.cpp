@@ -710,11 +710,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     const unsigned status = res.result_int();
     const bool bodiless = asked.head || status == 204 || status == 304;
     bool keep = asked.keep_alive;
-    if (!bodiless && !res.has_content_length() && !res.chunked()) {
-      // Close-delimited from the origin: chunk it for an HTTP/1.1 client; an
-      // HTTP/1.0 one must not get chunked (RFC 9112 6.1), so close instead.
-      if (asked.http11) res.chunked(true);
-      else keep = false;
+    if (!bodiless && !asked.http11) {
+      // An HTTP/1.0 client must not get chunked (RFC 9112 6.1): a body
+      // without a length goes as it is, and closing the connection ends it.
+      res.chunked(false);
+      if (!res.has_content_length()) keep = false;
+    } else if (!bodiless && !res.has_content_length() && !res.chunked()) {
+      res.chunked(true);  // close-delimited from the origin: chunked, the client kept
     }
     res.version(11);  // an intermediary sends its own HTTP version
     res.keep_alive(keep);

@@ -9,6 +9,7 @@ nothing). Endpoints:
   GET  /small          100 bytes
   GET  /bytes/N        N bytes of a repeating pattern
   GET  /unsized/N      N bytes with no Content-Length, ended by closing
+  GET  /chunked/N      N bytes, chunked
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
@@ -82,6 +83,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = b"u" * int(self.path[9:])
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body)
             self.close_connection = True
+            return
+        if self.path.startswith("/chunked/"):
+            # N bytes in chunks of at most 1000.
+            n = int(self.path[9:])
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while n > 0:
+                k = min(n, 1000)
+                self.wfile.write(b"%x\r\n%s\r\n" % (k, b"c" * k))
+                n -= k
+            self.wfile.write(b"0\r\n\r\n")
             return
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())
