@@ -31,13 +31,16 @@ std::string parse_request_head(std::string_view head, std::size_t max_fields, Re
   parser.put(boost::asio::buffer(head.data(), head.size()), ec);
   if (ec || !parser.is_header_done()) return "malformed request: " + (ec ? ec.message() : "incomplete head");
   const auto& req = parser.get();
-  std::size_t fields = 0, lengths = 0, encodings = 0;
+  std::size_t fields = 0, lengths = 0, encodings = 0, hosts = 0;
   for (const auto& f : req) {
     ++fields;
     lengths += f.name() == http::field::content_length;
     encodings += f.name() == http::field::transfer_encoding;
+    hosts += f.name() == http::field::host;
   }
   if (fields > max_fields) return "too many header fields (limit " + std::to_string(max_fields) + ")";
+  // RFC 9112 3.2: the proxy checks one Host, and an origin may read another.
+  if (hosts > 1) return "several Host fields";
   if (lengths > 1) return "several Content-Length fields";
   if (lengths && encodings) return "both Content-Length and Transfer-Encoding";
   if (encodings > 1 || (encodings && !boost::beast::iequals(req[http::field::transfer_encoding], "chunked")))

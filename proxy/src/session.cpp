@@ -56,6 +56,20 @@ void strip_hop_by_hop(Fields& f) {
   for (auto name : hop_by_hop) f.erase(name);
 }
 
+// Whether a message keeps its connection open (RFC 9112 9.3), reading every
+// Connection field: Beast's keep_alive() reads only the first, so a "close"
+// in a second one would be missed.
+template <bool isRequest, class Body>
+bool keeps_alive(const http::message<isRequest, Body>& m) {
+  bool close = false, keep_alive = false;
+  for (auto [it, end] = m.equal_range(http::field::connection); it != end; ++it)
+    for (auto option : http::token_list(it->value())) {
+      close |= beast::iequals(option, "close");
+      keep_alive |= beast::iequals(option, "keep-alive");
+    }
+  return !close && (m.version() >= 11 || keep_alive);
+}
+
 template <class Fields>
 void add_via(Fields& f) {
   const auto existing = f[http::field::via];
@@ -589,10 +603,11 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // rewrites the target to origin form; else returns why, for a 400.
   std::string take_http_target(http::request<http::buffer_body>& req) {
     auto url = boost::urls::parse_absolute_uri(req.target());
-    if (!url || url->scheme_id() != boost::urls::scheme::http)
-      return req.target().starts_with("/") || req.target() == "*"
-                 ? "a forward proxy needs an absolute-form target, as GET http://host/path"
-                 : "only http:// targets are forwarded; use CONNECT for https";
+    if (req.target().starts_with("/") || req.target() == "*")
+      return "a forward proxy needs an absolute-form target, as GET http://host/path";
+    if (!url) return "the request target is not a valid absolute URI, as http://host/path?query";
+    if (url->scheme_id() != boost::urls::scheme::http)
+      return "only http:// targets are forwarded; use CONNECT for https";
     // Boost.URL 1.81 reads "http://1.2.3.4.:80/x" as host 1.2.3.4 and path
     // ".:80/x"; an http URL's path is empty or starts with '/', so anything
     // else is a misparse and refused.
@@ -645,7 +660,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     co_await log_decision(0, nullptr);
 
-    const Asked asked{req.method() == http::verb::head, req.version() == 11, req.keep_alive()};
+    const Asked asked{req.method() == http::verb::head, req.version() == 11, keeps_alive(req)};
     const bool expect_continue = beast::iequals(req[http::field::expect], "100-continue");
     strip_hop_by_hop(req);
     req.erase(http::field::expect);
@@ -704,7 +719,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       if (status < 100 || status >= 200 || status == 101) break;
     }
     auto& res = rp->get();
-    const bool origin_keeps = res.keep_alive();
+    const bool origin_keeps = keeps_alive(res);
     strip_hop_by_hop(res);
     add_via(res);
     const unsigned status = res.result_int();
@@ -713,7 +728,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     if (!bodiless && !asked.http11) {
       // An HTTP/1.0 client must not get chunked (RFC 9112 6.1): a body
       // without a length goes as it is, and closing the connection ends it.
-      res.chunked(false);
+      if (res.chunked()) res.chunked(false);  // (which also drops any Content-Length)
       if (!res.has_content_length()) keep = false;
     } else if (!bodiless && !res.has_content_length() && !res.chunked()) {
       res.chunked(true);  // close-delimited from the origin: chunked, the client kept

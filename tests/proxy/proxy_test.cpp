@@ -151,6 +151,8 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
       {"authority form without CONNECT", "GET origin.test:" + o() + " HTTP/1.1\r\n" + h + "\r\n"},
       {"https absolute form", "GET https://origin.test:" + o() + "/ HTTP/1.1\r\n" + h + "\r\n"},
       {"Host disagrees", "GET " + t + " HTTP/1.1\r\nHost: evil.test\r\n\r\n"},
+      {"two Hosts", "GET " + t + " HTTP/1.1\r\n" + h + "Host: evil.test\r\n\r\n"},
+      {"fragment", "GET " + t + "#part HTTP/1.1\r\n" + h + "\r\n"},
       {"userinfo", "GET http://u:p@origin.test:" + o() + "/ HTTP/1.1\r\n" + h + "\r\n"},
       {"CONNECT without port", "CONNECT origin.test HTTP/1.1\r\n\r\n"},
       {"CONNECT percent host", "CONNECT orig%69n.test:443 HTTP/1.1\r\n\r\n"},
@@ -197,6 +199,20 @@ TEST_F(ProxyTest, KeepAliveServesPipelinedRequests) {
   EXPECT_EQ(count, 3u) << r;
 }
 
+TEST_F(ProxyTest, CloseInAnyConnectionFieldEndsTheConnection) {
+  // "close" in the second of two Connection fields still closes: the answer
+  // says so and the proxy hangs up at once rather than at its idle timeout.
+  const int port = start_proxy();
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = exchange("127.0.0.1", port,
+                          "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
+                              "\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+                          std::chrono::seconds(4));
+  EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+  EXPECT_NE(r.find("Connection: close\r\n"), std::string::npos) << r;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+}
+
 TEST_F(ProxyTest, AnHttp10ClientNeverGetsAChunkedAnswer) {
   // RFC 9112 6.1: no Transfer-Encoding to an HTTP/1.0 client. An origin's
   // answer with no length (ended by close) or a chunked one reaches such a
@@ -229,6 +245,10 @@ TEST_F(ProxyTest, AnHttp10ClientNeverGetsAChunkedAnswer) {
     EXPECT_EQ(joined, body) << now;
     EXPECT_TRUE(now.ends_with("\r\n0\r\n\r\n")) << now;
   }
+  // An answer with a length keeps it.
+  const auto sized = ask("/small", "1.0");
+  EXPECT_NE(sized.find("Content-Length: 100\r\n"), std::string::npos) << sized;
+  EXPECT_TRUE(sized.ends_with("\r\n\r\n" + std::string(100, 'x'))) << sized;
 }
 
 TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
