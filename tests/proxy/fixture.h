@@ -128,6 +128,14 @@ class ProxyTest : public ::testing::Test {
   static fs::path key_path() { return dir_ / "keys" / "log.key"; }
 
   std::string o() const { return std::to_string(origin_->port); }
+
+  // An absolute-form request head for the origin: the request line, its Host,
+  // `headers` (lines ending in CRLF) and the blank line.
+  std::string request(const std::string& path, const std::string& headers = "Connection: close\r\n",
+                      const std::string& method = "GET", const std::string& version = "1.1") const {
+    return method + " http://origin.test:" + o() + path + " HTTP/" + version + "\r\nHost: origin.test:" + o() +
+           "\r\n" + headers + "\r\n";
+  }
   std::string f() const { return std::to_string(forbidden_->port); }
 
   static inline fs::path dir_;

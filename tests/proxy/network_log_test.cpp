@@ -132,8 +132,7 @@ TEST_F(NetworkLogTest, EveryRequestHasADecisionAndEveryAllowedOneACloseRecord) {
 
 TEST_F(NetworkLogTest, KillNineLosesAtMostTheFlushIntervalAndVerifyShowsTheTail) {
   const int port = start_proxy({"--log-flush", "100"});
-  const auto req = "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
-                   "\r\nConnection: close\r\n\r\n";
+  const auto req = request("/small");
   for (int i = 0; i < 20; ++i) ASSERT_TRUE(exchange("127.0.0.1", port, req).starts_with("HTTP/1.1 200"));
   // Wait out the flush interval (polling the file), then kill without warning.
   for (int i = 0; i < 200 && records(log_path(), "close").size() < 20; ++i) ::usleep(10'000);
@@ -156,8 +155,7 @@ TEST_F(NetworkLogTest, KillNineLosesAtMostTheFlushIntervalAndVerifyShowsTheTail)
 
 TEST_F(NetworkLogTest, SigusrReopensForLogrotateAndTheChainSpansBothFiles) {
   const int port = start_proxy();
-  const auto req = "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
-                   "\r\nConnection: close\r\n\r\n";
+  const auto req = request("/small");
   ASSERT_TRUE(exchange("127.0.0.1", port, req).starts_with("HTTP/1.1 200"));
   for (int i = 0; i < 200 && records(log_path(), "close").empty(); ++i) ::usleep(10'000);
   fs::rename(log_path(), log_path().string() + ".1");
@@ -211,8 +209,7 @@ TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
   }
   ASSERT_FALSE(admin.empty());
   const int admin_port = std::stoi(admin);
-  const auto req = "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
-                   "\r\nConnection: close\r\n\r\n";
+  const auto req = request("/small");
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(exchange("127.0.0.1", port, req).starts_with("HTTP/1.1 200"));
   ASSERT_TRUE(exchange("127.0.0.1", port, "GET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\n")
                   .starts_with("HTTP/1.1 403"));

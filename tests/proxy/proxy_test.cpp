@@ -176,15 +176,15 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
 
 TEST_F(ProxyTest, HeadLimitsAndSlowloris) {
   const int port = start_proxy({"--head-bytes", "2048", "--head-timeout", "300", "--max-headers", "20"});
-  const std::string t = "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() + "\r\n";
-  const auto big = exchange("127.0.0.1", port, t + "X-Big: " + std::string(4096, 'a') + "\r\n\r\n");
+  const auto big = exchange("127.0.0.1", port, request("/small", "X-Big: " + std::string(4096, 'a') + "\r\n"));
   EXPECT_EQ(status_line(big), "HTTP/1.1 431 Request Header Fields Too Large") << big;
-  std::string many = t;
+  std::string many;
   for (int i = 0; i < 30; ++i) many += "X-" + std::to_string(i) + ": v\r\n";
-  EXPECT_EQ(status_line(exchange("127.0.0.1", port, many + "\r\n")), "HTTP/1.1 400 Bad Request");
+  EXPECT_EQ(status_line(exchange("127.0.0.1", port, request("/small", many))), "HTTP/1.1 400 Bad Request");
   // A head that never ends: the connection is closed at the head timeout.
   const auto start = std::chrono::steady_clock::now();
-  const auto slow = exchange("127.0.0.1", port, t, std::chrono::seconds(5));
+  const auto head = request("/small", "");
+  const auto slow = exchange("127.0.0.1", port, head.substr(0, head.size() - 2), std::chrono::seconds(5));
   const auto took = std::chrono::steady_clock::now() - start;
   EXPECT_EQ(slow, "");
   EXPECT_LT(took, std::chrono::seconds(3));
@@ -192,7 +192,7 @@ TEST_F(ProxyTest, HeadLimitsAndSlowloris) {
 
 TEST_F(ProxyTest, KeepAliveServesPipelinedRequests) {
   const int port = start_proxy();
-  const std::string one = "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() + "\r\n\r\n";
+  const std::string one = request("/small", "");
   const auto r = exchange("127.0.0.1", port, one + one + one, std::chrono::milliseconds(1500));
   std::size_t count = 0;
   for (auto at = r.find("HTTP/1.1 200"); at != std::string::npos; at = r.find("HTTP/1.1 200", at + 1)) ++count;
@@ -204,9 +204,7 @@ TEST_F(ProxyTest, CloseInAnyConnectionFieldEndsTheConnection) {
   // says so and the proxy hangs up at once rather than at its idle timeout.
   const int port = start_proxy();
   const auto start = std::chrono::steady_clock::now();
-  const auto r = exchange("127.0.0.1", port,
-                          "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
-                              "\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+  const auto r = exchange("127.0.0.1", port, request("/small", "Connection: keep-alive\r\nConnection: close\r\n"),
                           std::chrono::seconds(4));
   EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
   EXPECT_NE(r.find("Connection: close\r\n"), std::string::npos) << r;
@@ -220,9 +218,7 @@ TEST_F(ProxyTest, AnHttp10ClientNeverGetsAChunkedAnswer) {
   // client gets both chunked.
   const int port = start_proxy();
   const auto ask = [&](const std::string& path, const std::string& version) {
-    return exchange("127.0.0.1", port,
-                    "GET http://origin.test:" + o() + path + " HTTP/" + version + "\r\nHost: origin.test:" + o() +
-                        "\r\nConnection: close\r\n\r\n");
+    return exchange("127.0.0.1", port, request(path, "Connection: close\r\n", "GET", version));
   };
   for (const auto& [path, body] : {std::pair<std::string, std::string>{"/unsized/50", std::string(50, 'u')},
                                    {"/chunked/1500", std::string(1500, 'c')}}) {
@@ -256,9 +252,8 @@ TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
   // holds 2 KiB: the proxy takes what fits with the head and splices the rest.
   const int port = start_proxy({"--head-bytes", "2048"});
   const std::string body(12000, 'a');
-  const auto r = exchange("127.0.0.1", port,
-                          "POST http://origin.test:" + o() + "/sha256 HTTP/1.1\r\nHost: origin.test:" + o() +
-                              "\r\nContent-Length: 12000\r\nConnection: close\r\n\r\n" + body);
+  const auto r =
+      exchange("127.0.0.1", port, request("/sha256", "Content-Length: 12000\r\nConnection: close\r\n", "POST") + body);
   const auto expect = shell("head -c 12000 /dev/zero | tr '\\0' a | sha256sum").out.substr(0, 64);
   EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
   EXPECT_NE(r.find(expect + " 12000"), std::string::npos) << r;
@@ -271,15 +266,12 @@ TEST_F(ProxyTest, ASmallBodyThatStopsHalfwayHoldsUpOnlyItsOwnConnection) {
   const int port = start_proxy({"--threads", "1"});
   const int slow = connect_tcp("127.0.0.1", port);
   ASSERT_GE(slow, 0);
-  const std::string part = "POST http://origin.test:" + o() + "/sha256 HTTP/1.1\r\nHost: origin.test:" + o() +
-                           "\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n" + std::string(10, 'b');
+  const std::string part =
+      request("/sha256", "Content-Length: 1000\r\nConnection: close\r\n", "POST") + std::string(10, 'b');
   ASSERT_EQ(::send(slow, part.data(), part.size(), MSG_NOSIGNAL), static_cast<ssize_t>(part.size()));
   ::usleep(300'000);  // the proxy has the head and the 10 bytes
   const auto start = std::chrono::steady_clock::now();
-  const auto r = exchange("127.0.0.1", port,
-                          "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
-                              "\r\nConnection: close\r\n\r\n",
-                          std::chrono::milliseconds(3000));
+  const auto r = exchange("127.0.0.1", port, request("/small"), std::chrono::milliseconds(3000));
   EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
   // The paused body then finishes and arrives whole.
@@ -296,7 +288,7 @@ TEST_F(ProxyTest, KeepAliveAfterASplicedBodyReadsTheNextHead) {
   // not wait for more.
   const int port = start_proxy();
   const auto get = [&](const std::string& path) {
-    return "GET http://origin.test:" + o() + path + " HTTP/1.1\r\nHost: origin.test:" + o() + "\r\n\r\n";
+    return request(path, "");
   };
   const auto start = std::chrono::steady_clock::now();
   const auto r = exchange("127.0.0.1", port, get("/bytes/300000") + get("/small") + get("/bytes/20000") + get("/small"),
@@ -310,8 +302,7 @@ TEST_F(ProxyTest, KeepAliveAfterASplicedBodyReadsTheNextHead) {
 
 TEST_F(ProxyTest, Ipv6LoopbackListener) {
   const int port = start_proxy({}, "[::1]:0");
-  const auto r = exchange("::1", port, "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
-                                           "\r\nConnection: close\r\n\r\n");
+  const auto r = exchange("::1", port, request("/small"));
   EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
 }
 
@@ -479,8 +470,7 @@ TEST_F(ProxyTest, ConnectionFloodGets503AndServiceGoesOn) {
   // Once the flood is gone, service resumes.
   std::string r;
   for (int i = 0; i < 200 && !r.starts_with("HTTP/1.1 200"); ++i) {
-    r = exchange("127.0.0.1", port, "GET " + std::string("http://origin.test:") + o() +
-                                        "/small HTTP/1.1\r\nHost: origin.test:" + o() + "\r\nConnection: close\r\n\r\n");
+    r = exchange("127.0.0.1", port, request("/small"));
     ::usleep(10'000);
   }
   EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
@@ -601,8 +591,7 @@ TEST_F(ProxyTest, KeepDeniedTunnelsLeavesThemOpen) {
   // New requests see the new policy; the open tunnel still carries bytes.
   std::string r;
   for (int i = 0; i < 300 && r.find("blocked-by-default") == std::string::npos; ++i) {
-    r = exchange("127.0.0.1", port, "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
-                                        "\r\nConnection: close\r\n\r\n");
+    r = exchange("127.0.0.1", port, request("/small"));
     ::usleep(10'000);
   }
   EXPECT_NE(r.find("X-Proxy-Error: blocked-by-default"), std::string::npos) << r;
@@ -626,9 +615,7 @@ TEST_F(ProxyTest, TunnelLimitPerSandboxAnswers429) {
   EXPECT_NE(over.find("X-Proxy-Error: too-many-tunnels"), std::string::npos) << over;
   EXPECT_NE(over.find("Retry-After: 1"), std::string::npos) << over;
   // Plain requests are not tunnels: still served.
-  EXPECT_TRUE(exchange("127.0.0.1", port, "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" +
-                                              o() + "\r\nConnection: close\r\n\r\n")
-                  .starts_with("HTTP/1.1 200"));
+  EXPECT_TRUE(exchange("127.0.0.1", port, request("/small")).starts_with("HTTP/1.1 200"));
   // A closed tunnel frees its place.
   ::close(open.back());
   open.pop_back();
@@ -653,8 +640,7 @@ TEST_F(ProxyTest, PerClientConnectionLimitAnswers429) {
   for (int fd : open) ::close(fd);
   std::string r;
   for (int i = 0; i < 200 && !r.starts_with("HTTP/1.1 200"); ++i) {
-    r = exchange("127.0.0.1", port, "GET http://origin.test:" + o() + "/small HTTP/1.1\r\nHost: origin.test:" + o() +
-                                        "\r\nConnection: close\r\n\r\n");
+    r = exchange("127.0.0.1", port, request("/small"));
     if (!r.starts_with("HTTP/1.1 200")) ::usleep(10'000);
   }
   EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
