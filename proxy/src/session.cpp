@@ -747,8 +747,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     co_await log_close(sent, received, keep ? netlog::EndReason::complete : netlog::EndReason::client_close,
                        static_cast<std::uint16_t>(status));
-    // Bytes past the response (a misbehaving origin) mean the stream is not reusable.
-    upstream_open_ = origin_keeps && (response_complete || rp->is_done()) && upbuf_.size() == 0;
+    // Bytes past the response (a misbehaving origin) mean the stream is not
+    // reusable, and neither is one whose answer ended by closing.
+    upstream_open_ = origin_keeps && !rp->need_eof() && (response_complete || rp->is_done()) && upbuf_.size() == 0;
     if (!upstream_open_) {
       boost::system::error_code ignored;
       upstream_.close(ignored);
