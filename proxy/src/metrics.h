@@ -13,11 +13,11 @@
 namespace sandgate::proxy::detail {
 
 // The reason codes a decision can carry: the policy's, then the proxy's own.
-inline constexpr std::array<std::string_view, 19> reason_codes = {
+inline constexpr std::array<std::string_view, 20> reason_codes = {
     "allowed-by-rule", "allowed-by-default", "allowed-by-cidr", "blocked-by-denylist", "blocked-by-default",
     "blocked-by-cidr", "blocked-by-default-cidr", "dns-mixed-answer", "no-address", "bad-request",
     "header-too-large", "dns-failure", "dns-timeout", "connect-failed", "connect-timeout", "too-many-tunnels",
-    "too-many-connections", "bad-upstream-response", "other"};
+    "too-many-connections", "bad-upstream-response", "upstream-timeout", "other"};
 inline constexpr std::array<std::string_view, 4> verdicts = {"allow", "deny", "report", "error"};
 
 std::size_t reason_index(std::string_view code) noexcept;

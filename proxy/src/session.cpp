@@ -127,10 +127,18 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   }
 
  private:
-  enum class Stage : std::uint8_t { head, dial, relay, done };
+  // dial: resolving or connecting; answer: waiting for the origin's answer.
+  // In both a timeout fails the origin's side, and the client gets a 504.
+  enum class Stage : std::uint8_t { head, dial, relay, answer, done };
 
   // --- Timeouts: one timer per connection, re-armed by moving a deadline. ---
-  void arm(std::chrono::milliseconds d) { deadline_ = Clock::now() + d; }
+  // A later deadline waits for the timer to fire (then it sleeps again); an
+  // earlier one, a stage whose timeout is shorter than what is left, wakes
+  // the watchdog now. That happens at most once per firing, not per request.
+  void arm(std::chrono::milliseconds d) {
+    deadline_ = Clock::now() + d;
+    if (deadline_ < timer_.expiry()) timer_.cancel();
+  }
 
   asio::awaitable<void> watchdog(std::shared_ptr<Session>) {
     while (stage_ != Stage::done) {
@@ -140,8 +148,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       if (Clock::now() < deadline_) continue;
       timed_out_ = true;
       boost::system::error_code ignored;
-      if (stage_ == Stage::dial) {
-        // Fail the lookup or the dial, not the client: it gets a 504.
+      if (stage_ == Stage::dial || stage_ == Stage::answer) {
+        // Fail the lookup, the dial or the wait, not the client: it gets a 504.
         resolver_.cancel();
         upstream_.close(ignored);
         continue;
@@ -706,8 +714,18 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       rp->header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
       rp->body_limit(boost::none);
       if (asked.head) rp->skip(true);
+      stage_ = Stage::answer;
+      timed_out_ = false;
       arm(ctx_.limits.idle_timeout);
       auto [ec, n] = co_await http::async_read_header(upstream_, upbuf_, *rp, token);
+      stage_ = Stage::relay;
+      if (ec && timed_out_) {
+        co_await log_close(sent, 0, netlog::EndReason::idle_timeout, 504);
+        co_await answer(error_answer(504, "upstream-timeout",
+                                     "the origin took the request but sent no answer within " +
+                                         std::to_string(ctx_.limits.idle_timeout.count()) + " ms (--idle-timeout)"));
+        co_return false;
+      }
       if (ec) {
         co_await log_close(sent, 0, ec == http::error::end_of_stream ? netlog::EndReason::upstream_close
                                                                       : netlog::EndReason::error,

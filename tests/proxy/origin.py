@@ -10,6 +10,7 @@ nothing). Endpoints:
   GET  /bytes/N        N bytes of a repeating pattern
   GET  /unsized/N      N bytes with no Content-Length, ended by closing
   GET  /chunked/N      N bytes, chunked
+  GET  /silent         no answer (the handler sleeps 30 s)
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
@@ -93,6 +94,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (k, b"c" * k))
                 n -= k
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path == "/silent":
+            # Takes the request and never answers (for the proxy's timeout).
+            time.sleep(30)
+            self.close_connection = True
             return
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())

@@ -190,6 +190,46 @@ TEST_F(ProxyTest, HeadLimitsAndSlowloris) {
   EXPECT_LT(took, std::chrono::seconds(3));
 }
 
+TEST_F(ProxyTest, AnOriginThatNeverAnswersGets504AtTheIdleTimeout) {
+  const int port = start_proxy({"--idle-timeout", "700"});
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = exchange("127.0.0.1", port, request("/silent"), std::chrono::seconds(8));
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status_line(r), "HTTP/1.1 504 Gateway Timeout") << r;
+  EXPECT_NE(r.find("X-Proxy-Error: upstream-timeout"), std::string::npos) << r;
+  EXPECT_GE(took, std::chrono::milliseconds(600));
+  EXPECT_LT(took, std::chrono::seconds(3));  // not the 10 s head timeout the timer was first set to
+}
+
+TEST_F(ProxyTest, TheHeadTimeoutHoldsForALaterRequestOnAKeptConnection) {
+  // The connection's timer fires once while the first request's body is
+  // awaited (its deadline then the 60 s idle timeout); the second request's
+  // head must still be cut off at the 1 s head timeout, not 60 s later.
+  const int port = start_proxy({"--head-timeout", "1000"});
+  const int fd = connect_tcp("127.0.0.1", port);
+  ASSERT_GE(fd, 0);
+  const auto send_all = [&](const std::string& bytes) {
+    return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+  };
+  ::usleep(500'000);
+  ASSERT_TRUE(send_all(request("/sha256", "Content-Length: 10\r\n", "POST")));
+  ::usleep(1'000'000);  // past the first head timeout, mid-body
+  ASSERT_TRUE(send_all(std::string(10, 'k')));
+  // The answer, then half a head.
+  std::string got;
+  char buf[4096];
+  while (got.find("\r\n\r\n") == std::string::npos || !got.ends_with(" 10\n")) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0) << got;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  EXPECT_EQ(status_line(got), "HTTP/1.1 200 OK") << got;
+  ASSERT_TRUE(send_all("GET http://origin.test:" + o() + "/small HTTP/1.1\r\n"));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(read_until_close(fd, std::chrono::seconds(8)), "");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+}
+
 TEST_F(ProxyTest, KeepAliveServesPipelinedRequests) {
   const int port = start_proxy();
   const std::string one = request("/small", "");
