@@ -652,11 +652,18 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     const auto& target = http_target_;
     allowed_.clear();
     if (!co_await decide(target, allowed_)) co_return false;
+    // A GET, HEAD or OPTIONS without a body may be sent again (RFC 9110
+    // 9.2.2) when a kept upstream connection turns out to be closed. Any
+    // other request goes only on a connection just seen open (a peek: one
+    // system call).
+    const auto method = req.method();
+    const bool resendable =
+        (method == http::verb::get || method == http::verb::head || method == http::verb::options) && parser.is_done();
     // Reuse the upstream connection of the previous request only for the same
     // target, and only if its address passed this request's checks too.
     const bool reuse = upstream_open_ && upstream_host_ == target.host && upstream_port_ == target.port &&
                        std::find(allowed_.begin(), allowed_.end(), upstream_addr_) != allowed_.end() &&
-                       upstream_still_open();
+                       (resendable || upstream_still_open());
     if (!reuse) {
       upstream_open_ = false;
       if (!co_await dial(allowed_, target.port)) co_return false;
@@ -686,13 +693,30 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         co_return false;
       }
     }
-    bool request_complete = false;
-    std::uint64_t sent = 0;
-    if (auto ec = co_await relay_body(client_, buf, parser, upstream_, request_complete, sent)) {
-      co_await log_close(sent, 0, timed_out_ ? netlog::EndReason::idle_timeout : netlog::EndReason::error, 0);
-      co_return false;
+    bool may_resend = reuse && resendable;
+    for (;;) {
+      stage_ = Stage::relay;
+      bool request_complete = false;
+      std::uint64_t sent = 0;
+      auto answered = Answered::again;
+      if (auto ec = co_await relay_body(client_, buf, parser, upstream_, request_complete, sent)) {
+        if (!may_resend || timed_out_) {
+          co_await log_close(sent, 0, timed_out_ ? netlog::EndReason::idle_timeout : netlog::EndReason::error, 0);
+          co_return false;
+        }
+      } else {
+        answered = co_await relay_response(asked, sent, may_resend);
+      }
+      if (answered != Answered::again) co_return answered == Answered::keep;
+      // The kept connection was closed under it: dial afresh. On failure the
+      // client has its answer (from dial); the decision needs its close.
+      may_resend = false;
+      upstream_open_ = false;
+      if (!co_await dial(allowed_, target.port)) {
+        co_await log_close(0, 0, netlog::EndReason::error, timed_out_ ? 504 : 502);
+        co_return false;
+      }
     }
-    co_return co_await relay_response(asked, sent);
   }
 
   // What the client's request said, for its answer; taken before the request
@@ -703,9 +727,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     bool keep_alive;
   };
 
-  // Reads the origin's answer and relays it; true when the client connection
-  // stays open. `sent`: the request body's bytes, for the close record.
-  asio::awaitable<bool> relay_response(Asked asked, std::uint64_t sent) {
+  enum class Answered : std::uint8_t { close, keep, again };
+
+  // Reads the origin's answer and relays it: keep when the client connection
+  // stays open, again when `may_resend` and the connection ended before any
+  // byte of an answer (the request is to be sent on a new one). `sent`: the
+  // request body's bytes, for the close record.
+  asio::awaitable<Answered> relay_response(Asked asked, std::uint64_t sent, bool may_resend) {
     upbuf_.clear();
     std::optional<http::response_parser<http::buffer_body>> rp;
     for (;;) {
@@ -724,14 +752,17 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         co_await answer(error_answer(504, "upstream-timeout",
                                      "the origin took the request but sent no answer within " +
                                          std::to_string(ctx_.limits.idle_timeout.count()) + " ms (--idle-timeout)"));
-        co_return false;
+        co_return Answered::close;
       }
+      if (ec && may_resend && upbuf_.size() == 0 &&
+          (ec == http::error::end_of_stream || ec == asio::error::connection_reset))
+        co_return Answered::again;
       if (ec) {
         co_await log_close(sent, 0, ec == http::error::end_of_stream ? netlog::EndReason::upstream_close
                                                                       : netlog::EndReason::error,
                            502);
         co_await answer(error_answer(502, "bad-upstream-response", "the origin's answer was not valid HTTP: " + ec.message()));
-        co_return false;
+        co_return Answered::close;
       }
       const unsigned status = rp->get().result_int();
       if (status < 100 || status >= 200 || status == 101) break;
@@ -761,7 +792,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
                          : timed_out_                             ? netlog::EndReason::idle_timeout
                                                                   : netlog::EndReason::error,
                          static_cast<std::uint16_t>(status));
-      co_return false;
+      co_return Answered::close;
     }
     co_await log_close(sent, received, keep ? netlog::EndReason::complete : netlog::EndReason::client_close,
                        static_cast<std::uint16_t>(status));
@@ -774,7 +805,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     // An idle keep-alive connection holds a few KiB, not a 16 KiB body's worth.
     if (upbuf_.capacity() > 4096) upbuf_.shrink_to_fit();
-    co_return keep;
+    co_return keep ? Answered::keep : Answered::close;
   }
 
   // What the network log needs of the request under way.

@@ -11,6 +11,7 @@ nothing). Endpoints:
   GET  /unsized/N      N bytes with no Content-Length, ended by closing
   GET  /chunked/N      N bytes, chunked
   GET  /silent         no answer (the handler sleeps 30 s)
+  GET  /dropafter      4 bytes, then the connection closes without notice
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
@@ -94,6 +95,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (k, b"c" * k))
                 n -= k
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path == "/dropafter":
+            # A whole answer that does not say it closes, then a close: what
+            # an origin does when its idle timeout ends a kept connection.
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndrop")
+            self.close_connection = True
             return
         if self.path == "/silent":
             # Takes the request and never answers (for the proxy's timeout).

@@ -230,6 +230,20 @@ TEST_F(ProxyTest, TheHeadTimeoutHoldsForALaterRequestOnAKeptConnection) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
 }
 
+TEST_F(ProxyTest, AGetOnAKeptConnectionTheOriginClosedGoesOutAgainOnANewOne) {
+  // The origin answers, then closes without saying so. The next GET, sent on
+  // that kept connection without a check, finds it closed before any answer
+  // and goes out again on a new one; the client sees only two answers.
+  const int port = start_proxy();
+  const auto r = exchange("127.0.0.1", port, request("/dropafter", "") + request("/small"), std::chrono::seconds(3));
+  EXPECT_TRUE(r.starts_with("HTTP/1.1 200 OK")) << r;
+  EXPECT_NE(r.find("\r\n\r\ndrop"), std::string::npos) << r;
+  const auto second = r.find("HTTP/1.1", 1);
+  ASSERT_NE(second, std::string::npos) << r;
+  EXPECT_EQ(status_line(r.substr(second)), "HTTP/1.1 200 OK") << r;
+  EXPECT_TRUE(r.ends_with(std::string(100, 'x'))) << r;
+}
+
 TEST_F(ProxyTest, KeepAliveServesPipelinedRequests) {
   const int port = start_proxy();
   const std::string one = request("/small", "");
