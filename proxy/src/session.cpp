@@ -710,6 +710,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       if (answered != Answered::again) co_return answered == Answered::keep;
       // The kept connection was closed under it: dial afresh. On failure the
       // client has its answer (from dial); the decision needs its close.
+      // (Inline on purpose: as a coroutine of its own, holding
+      // `if (co_await dial(...)) co_return true;`, GCC 12 built code that
+      // resumed the finished frame (SIGILL). Branch on an awaited value held
+      // in a local, or on `!co_await`, as everywhere else here.)
       may_resend = false;
       upstream_open_ = false;
       if (!co_await dial(allowed_, target.port)) {
