@@ -675,7 +675,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     co_await log_decision(0, nullptr);
 
-    const Asked asked{req.method() == http::verb::head, req.version() == 11, keeps_alive(req)};
+    const Asked asked{method == http::verb::head, req.version() == 11, keeps_alive(req)};
     const bool expect_continue = beast::iequals(req[http::field::expect], "100-continue");
     strip_hop_by_hop(req);
     req.erase(http::field::expect);

@@ -128,6 +128,7 @@ class ProxyTest : public ::testing::Test {
   static fs::path key_path() { return dir_ / "keys" / "log.key"; }
 
   std::string o() const { return std::to_string(origin_->port); }
+  std::string f() const { return std::to_string(forbidden_->port); }
 
   // An absolute-form request head for the origin: the request line, its Host,
   // `headers` (lines ending in CRLF) and the blank line.
@@ -136,7 +137,6 @@ class ProxyTest : public ::testing::Test {
     return method + " http://origin.test:" + o() + path + " HTTP/" + version + "\r\nHost: origin.test:" + o() +
            "\r\n" + headers + "\r\n";
   }
-  std::string f() const { return std::to_string(forbidden_->port); }
 
   static inline fs::path dir_;
   static inline std::unique_ptr<Origin> origin_, forbidden_, tls_;
