@@ -46,6 +46,14 @@ std::string parse_request_head(std::string_view head, std::size_t max_fields, Re
   if (encodings > 1 || (encodings && !boost::beast::iequals(req[http::field::transfer_encoding], "chunked")))
     return "a Transfer-Encoding other than a single final 'chunked'";
   if (req.version() != 11 && req.version() != 10) return "only HTTP/1.0 and HTTP/1.1 are served";
+  // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+  // framing; a 1.0 parser behind or before us would read its body as the next
+  // request.
+  if (encodings && req.version() == 10) return "Transfer-Encoding in an HTTP/1.0 request";
+  // RFC 9110 9.3.6: CONNECT has no content. Bytes after its head are tunnel
+  // data, which a hop that honoured the framing field would read as a body.
+  if (req.method() == http::verb::connect && (encodings || (lengths && req[http::field::content_length] != "0")))
+    return "a CONNECT request with content (Content-Length or Transfer-Encoding)";
   return "";
 }
 

@@ -22,7 +22,8 @@ using RequestParser = boost::beast::http::request_parser<boost::beast::http::buf
 // fresh, its limits set) and refuses request smuggling and header bombs:
 // several Content-Length fields, Content-Length with Transfer-Encoding, a
 // Transfer-Encoding other than a single "chunked", several Host fields, more
-// than max_fields fields, an HTTP version other than 1.0 or 1.1. Returns "" when the head is
+// than max_fields fields, an HTTP version other than 1.0 or 1.1, Transfer-Encoding
+// in an HTTP/1.0 request, a CONNECT with content. Returns "" when the head is
 // acceptable, else the reason for a 400.
 std::string parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser);
 

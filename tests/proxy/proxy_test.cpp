@@ -158,19 +158,29 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
       {"CONNECT percent host", "CONNECT orig%69n.test:443 HTTP/1.1\r\n\r\n"},
       {"bad chunk size", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"},
       {"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"},
+      {"TE in HTTP/1.0", "POST " + t + " HTTP/1.0\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+      {"CONNECT with a body", "CONNECT origin.test:" + o() + " HTTP/1.1\r\n" + h + "Content-Length: 5\r\n\r\nhello"},
+      {"CONNECT chunked", "CONNECT origin.test:" + o() + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
+    const auto seen = origin_->connections();
     const auto r = exchange("127.0.0.1", port, c.request);
     if (std::string(c.name) == "bad chunk size") {
       // The head was fine and went out; the bad chunk ends the exchange
       // before the origin can be fooled into a second request.
       EXPECT_EQ(r.find("HTTP/1.1 200"), std::string::npos) << r;
+      // The origin logs a connection from its handler thread, maybe late:
+      // wait for it, so that it is not counted against the next case.
+      for (int i = 0; i < 200 && origin_->connections() == seen; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      EXPECT_EQ(origin_->connections(), seen + 1);
       continue;
     }
     EXPECT_EQ(status_line(r), "HTTP/1.1 400 Bad Request") << r;
     EXPECT_NE(r.find("X-Proxy-Error: bad-request"), std::string::npos) << r;
     EXPECT_NE(r.find("Connection: close"), std::string::npos) << r;
+    EXPECT_EQ(origin_->connections(), seen) << "the origin saw a request the proxy refused";
   }
 }
 
