@@ -741,7 +741,6 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     upbuf_.clear();
     std::optional<http::response_parser<http::buffer_body>> rp;
     for (;;) {
-      // Interim 1xx answers (other than 101) are not forwarded.
       rp.emplace();
       rp->header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
       rp->body_limit(boost::none);
@@ -769,7 +768,22 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         co_return Answered::close;
       }
       const unsigned status = rp->get().result_int();
-      if (status < 100 || status >= 200 || status == 101) break;
+      if (status == 101) {
+        // Upgrade is hop-by-hop and never forwarded, so nothing asked for it:
+        // what follows would be another protocol on a stream read as HTTP.
+        co_await log_close(sent, 0, netlog::EndReason::error, 502);
+        co_await answer(error_answer(502, "bad-upstream-response",
+                                     "the origin switched protocols (101) though the proxy does not forward Upgrade"));
+        co_return Answered::close;
+      }
+      if (status >= 200) break;
+      // An interim answer (RFC 9110 15.2): forwarded, except to an HTTP/1.0
+      // client and except 100 (Continue), which the proxy answers itself
+      // (it does not forward Expect).
+      if (status != 100 && asked.http11 && !co_await relay_interim(rp->get())) {
+        co_await log_close(sent, 0, netlog::EndReason::client_close, 0);
+        co_return Answered::close;
+      }
     }
     auto& res = rp->get();
     const bool origin_keeps = keeps_alive(res);
@@ -810,6 +824,16 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     // An idle keep-alive connection holds a few KiB, not a 16 KiB body's worth.
     if (upbuf_.capacity() > 4096) upbuf_.shrink_to_fit();
     co_return keep ? Answered::keep : Answered::close;
+  }
+
+  // Sends a 1xx answer's head on to the client (rare: its own frame).
+  asio::awaitable<bool> relay_interim(http::response<http::buffer_body>& res) {
+    strip_hop_by_hop(res);
+    add_via(res);
+    res.version(11);
+    http::response_serializer<http::buffer_body> sr(res);
+    auto [ec, n] = co_await http::async_write_header(client_, sr, token);
+    co_return !ec;
   }
 
   // What the network log needs of the request under way.

@@ -12,6 +12,8 @@ nothing). Endpoints:
   GET  /chunked/N      N bytes, chunked
   GET  /silent         no answer (the handler sleeps 30 s)
   GET  /dropafter      4 bytes, then the connection closes without notice
+  GET  /early          a 103 (Early Hints), then 4 bytes
+  GET  /switch         a 101 (Switching Protocols) nobody asked for
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
@@ -100,6 +102,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # A whole answer that does not say it closes, then a close: what
             # an origin does when its idle timeout ends a kept connection.
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndrop")
+            self.close_connection = True
+            return
+        if self.path == "/early":
+            # 103 Early Hints, then the answer.
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            return self.reply(200, b"late")
+        if self.path == "/switch":
+            # Switches protocols though nobody asked (the proxy strips Upgrade).
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\nraw")
             self.close_connection = True
             return
         if self.path == "/silent":

@@ -311,6 +311,26 @@ TEST_F(ProxyTest, AnHttp10ClientNeverGetsAChunkedAnswer) {
   EXPECT_TRUE(sized.ends_with("\r\n\r\n" + std::string(100, 'x'))) << sized;
 }
 
+TEST_F(ProxyTest, InterimAnswersReachHttp11ClientsAndAnUnaskedSwitchIsRefused) {
+  // RFC 9110 15.2: a proxy forwards 1xx answers, but not to HTTP/1.0 clients.
+  const int port = start_proxy();
+  const auto now = exchange("127.0.0.1", port, request("/early"));
+  EXPECT_EQ(status_line(now), "HTTP/1.1 103 Early Hints") << now;
+  const auto hints = now.substr(0, now.find("\r\n\r\n"));
+  EXPECT_NE(hints.find("Link: </a.css>; rel=preload"), std::string::npos) << now;
+  EXPECT_NE(hints.find("Via: 1.1 sandgate"), std::string::npos) << now;
+  EXPECT_EQ(status_line(now.substr(hints.size() + 4)), "HTTP/1.1 200 OK") << now;
+  EXPECT_TRUE(now.ends_with("\r\n\r\nlate")) << now;
+  const auto old = exchange("127.0.0.1", port, request("/early", "Connection: close\r\n", "GET", "1.0"));
+  EXPECT_EQ(status_line(old), "HTTP/1.1 200 OK") << old;
+  EXPECT_EQ(old.find("103"), std::string::npos) << old;
+  // Upgrade is never forwarded, so a 101 is an origin out of step.
+  const auto sw = exchange("127.0.0.1", port, request("/switch"));
+  EXPECT_EQ(status_line(sw), "HTTP/1.1 502 Bad Gateway") << sw;
+  EXPECT_NE(sw.find("X-Proxy-Error: bad-upstream-response"), std::string::npos) << sw;
+  EXPECT_EQ(sw.find("raw"), std::string::npos) << sw;
+}
+
 TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
   // A 12,000-byte body sent with its head, through a proxy whose head buffer
   // holds 2 KiB: the proxy takes what fits with the head and splices the rest.
