@@ -786,11 +786,27 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       }
     }
     auto& res = rp->get();
+    const unsigned status = res.result_int();
+    const bool bodiless = asked.head || status == 204 || status == 304;
+    // Codings the proxy cannot pass on as they are: a body whose codings do
+    // not end in chunked ends at close, and chunking it again is forbidden
+    // (RFC 9112 7); an HTTP/1.0 client may get no Transfer-Encoding (6.1),
+    // and without it a coding other than chunked is lost.
+    if (const auto codings = res.count(http::field::transfer_encoding);
+        codings && !bodiless &&
+        (!res.chunked() ||
+         (!asked.http11 && (codings > 1 || !beast::iequals(res[http::field::transfer_encoding], "chunked"))))) {
+      co_await log_close(sent, 0, netlog::EndReason::error, 502);
+      co_await answer(error_answer(
+          502, "bad-upstream-response",
+          "the origin's answer has a transfer coding the proxy cannot pass on" +
+              std::string(asked.http11 ? "" : " to an HTTP/1.0 client") + ": Transfer-Encoding: " +
+              std::string(res[http::field::transfer_encoding])));
+      co_return Answered::close;
+    }
     const bool origin_keeps = keeps_alive(res);
     strip_hop_by_hop(res);
     add_via(res);
-    const unsigned status = res.result_int();
-    const bool bodiless = asked.head || status == 204 || status == 304;
     bool keep = asked.keep_alive;
     if (!bodiless && !asked.http11) {
       // An HTTP/1.0 client must not get chunked (RFC 9112 6.1): a body

@@ -14,6 +14,7 @@ nothing). Endpoints:
   GET  /dropafter      4 bytes, then the connection closes without notice
   GET  /early          a 103 (Early Hints), then 4 bytes
   GET  /switch         a 101 (Switching Protocols) nobody asked for
+  GET  /coded/A+B      "abc" with Transfer-Encoding: A, B
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
@@ -111,6 +112,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/switch":
             # Switches protocols though nobody asked (the proxy strips Upgrade).
             self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\nraw")
+            self.close_connection = True
+            return
+        if self.path.startswith("/coded/"):
+            # An answer with the given Transfer-Encoding: a chunked body of
+            # "abc" when that ends in chunked, else "abc" ended by closing.
+            coding = self.path[len("/coded/"):].replace("+", ", ")
+            body = b"3\r\nabc\r\n0\r\n\r\n" if coding.endswith("chunked") else b"abc"
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n%s" % (coding.encode(), body))
             self.close_connection = True
             return
         if self.path == "/silent":

@@ -331,6 +331,33 @@ TEST_F(ProxyTest, InterimAnswersReachHttp11ClientsAndAnUnaskedSwitchIsRefused) {
   EXPECT_EQ(sw.find("raw"), std::string::npos) << sw;
 }
 
+TEST_F(ProxyTest, TransferCodingsThatCannotPassOnGet502) {
+  const int port = start_proxy();
+  const auto ask = [&](const std::string& coding, const std::string& version) {
+    return exchange("127.0.0.1", port, request("/coded/" + coding, "Connection: close\r\n", "GET", version));
+  };
+  // Chunked last: passed on as it is, never chunked twice.
+  const auto passed = ask("gzip+chunked", "1.1");
+  EXPECT_EQ(status_line(passed), "HTTP/1.1 200 OK") << passed;
+  EXPECT_NE(passed.find("Transfer-Encoding: gzip, chunked\r\n"), std::string::npos) << passed;
+  EXPECT_TRUE(passed.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n")) << passed;
+  // Chunked not last (the body ends at close), or a coding an HTTP/1.0
+  // client cannot be told of.
+  for (const auto& [coding, version] : {std::pair<std::string, std::string>{"chunked+gzip", "1.1"},
+                                        {"gzip", "1.1"},
+                                        {"gzip+chunked", "1.0"}}) {
+    SCOPED_TRACE(coding + " to HTTP/" + version);
+    const auto r = ask(coding, version);
+    EXPECT_EQ(status_line(r), "HTTP/1.1 502 Bad Gateway") << r;
+    EXPECT_NE(r.find("X-Proxy-Error: bad-upstream-response"), std::string::npos) << r;
+    EXPECT_NE(r.find("transfer coding"), std::string::npos) << r;
+  }
+  // Chunked alone to an HTTP/1.0 client: the chunks are taken off.
+  const auto old = ask("chunked", "1.0");
+  EXPECT_EQ(old.find("Transfer-Encoding"), std::string::npos) << old;
+  EXPECT_TRUE(old.ends_with("\r\n\r\nabc")) << old;
+}
+
 TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
   // A 12,000-byte body sent with its head, through a proxy whose head buffer
   // holds 2 KiB: the proxy takes what fits with the head and splices the rest.
