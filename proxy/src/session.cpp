@@ -513,8 +513,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
 
   // Writes the (rewritten) header of p's message to `out`, then its body.
   // A Content-Length body is spliced socket to socket after the bytes already
-  // read; any other body (chunked) is re-framed by Beast through a fixed
-  // buffer. `complete` says whether the whole body went through.
+  // read; any other body (chunked, or ended by close) is re-framed by Beast
+  // through a fixed buffer. `complete` says whether the whole body went
+  // through.
   // Not a coroutine itself: each path is one, so that each frame stays under
   // the 1 KiB Asio recycles (a larger one is a malloc and free per message).
   template <bool isRequest>
@@ -523,8 +524,29 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
                                                         bool& complete, std::uint64_t& moved) {
     complete = false;
     moved = 0;
-    if (p.content_length() && !p.chunked() && !p.is_done()) return relay_sized_body(in, inbuf, p, out, complete, moved);
+    // (No body at all, as for most requests, takes the sized path: length 0.)
+    if (!p.chunked() && (p.is_done() || p.content_length())) return relay_sized_body(in, inbuf, p, out, complete, moved);
     return relay_chunked_body(in, inbuf, p, out, complete, moved);
+  }
+
+  // The serialized header of sr's message, in head_ (valid until the next
+  // call). One copy of a few hundred bytes: it then leaves in one buffer
+  // rather than as one per field, which Beast's buffer views walk several
+  // times per write.
+  template <bool isRequest>
+  boost::system::error_code serialize_head(http::serializer<isRequest, http::buffer_body>& sr) {
+    head_.clear();
+    sr.split(true);
+    boost::system::error_code ec;
+    while (!ec && !sr.is_header_done()) {
+      std::size_t n = 0;
+      sr.next(ec, [&](boost::system::error_code&, const auto& buffers) {
+        n = asio::buffer_copy(head_.prepare(beast::buffer_bytes(buffers)), buffers);
+        head_.commit(n);
+      });
+      sr.consume(n);
+    }
+    return ec;
   }
 
   template <bool isRequest>
@@ -532,7 +554,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
                                                               http::parser<isRequest, http::buffer_body>& p,
                                                               Socket& out, bool& complete, std::uint64_t& moved) {
     http::serializer<isRequest, http::buffer_body> sr{p.get()};
-    const std::uint64_t length = *p.content_length();
+    const std::uint64_t length = p.is_done() ? 0 : *p.content_length();
     auto remaining = length;
     if (remaining > inbuf.size() && remaining <= small_body) {
       // Part of a small body came with the head: take the rest if it is
@@ -548,20 +570,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
     arm(ctx_.limits.idle_timeout);
-    if (first == 0) {
-      // (A buffer_body without data writes nothing, not even the head.)
-      auto [hec, hn] = co_await http::async_write_header(out, sr, token);
-      if (hec) co_return hec;
-    } else {
-      // The head and the body bytes already read leave in one write: a small
-      // message is one segment and one wakeup of the reader, not two.
-      auto& body = p.get().body();
-      body.data = inbuf.data().data();
-      body.size = first;
-      body.more = first < remaining;
-      auto [wec, m] = co_await http::async_write(out, sr, token);
-      if (wec && wec != http::error::need_buffer) co_return wec;
-    }
+    if (auto ec = serialize_head(sr)) co_return ec;
+    // The head and the body bytes already read leave in one write: a small
+    // message is one segment and one wakeup of the reader, not two.
+    const std::array<asio::const_buffer, 2> message{head_.data(), asio::buffer(inbuf.data().data(), first)};
+    auto [wec, m] = co_await asio::async_write(out, message, token);
+    if (wec) co_return wec;
     inbuf.consume(first);
     remaining -= first;
     arm(ctx_.limits.idle_timeout);
@@ -839,6 +853,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     // An idle keep-alive connection holds a few KiB, not a 16 KiB body's worth.
     if (upbuf_.capacity() > 4096) upbuf_.shrink_to_fit();
+    if (head_.capacity() > 4096) head_.shrink_to_fit();
     co_return keep ? Answered::keep : Answered::close;
   }
 
@@ -884,6 +899,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   tcp::resolver resolver_;
   asio::steady_timer timer_;
   beast::flat_buffer upbuf_;  // the origin's answer (plain HTTP); its capacity is reused
+  beast::flat_buffer head_;   // a head on its way out (serialize_head)
   // Absolute-form requests: kept between requests so their capacity is reused.
   std::string requested_, origin_form_;
   policy::Target http_target_;
