@@ -529,31 +529,24 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     return relay_chunked_body(in, inbuf, p, out, complete, moved);
   }
 
-  // The serialized header of sr's message, in head_ (valid until the next
-  // call). One copy of a few hundred bytes: it then leaves in one buffer
-  // rather than as one per field, which Beast's buffer views walk several
-  // times per write.
+  // The serialized header of msg, in head_ (valid until the next call). One
+  // copy of a few hundred bytes: it then leaves in one buffer rather than as
+  // one per field, which Beast's serializer views walk several times a write.
   template <bool isRequest>
-  boost::system::error_code serialize_head(http::serializer<isRequest, http::buffer_body>& sr) {
+  void serialize_head(const http::message<isRequest, http::buffer_body>& msg) {
     head_.clear();
-    sr.split(true);
-    boost::system::error_code ec;
-    while (!ec && !sr.is_header_done()) {
-      std::size_t n = 0;
-      sr.next(ec, [&](boost::system::error_code&, const auto& buffers) {
-        n = asio::buffer_copy(head_.prepare(beast::buffer_bytes(buffers)), buffers);
-        head_.commit(n);
-      });
-      sr.consume(n);
-    }
-    return ec;
+    const auto first_line = [&] {
+      if constexpr (isRequest) return msg.method();
+      else return msg.result_int();
+    }();
+    const http::fields::writer w(msg.base(), msg.version(), first_line);
+    head_.commit(asio::buffer_copy(head_.prepare(beast::buffer_bytes(w.get())), w.get()));
   }
 
   template <bool isRequest>
   asio::awaitable<boost::system::error_code> relay_sized_body(Socket& in, beast::flat_buffer& inbuf,
                                                               http::parser<isRequest, http::buffer_body>& p,
                                                               Socket& out, bool& complete, std::uint64_t& moved) {
-    http::serializer<isRequest, http::buffer_body> sr{p.get()};
     const std::uint64_t length = p.is_done() ? 0 : *p.content_length();
     auto remaining = length;
     if (remaining > inbuf.size() && remaining <= small_body) {
@@ -570,7 +563,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
     arm(ctx_.limits.idle_timeout);
-    if (auto ec = serialize_head(sr)) co_return ec;
+    serialize_head(p.get());
     // The head and the body bytes already read leave in one write: a small
     // message is one segment and one wakeup of the reader, not two.
     const std::array<asio::const_buffer, 2> message{head_.data(), asio::buffer(inbuf.data().data(), first)};
