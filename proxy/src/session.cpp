@@ -48,12 +48,32 @@ constexpr http::field hop_by_hop[] = {http::field::connection,    http::field::k
 
 template <class Fields>
 void strip_hop_by_hop(Fields& f) {
-  // Names listed in Connection are hop-by-hop too.
-  std::vector<std::string> listed;
+  // Names listed in Connection are hop-by-hop too. Kept as views into the
+  // Connection fields, which therefore go last; then one pass over the
+  // fields, not a lookup per name (this runs twice per request).
+  std::array<std::string_view, 8> listed;
+  std::size_t count = 0;
   for (auto [it, end] = f.equal_range(http::field::connection); it != end; ++it)
-    for (auto name : http::token_list(it->value())) listed.emplace_back(name);
-  for (const auto& name : listed) f.erase(name);
-  for (auto name : hop_by_hop) f.erase(name);
+    for (auto name : http::token_list(it->value())) {
+      if (count == listed.size()) {
+        // An unusually long list: copy the names, then erase by name.
+        std::vector<std::string> names;
+        for (auto [c, e] = f.equal_range(http::field::connection); c != e; ++c)
+          for (auto n : http::token_list(c->value())) names.emplace_back(n);
+        for (const auto& n : names) f.erase(n);
+        for (auto h : hop_by_hop) f.erase(h);
+        return;
+      }
+      listed[count++] = name;
+    }
+  for (auto it = f.begin(); it != f.end();) {
+    const auto name = it->name();
+    const bool hop = std::find(std::begin(hop_by_hop), std::end(hop_by_hop), name) != std::end(hop_by_hop) ||
+                     std::any_of(listed.begin(), listed.begin() + static_cast<std::ptrdiff_t>(count),
+                                 [&](std::string_view l) { return beast::iequals(l, it->name_string()); });
+    it = hop && name != http::field::connection ? f.erase(it) : std::next(it);
+  }
+  f.erase(http::field::connection);
 }
 
 // Whether a message keeps its connection open (RFC 9112 9.3), reading every

@@ -15,6 +15,7 @@ nothing). Endpoints:
   GET  /early          a 103 (Early Hints), then 4 bytes
   GET  /switch         a 101 (Switching Protocols) nobody asked for
   GET  /coded/A+B      "abc" with Transfer-Encoding: A, B
+  GET  /hop            an answer with hop-by-hop fields
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
@@ -121,6 +122,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = b"3\r\nabc\r\n0\r\n\r\n" if coding.endswith("chunked") else b"abc"
             self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n%s" % (coding.encode(), body))
             self.close_connection = True
+            return
+        if self.path == "/hop":
+            # Hop-by-hop fields, one of them named by Connection.
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+                             b"Upgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok")
             return
         if self.path == "/silent":
             # Takes the request and never answers (for the proxy's timeout).

@@ -23,6 +23,39 @@ TEST_F(ProxyTest, CurlGetThroughTheProxy) {
   EXPECT_EQ(r.out.find("Proxy-Connection"), std::string::npos) << r.out;
 }
 
+TEST_F(ProxyTest, HopByHopFieldsAndThoseConnectionNamesStopAtTheProxy) {
+  const int port = start_proxy();
+  std::string many = "Connection: close";
+  std::string named;
+  for (int i = 0; i < 12; ++i) {  // more names than the proxy keeps at hand
+    many += ", X-Named-" + std::to_string(i);
+    named += "X-Named-" + std::to_string(i) + ": n\r\n";
+  }
+  for (const auto& [connection, listed] : {std::pair<std::string, std::string>{"Connection: X-Secret, close",
+                                                                               "X-Secret: s\r\n"},
+                                           {many, named}}) {
+    SCOPED_TRACE(connection.substr(0, 40));
+    const auto r = exchange("127.0.0.1", port,
+                            request("/headers", connection + "\r\n" + listed +
+                                                    "Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\n"
+                                                    "Upgrade: h2c\r\nProxy-Authorization: Basic YTpi\r\n"
+                                                    "Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n"));
+    EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+    const auto seen = r.substr(r.find("\r\n\r\n") + 4);  // what the origin received
+    EXPECT_NE(seen.find("X-Kept: yes"), std::string::npos) << seen;
+    for (const char* gone : {"Connection", "X-Secret", "X-Named", "Keep-Alive", "TE:", "Trailer", "Upgrade",
+                             "Proxy-Authorization"})
+      EXPECT_EQ(seen.find(gone), std::string::npos) << gone << " reached the origin:\n" << seen;
+  }
+  // And on the way back.
+  const auto back = exchange("127.0.0.1", port, request("/hop"));
+  EXPECT_EQ(status_line(back), "HTTP/1.1 200 OK") << back;
+  EXPECT_NE(back.find("X-Kept: yes"), std::string::npos) << back;
+  for (const char* gone : {"X-Hop", "Keep-Alive", "Upgrade"})
+    EXPECT_EQ(back.find(gone), std::string::npos) << gone << " reached the client:\n" << back;
+  EXPECT_TRUE(back.ends_with("\r\n\r\nok")) << back;
+}
+
 TEST_F(ProxyTest, BodiesThatComeWithTheHeadOrAfterItArriveWhole) {
   // /oneshot: head and body in one write from the origin; the proxy sends its
   // head with the body bytes it holds in one write, and splices the rest.
