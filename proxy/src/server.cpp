@@ -205,7 +205,7 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
   const unsigned n = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned t = 0; t < n; ++t) {
     auto ctx = std::make_unique<detail::ThreadContext>();
-    ctx->store = store;
+    ctx->policy = store->current();
     ctx->hosts = hosts;
     ctx->limits = config.limits;
     ctx->close_denied_tunnels = config.close_denied_tunnels;
@@ -352,18 +352,22 @@ void Server::reload() {
     if (im.log) im.log->policy_loaded("reload", nullptr, im.store->path(), r.error());
     return;
   }
+  // Each thread takes the new policy for its next request, on any connection,
+  // and re-decides its own open tunnels; no lock is shared. Posted before the
+  // reload is reported: a thread runs its posted work in order, so whatever
+  // follows the report finds the new policy.
+  for (auto& t : im.threads)
+    asio::post(t->io, [ctx = t.get(), set = *r, close_denied = im.config.close_denied_tunnels] {
+      ctx->policy = set;
+      if (!close_denied) return;
+      const std::vector<detail::OpenTunnel*> open(ctx->tunnels.begin(), ctx->tunnels.end());
+      for (auto* tunnel : open) tunnel->recheck(*set);
+    });
   if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {});
   ::malloc_trim(0);  // the YAML nodes of the parse (see start)
   im.reloads_ok.fetch_add(1, std::memory_order_relaxed);
   std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)
             << ")\n";
-  if (!im.config.close_denied_tunnels) return;
-  // Each thread re-decides its own open tunnels; no lock is shared.
-  for (auto& t : im.threads)
-    asio::post(t->io, [ctx = t.get(), set = *r] {
-      const std::vector<detail::OpenTunnel*> open(ctx->tunnels.begin(), ctx->tunnels.end());
-      for (auto* tunnel : open) tunnel->recheck(*set);
-    });
 }
 
 void Server::wait_signal() {

@@ -181,13 +181,19 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   }
 
   asio::awaitable<void> run(std::shared_ptr<Session>) {
-    // One policy snapshot for the whole connection; a reload swaps the pointer.
-    set_ = ctx_.store->current();
-    policy_ = set_->for_sandbox(listener_.sandbox).get();
+    take_policy();
     beast::flat_buffer buf(ctx_.limits.head_bytes);
     while (co_await serve_one(buf)) {
     }
     finish();
+  }
+
+  // The policy in force decides each request, also the next one on a kept
+  // connection after a reload: a pointer compare per request.
+  void take_policy() {
+    if (set_ == ctx_.policy) return;
+    set_ = ctx_.policy;
+    policy_ = set_->for_sandbox(listener_.sandbox).get();
   }
 
   void recheck(const config::PolicySet& set) override {
@@ -336,6 +342,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     arm(ctx_.limits.head_timeout);
     const auto head_size = co_await read_head(buf);
     if (head_size == 0) co_return false;
+    take_policy();
     const std::string_view head(static_cast<const char*>(buf.data().data()), head_size);
     RequestParser parser;
     parser.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));

@@ -42,7 +42,10 @@ struct ClientCounts {
 // written by two threads, except the relaxed counters the Server sums.
 struct ThreadContext {
   boost::asio::io_context io{1};
-  std::shared_ptr<config::PolicyStore> store;
+  // The policy in force, as this thread sees it: a reload posts the new one
+  // to each thread (so a request that follows a reload's report sees it), and
+  // each request compares pointers, touching no atomic shared across threads.
+  std::shared_ptr<const config::PolicySet> policy;
   std::shared_ptr<const HostsFile> hosts;
   Limits limits;
   std::atomic<std::size_t> open_connections{0};  // written by this thread, read by the drain

@@ -469,6 +469,45 @@ TEST_F(ProxyTest, ReloadOnSighupKeepsLastGoodPolicy) {
   EXPECT_NE(exchange("127.0.0.1", port, req).find("X-Proxy-Error: blocked-by-denylist"), std::string::npos);
 }
 
+TEST_F(ProxyTest, AReloadDecidesTheNextRequestOnAKeptConnection) {
+  // Each request is decided by the policy in force when its head arrives: a
+  // connection kept alive across a reload keeps no allowance the reload took.
+  const int port = start_proxy();
+  const int fd = connect_tcp("127.0.0.1", port);
+  ASSERT_GE(fd, 0);
+  const auto ask = [&] {
+    const auto req = request("/small", "");
+    EXPECT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+    std::string got;
+    char buf[4096];
+    for (;;) {
+      const auto end = got.find("\r\n\r\n");
+      if (end != std::string::npos) {
+        std::smatch m;
+        const std::string head = got.substr(0, end);
+        const std::size_t length =
+            std::regex_search(head, m, std::regex("Content-Length: (\\d+)")) ? std::stoul(m[1]) : 0;
+        if (got.size() >= end + 4 + length) return got;
+      }
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) return got;
+      got.append(buf, static_cast<std::size_t>(n));
+    }
+  };
+  const auto before = ask();
+  EXPECT_EQ(status_line(before), "HTTP/1.1 200 OK") << before;
+  write_policy("version: 1\nmode: deny\nallow_hosts:\n  - other.test:80\n");
+  proxy_->signal(SIGHUP);
+  // The reload's policy record is written after every thread has been handed
+  // the new policy.
+  for (int i = 0; i < 500 && read_file(log_path()).find("\"event\":\"reload\"") == std::string::npos; ++i)
+    ::usleep(10'000);
+  const auto after = ask();
+  EXPECT_EQ(status_line(after), "HTTP/1.1 403 Forbidden") << after;
+  EXPECT_NE(after.find("X-Proxy-Error: blocked-by-default"), std::string::npos) << after;
+  ::close(fd);
+}
+
 TEST_F(ProxyTest, CurlHttpsThroughConnect) {
   const int port = start_proxy();
   auto r = shell("curl -sS --cacert " + cert_.string() + " -x http://127.0.0.1:" + std::to_string(port) +
