@@ -76,6 +76,13 @@ void strip_hop_by_hop(Fields& f) {
   f.erase(http::field::connection);
 }
 
+// Whether a body's relay failed on its framing (a bad chunk size, extension
+// or line end), not on the connection.
+bool malformed_body(const boost::system::error_code& ec) {
+  return ec.category() == http::make_error_code(http::error::bad_chunk).category() &&
+         ec != http::error::end_of_stream && ec != http::error::partial_message;
+}
+
 // Whether a message keeps its connection open (RFC 9112 9.3), reading every
 // Connection field: Beast's keep_alive() reads only the first, so a "close"
 // in a second one would be missed.
@@ -734,6 +741,16 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       std::uint64_t sent = 0;
       auto answered = Answered::again;
       if (auto ec = co_await relay_body(client_, buf, parser, upstream_, request_complete, sent)) {
+        if (malformed_body(ec) && !timed_out_) {
+          // A bad chunk: the origin has a cut-off request and its connection
+          // goes; the client, which has had no byte of an answer, a 400.
+          boost::system::error_code ignored;
+          upstream_open_ = false;
+          upstream_.close(ignored);
+          co_await log_close(sent, 0, netlog::EndReason::error, 400);
+          co_await answer(error_answer(400, "bad-request", "malformed request body: " + ec.message()));
+          co_return false;
+        }
         if (!may_resend || timed_out_) {
           co_await log_close(sent, 0, timed_out_ ? netlog::EndReason::idle_timeout : netlog::EndReason::error, 0);
           co_return false;
