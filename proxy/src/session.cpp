@@ -670,11 +670,16 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     if (origin_form_.empty()) origin_form_ = "/";
     auto target = policy::parse_target(requested_, 80);
     if (!target) return "bad target host: " + std::string(policy::describe(target.error()));
-    // A Host header that names another destination is a confused-deputy attempt.
-    if (const auto host_field = req[http::field::host]; !host_field.empty()) {
-      auto h = policy::parse_target(host_field, 80);
+    // RFC 9112 3.2: an HTTP/1.1 request has a Host field, and with a target
+    // that names a host, the same host. One that names another destination
+    // is a confused-deputy attempt.
+    if (const auto host_field = req.find(http::field::host); host_field != req.end()) {
+      auto h = policy::parse_target(host_field->value(), 80);
       if (!h || h->host != target->host || h->port != target->port)
-        return "the Host header names another host than the request target";
+        return host_field->value().empty() ? "an empty Host header, though the target names a host"
+                                           : "the Host header names another host than the request target";
+    } else if (req.version() == 11) {
+      return "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)";
     }
     http_target_ = std::move(*target);
     req.target(origin_form_);

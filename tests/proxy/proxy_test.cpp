@@ -185,6 +185,8 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
       {"https absolute form", "GET https://origin.test:" + o() + "/ HTTP/1.1\r\n" + h + "\r\n"},
       {"Host disagrees", "GET " + t + " HTTP/1.1\r\nHost: evil.test\r\n\r\n"},
       {"two Hosts", "GET " + t + " HTTP/1.1\r\n" + h + "Host: evil.test\r\n\r\n"},
+      {"no Host in HTTP/1.1", "GET " + t + " HTTP/1.1\r\n\r\n"},
+      {"empty Host", "GET " + t + " HTTP/1.1\r\nHost:\r\n\r\n"},
       {"fragment", "GET " + t + "#part HTTP/1.1\r\n" + h + "\r\n"},
       {"userinfo", "GET http://u:p@origin.test:" + o() + "/ HTTP/1.1\r\n" + h + "\r\n"},
       {"CONNECT without port", "CONNECT origin.test HTTP/1.1\r\n\r\n"},
@@ -346,6 +348,9 @@ TEST_F(ProxyTest, AnHttp10ClientNeverGetsAChunkedAnswer) {
   const auto sized = ask("/small", "1.0");
   EXPECT_NE(sized.find("Content-Length: 100\r\n"), std::string::npos) << sized;
   EXPECT_TRUE(sized.ends_with("\r\n\r\n" + std::string(100, 'x'))) << sized;
+  // HTTP/1.0 does not require Host: the target names the host.
+  const auto bare = exchange("127.0.0.1", port, "GET http://origin.test:" + o() + "/small HTTP/1.0\r\n\r\n");
+  EXPECT_EQ(status_line(bare), "HTTP/1.1 200 OK") << bare;
 }
 
 TEST_F(ProxyTest, InterimAnswersReachHttp11ClientsAndAnUnaskedSwitchIsRefused) {
