@@ -463,6 +463,31 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
 
+  // Whether the origin has sent bytes of an answer that are not read yet.
+  bool upstream_has_answer() {
+    char byte;
+    return upbuf_.size() > 0 || ::recv(upstream_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  }
+
+  // Ends a connection whose client may still be sending a body nobody will
+  // read, after its answer: stop sending, then take and drop what comes for
+  // a bounded while, so that closing does not reset the connection (and
+  // discard the answer) before the client has read it.
+  asio::awaitable<void> linger() {
+    boost::system::error_code ignored;
+    client_.shutdown(asio::socket_base::shutdown_send, ignored);
+    stage_ = Stage::relay;
+    arm(std::chrono::milliseconds(2000));
+    std::uint64_t dropped = 0;
+    while (dropped < (8u << 20)) {
+      upbuf_.clear();
+      auto [ec, n] = co_await client_.async_read_some(upbuf_.prepare(16 * 1024), token);
+      if (ec) break;
+      dropped += n;
+    }
+    upbuf_.clear();
+  }
+
   // Tries each allowed address in turn until one connects.
   asio::awaitable<bool> dial(const std::vector<policy::Address>& addrs, std::uint16_t port) {
     stage_ = Stage::dial;
@@ -754,6 +779,14 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
           upstream_.close(ignored);
           co_await log_close(sent, 0, netlog::EndReason::error, 400);
           co_await answer(error_answer(400, "bad-request", "malformed request body: " + ec.message()));
+          co_return false;
+        }
+        if (!timed_out_ && upstream_has_answer()) {
+          // The origin answered before it took the whole body (a 401, a 413)
+          // and stopped reading: the client gets that answer, then the
+          // connection ends, since the rest of the body has nowhere to go.
+          co_await relay_response({asked.head, asked.http11, false}, sent, false);
+          co_await linger();
           co_return false;
         }
         if (!may_resend || timed_out_) {

@@ -18,6 +18,7 @@ nothing). Endpoints:
   GET  /hop            an answer with hop-by-hop fields
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
+  POST /early413       a 413 before the body is read, then a close
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
 With --tls it speaks HTTPS with the given certificate.
   anything else        404
@@ -141,6 +142,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self):
+        if self.path == "/early413":
+            # Refuses the body before reading it, and closes with it unread.
+            self.close_connection = True
+            return self.reply(413, b"too large\n")
         h = hashlib.sha256()
         size = 0
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -400,6 +400,21 @@ TEST_F(ProxyTest, TransferCodingsThatCannotPassOnGet502) {
   EXPECT_TRUE(old.ends_with("\r\n\r\nabc")) << old;
 }
 
+TEST_F(ProxyTest, AnAnswerTheOriginSendsBeforeTakingTheBodyReachesTheClient) {
+  // The origin refuses an upload at its head (a 413; a 401 is the same) and
+  // closes with the body unread. The client gets that answer, not a reset.
+  const int port = start_proxy();
+  const auto big = dir_ / "upload.bin";
+  std::ofstream(big) << std::string(16 << 20, 'u');
+  for (const std::string framing : {"", "-H 'Transfer-Encoding: chunked'"}) {
+    SCOPED_TRACE(framing.empty() ? "Content-Length" : "chunked");
+    const auto r = shell("curl -sS -o /dev/null -w '%{http_code}' -x http://127.0.0.1:" + std::to_string(port) +
+                         " " + framing + " --data-binary @" + big.string() + " http://origin.test:" + o() +
+                         "/early413");
+    EXPECT_EQ(r.out, "413") << r.out;
+  }
+}
+
 TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
   // A 12,000-byte body sent with its head, through a proxy whose head buffer
   // holds 2 KiB: the proxy takes what fits with the head and splices the rest.
