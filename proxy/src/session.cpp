@@ -778,7 +778,15 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
           upstream_open_ = false;
           upstream_.close(ignored);
           co_await log_close(sent, 0, netlog::EndReason::error, 400);
-          co_await answer(error_answer(400, "bad-request", "malformed request body: " + ec.message()));
+          // (The message is built before the co_await: GCC 12 destroys a
+          // temporary of a conditional inside a co_await expression twice.)
+          std::string why = "malformed request body: ";
+          if (ec == http::error::buffer_overflow)
+            why += "a chunk's size line (with its extensions) is over " + std::to_string(ctx_.limits.head_bytes) +
+                   " bytes (--head-bytes)";
+          else
+            why += ec.message();
+          co_await answer(error_answer(400, "bad-request", why));
           co_return false;
         }
         if (!timed_out_ && upstream_has_answer()) {
@@ -885,12 +893,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         codings && !bodiless &&
         (!res.chunked() ||
          (!asked.http11 && (codings > 1 || !beast::iequals(res[http::field::transfer_encoding], "chunked"))))) {
+      std::string why = "the origin's answer has a transfer coding the proxy cannot pass on";
+      if (!asked.http11) why += " to an HTTP/1.0 client";
+      why += ": Transfer-Encoding: ";
+      why += res[http::field::transfer_encoding];
       co_await log_close(sent, 0, netlog::EndReason::error, 502);
-      co_await answer(error_answer(
-          502, "bad-upstream-response",
-          "the origin's answer has a transfer coding the proxy cannot pass on" +
-              std::string(asked.http11 ? "" : " to an HTTP/1.0 client") + ": Transfer-Encoding: " +
-              std::string(res[http::field::transfer_encoding])));
+      co_await answer(error_answer(502, "bad-upstream-response", why));
       co_return Answered::close;
     }
     const bool origin_keeps = keeps_alive(res);

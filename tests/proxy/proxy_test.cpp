@@ -194,6 +194,8 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
       {"bad chunk size", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"},
       {"bad chunk extension", "POST " + t + " HTTP/1.1\r\n" + h +
                                   "Transfer-Encoding: chunked\r\n\r\n5;a=\"x\r\n\"\r\nhello\r\n0\r\n\r\n"},
+      {"bad chunk extension, too long", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5;a=" +
+                                            std::string(100'000, 'b') + "\r\nhello\r\n0\r\n\r\n"},
       {"bad chunk end", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"},
       {"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"},
       {"TE in HTTP/1.0", "POST " + t + " HTTP/1.0\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
