@@ -16,6 +16,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/container/small_vector.hpp>
 #include <boost/url/parse.hpp>
 
 #include <algorithm>
@@ -51,25 +52,13 @@ void strip_hop_by_hop(Fields& f) {
   // Names listed in Connection are hop-by-hop too. Kept as views into the
   // Connection fields, which therefore go last; then one pass over the
   // fields, not a lookup per name (this runs twice per request).
-  std::array<std::string_view, 8> listed;
-  std::size_t count = 0;
+  boost::container::small_vector<std::string_view, 8> listed;
   for (auto [it, end] = f.equal_range(http::field::connection); it != end; ++it)
-    for (auto name : http::token_list(it->value())) {
-      if (count == listed.size()) {
-        // An unusually long list: copy the names, then erase by name.
-        std::vector<std::string> names;
-        for (auto [c, e] = f.equal_range(http::field::connection); c != e; ++c)
-          for (auto n : http::token_list(c->value())) names.emplace_back(n);
-        for (const auto& n : names) f.erase(n);
-        for (auto h : hop_by_hop) f.erase(h);
-        return;
-      }
-      listed[count++] = name;
-    }
+    for (auto name : http::token_list(it->value())) listed.push_back(name);
   for (auto it = f.begin(); it != f.end();) {
     const auto name = it->name();
     const bool hop = std::find(std::begin(hop_by_hop), std::end(hop_by_hop), name) != std::end(hop_by_hop) ||
-                     std::any_of(listed.begin(), listed.begin() + static_cast<std::ptrdiff_t>(count),
+                     std::any_of(listed.begin(), listed.end(),
                                  [&](std::string_view l) { return beast::iequals(l, it->name_string()); });
     it = hop && name != http::field::connection ? f.erase(it) : std::next(it);
   }
@@ -458,15 +447,17 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // An idle upstream connection the origin has closed shows EOF (or an
   // error) to a non-blocking peek; one that is still open shows EAGAIN.
   bool upstream_still_open() {
-    char byte;
-    const ssize_t n = ::recv(upstream_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    const ssize_t n = peek_upstream();
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
 
   // Whether the origin has sent bytes of an answer that are not read yet.
-  bool upstream_has_answer() {
+  bool upstream_has_answer() { return upbuf_.size() > 0 || peek_upstream() > 0; }
+
+  // recv(2) of one byte, left in place, without waiting.
+  ssize_t peek_upstream() {
     char byte;
-    return upbuf_.size() > 0 || ::recv(upstream_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+    return ::recv(upstream_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   }
 
   // Ends a connection whose client may still be sending a body nobody will
@@ -940,13 +931,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_return keep ? Answered::keep : Answered::close;
   }
 
-  // Sends a 1xx answer's head on to the client (rare: its own frame).
+  // Sends a 1xx answer's head on to the client.
   asio::awaitable<bool> relay_interim(http::response<http::buffer_body>& res) {
     strip_hop_by_hop(res);
     add_via(res);
     res.version(11);
-    http::response_serializer<http::buffer_body> sr(res);
-    auto [ec, n] = co_await http::async_write_header(client_, sr, token);
+    serialize_head(res);
+    auto [ec, n] = co_await asio::async_write(client_, head_.data(), token);
     co_return !ec;
   }
 

@@ -27,7 +27,7 @@ TEST_F(ProxyTest, HopByHopFieldsAndThoseConnectionNamesStopAtTheProxy) {
   const int port = start_proxy();
   std::string many = "Connection: close";
   std::string named;
-  for (int i = 0; i < 12; ++i) {  // more names than the proxy keeps at hand
+  for (int i = 0; i < 12; ++i) {  // more names than the proxy holds without allocating
     many += ", X-Named-" + std::to_string(i);
     named += "X-Named-" + std::to_string(i) + ": n\r\n";
   }
