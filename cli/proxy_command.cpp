@@ -56,6 +56,9 @@ Options:
                            5000; 0 = off); cached addresses are still checked
   --connect-timeout MS     per address dialed (default 10000)
   --idle-timeout MS        keep-alive and body idle (default 60000)
+  --continue-timeout MS    an upload with Expect: 100-continue waits this long
+                           for the origin's 100 or refusal before its body is
+                           sent anyway (default 1000)
   --tunnel-idle-timeout MS CONNECT tunnel idle (default 300000)
   --drain-timeout MS       on SIGTERM (default 10000)
   --max-connections N      per thread (default 10000); more get 503
@@ -194,6 +197,7 @@ int proxy_command(std::span<const std::string_view> args) {
       if (ok) cfg.limits.dns_cache = std::chrono::milliseconds(*n);
     }
     else if (a == "--idle-timeout") ok = ms(cfg.limits.idle_timeout);
+    else if (a == "--continue-timeout") ok = ms(cfg.limits.continue_timeout);
     else if (a == "--tunnel-idle-timeout") ok = ms(cfg.limits.tunnel_idle_timeout);
     else if (a == "--drain-timeout") ok = ms(cfg.limits.drain_timeout);
     else if (a == "--log") log.path = v;

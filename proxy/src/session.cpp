@@ -145,7 +145,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
  private:
   // dial: resolving or connecting; answer: waiting for the origin's answer.
   // In both a timeout fails the origin's side, and the client gets a 504.
-  enum class Stage : std::uint8_t { head, dial, relay, answer, done };
+  // expect: waiting for the origin's 100 (Continue); a timeout sends the body.
+  enum class Stage : std::uint8_t { head, dial, relay, answer, expect, done };
 
   // --- Timeouts: one timer per connection, re-armed by moving a deadline. ---
   // A later deadline waits for the timer to fire (then it sleeps again); an
@@ -164,6 +165,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       if (Clock::now() < deadline_) continue;
       timed_out_ = true;
       boost::system::error_code ignored;
+      if (stage_ == Stage::expect) {
+        upstream_.cancel(ignored);  // ends the wait, not the connection
+        continue;
+      }
       if (stage_ == Stage::dial || stage_ == Stage::answer) {
         // Fail the lookup, the dial or the wait, not the client: it gets a 504.
         resolver_.cancel();
@@ -482,6 +487,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // Tries each allowed address in turn until one connects.
   asio::awaitable<bool> dial(const std::vector<policy::Address>& addrs, std::uint16_t port) {
     stage_ = Stage::dial;
+    upbuf_.clear();  // nothing read from an earlier connection is an answer on this one
     const auto started = Clock::now();
     bool any_timeout = false;
     boost::system::error_code last;
@@ -611,9 +617,18 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         if (n > 0) inbuf.commit(static_cast<std::size_t>(n));
       }
     }
-    const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
     arm(ctx_.limits.idle_timeout);
     serialize_head(p.get());
+    if constexpr (isRequest) {
+      if (expecting_ == Expecting::awaiting) {
+        // The head alone, then the body only once the origin asks for it.
+        auto [hec, hn] = co_await asio::async_write(out, head_.data(), token);
+        if (hec) co_return hec;
+        if (!co_await await_continue()) co_return asio::error::make_error_code(asio::error::operation_aborted);
+        head_.clear();
+      }
+    }
+    const auto first = static_cast<std::size_t>(std::min<std::uint64_t>(inbuf.size(), remaining));
     // The head and the body bytes already read leave in one write: a small
     // message is one segment and one wakeup of the reader, not two.
     const std::array<asio::const_buffer, 2> message{head_.data(), asio::buffer(inbuf.data().data(), first)};
@@ -637,6 +652,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     http::serializer<isRequest, http::buffer_body> sr{p.get()};
     auto [hec, hn] = co_await http::async_write_header(out, sr, token);
     if (hec) co_return hec;
+    if constexpr (isRequest) {
+      if (expecting_ == Expecting::awaiting && !co_await await_continue())
+        co_return asio::error::make_error_code(asio::error::operation_aborted);
+    }
     // Invariant: a chunked body moves through this fixed buffer, whatever its
     // size. On the heap, not in the frame: Asio recycles only small frames.
     constexpr std::size_t chunk_size = 16 * 1024;
@@ -738,23 +757,20 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_await log_decision(0, nullptr);
 
     const Asked asked{method == http::verb::head, req.version() == 11, keeps_alive(req)};
-    const bool expect_continue = beast::iequals(req[http::field::expect], "100-continue");
+    // Expect: 100-continue goes on to the origin (RFC 9110 10.1.1), whose
+    // 100 or refusal comes back before the body is sent; the expectation
+    // of an HTTP/1.0 client is ignored (it cannot read a 100).
+    expecting_ = Expecting::none;
+    if (beast::iequals(req[http::field::expect], "100-continue")) {
+      if (!asked.http11) req.erase(http::field::expect);
+      else if (!parser.is_done()) expecting_ = Expecting::awaiting;
+    }
     strip_hop_by_hop(req);
-    req.erase(http::field::expect);
     req.set(http::field::host, requested_);
     add_via(req);
     req.keep_alive(true);
     req.version(11);
     stage_ = Stage::relay;
-    if (expect_continue) {
-      // The policy passed and the origin is connected: ask for the body.
-      constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
-      auto [ec, n] = co_await asio::async_write(client_, asio::buffer(cont), token);
-      if (ec) {
-        co_await log_close(0, 0, netlog::EndReason::client_close, 0);
-        co_return false;
-      }
-    }
     bool may_resend = reuse && resendable;
     for (;;) {
       stage_ = Stage::relay;
@@ -780,10 +796,11 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
           co_await answer(error_answer(400, "bad-request", why));
           co_return false;
         }
-        if (!timed_out_ && upstream_has_answer()) {
-          // The origin answered before it took the whole body (a 401, a 413)
-          // and stopped reading: the client gets that answer, then the
-          // connection ends, since the rest of the body has nowhere to go.
+        if (!timed_out_ && (expecting_ == Expecting::refused || upstream_has_answer())) {
+          // The origin answered before it took the whole body (a 401, a 413;
+          // or a 417 or any final answer instead of a 100) and stopped
+          // reading: the client gets that answer, then the connection ends,
+          // since what it may still send of the body has nowhere to go.
           co_await relay_response({asked.head, asked.http11, false}, sent, false);
           co_await linger();
           co_return false;
@@ -826,7 +843,6 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // byte of an answer (the request is to be sent on a new one). `sent`: the
   // request body's bytes, for the close record.
   asio::awaitable<Answered> relay_response(Asked asked, std::uint64_t sent, bool may_resend) {
-    upbuf_.clear();
     std::optional<http::response_parser<http::buffer_body>> rp;
     for (;;) {
       rp.emplace();
@@ -866,9 +882,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       }
       if (status >= 200) break;
       // An interim answer (RFC 9110 15.2): forwarded, except to an HTTP/1.0
-      // client and except 100 (Continue), which the proxy answers itself
-      // (it does not forward Expect).
-      if (status != 100 && asked.http11 && !co_await relay_interim(rp->get())) {
+      // client, which cannot read one.
+      if (asked.http11 && !co_await relay_interim(rp->get())) {
         co_await log_close(sent, 0, netlog::EndReason::client_close, 0);
         co_return Answered::close;
       }
@@ -931,6 +946,60 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_return keep ? Answered::keep : Answered::close;
   }
 
+  // After the head of a request with Expect: 100-continue went to the
+  // origin: waits up to --continue-timeout for the origin's word on the body.
+  // True: send it (a 100 came and went on to the client, or none came in
+  // time, as from an origin that ignores Expect). False: the origin sent a
+  // final answer (or closed) first; expecting_ says so, and the answer waits
+  // in upbuf_ for relay_response.
+  asio::awaitable<bool> await_continue() {
+    stage_ = Stage::expect;
+    timed_out_ = false;
+    arm(ctx_.limits.continue_timeout);
+    for (;;) {
+      // Enough of the status line ("HTTP/1.1 100") to tell a 1xx from a final answer.
+      constexpr std::size_t status_end = 12;
+      while (upbuf_.size() < status_end) {
+        auto [ec, n] = co_await upstream_.async_read_some(upbuf_.prepare(4096), token);
+        upbuf_.commit(n);
+        if (ec && timed_out_ && upbuf_.size() == 0) {
+          timed_out_ = false;
+          stage_ = Stage::relay;
+          expecting_ = Expecting::none;
+          arm(ctx_.limits.idle_timeout);
+          co_return true;
+        }
+        if (ec) break;  // relay_response reports what there is
+      }
+      timed_out_ = false;
+      stage_ = Stage::answer;
+      arm(ctx_.limits.idle_timeout);
+      const std::string_view status(static_cast<const char*>(upbuf_.data().data()), upbuf_.size());
+      if (status.size() < status_end || !status.starts_with("HTTP/1.") || status[9] != '1' ||
+          status.substr(9, 3) == "101") {
+        // A final answer, or a 101 or something not HTTP, which relay_response refuses.
+        expecting_ = Expecting::refused;
+        co_return false;
+      }
+      // An interim answer: on to the client (which is HTTP/1.1, since it
+      // expects). A 100 means: send the body; any other (103) means wait on.
+      http::response_parser<http::buffer_body> interim;
+      interim.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
+      auto [ec, n] = co_await http::async_read_header(upstream_, upbuf_, interim, token);
+      if (ec || !co_await relay_interim(interim.get())) {
+        expecting_ = Expecting::refused;  // relay_response reports the origin's or the client's failure
+        co_return false;
+      }
+      if (interim.get().result_int() == 100) {
+        stage_ = Stage::relay;
+        expecting_ = Expecting::none;
+        co_return true;
+      }
+      stage_ = Stage::expect;
+      arm(ctx_.limits.continue_timeout);
+    }
+  }
+
   // Sends a 1xx answer's head on to the client.
   asio::awaitable<bool> relay_interim(http::response<http::buffer_body>& res) {
     strip_hop_by_hop(res);
@@ -985,6 +1054,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   Clock::time_point deadline_ = Clock::now();
   Stage stage_ = Stage::head;
   bool timed_out_ = false;
+  // Where a request with Expect: 100-continue stands: awaiting the origin's
+  // word on its body, or refused (the origin answered without a 100).
+  enum class Expecting : std::uint8_t { none, awaiting, refused };
+  Expecting expecting_ = Expecting::none;
   // The upstream connection kept open between absolute-form requests.
   bool upstream_open_ = false;
   std::string upstream_host_;

@@ -19,6 +19,9 @@ nothing). Endpoints:
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   POST /early413       a 413 before the body is read, then a close
+  POST /refuse         to Expect: 100-continue, a 401 and a close (no 100)
+  POST /quiet          ignores Expect: 100-continue (no 100), then as /sha256
+  POST /hinted         to Expect: 100-continue, a 103, then the 100; then as /sha256
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
 With --tls it speaks HTTPS with the given certificate.
   anything else        404
@@ -140,6 +143,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.reply(404, b"not found")
 
     do_HEAD = do_GET
+
+    def handle_expect_100(self):
+        if self.path == "/refuse":
+            self.close_connection = True
+            self.reply(401, b"sign in first\n")
+            return False
+        if self.path == "/quiet":
+            return True
+        if self.path == "/hinted":
+            self.send_response_only(103)
+            self.send_header("Link", "</a.css>; rel=preload")
+            self.end_headers()
+        return super().handle_expect_100()
 
     def do_POST(self):
         if self.path == "/early413":

@@ -417,6 +417,84 @@ TEST_F(ProxyTest, AnAnswerTheOriginSendsBeforeTakingTheBodyReachesTheClient) {
   }
 }
 
+TEST_F(ProxyTest, ExpectContinueIsTheOriginsToAnswer) {
+  // RFC 9110 10.1.1: the proxy forwards the expectation; the origin's 100 (or
+  // its refusal) reaches the client before any byte of the body is sent.
+  const int port = start_proxy({"--continue-timeout", "300"});
+  // What the proxy sends back until `heads` answer heads have come (or 3 s of silence).
+  const auto heads = [](int fd, std::size_t count) {
+    std::string got;
+    for (std::size_t at = 0, seen = 0; seen < count;) {
+      pollfd p{fd, POLLIN, 0};
+      char b[4096];
+      const ssize_t n = ::poll(&p, 1, 3000) > 0 ? ::recv(fd, b, sizeof b, 0) : 0;
+      if (n <= 0) break;
+      got.append(b, static_cast<std::size_t>(n));
+      for (std::size_t end; (end = got.find("\r\n\r\n", at)) != std::string::npos; at = end + 4) ++seen;
+    }
+    return got;
+  };
+  // Connects and sends an upload's head alone: the socket, and the first `count` answer heads.
+  const auto upload_head = [&](const std::string& path, const std::string& headers, std::size_t count) {
+    const int fd = connect_tcp("127.0.0.1", port);
+    const auto head = request(path, headers, "POST");
+    if (fd >= 0) ::send(fd, head.data(), head.size(), MSG_NOSIGNAL);
+    return std::pair{fd, fd >= 0 ? heads(fd, count) : std::string()};
+  };
+  const auto sha_of_hello = shell("printf hello | sha256sum").out.substr(0, 64);
+  const std::string upload = "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n";
+  {
+    SCOPED_TRACE("the origin's 100, then the body");
+    const auto [fd, cont] = upload_head("/sha256", upload, 1);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(status_line(cont), "HTTP/1.1 100 Continue") << cont;
+    EXPECT_NE(cont.find("Via: 1.1 sandgate"), std::string::npos) << "not the origin's 100: " << cont;
+    ::send(fd, "hello", 5, MSG_NOSIGNAL);
+    const auto r = read_until_close(fd);
+    EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+    EXPECT_NE(r.find(sha_of_hello + " 5"), std::string::npos) << r;
+  }
+  {
+    SCOPED_TRACE("a 103 ahead of the 100");
+    const auto [fd, interim] = upload_head("/hinted", upload, 2);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(status_line(interim), "HTTP/1.1 103 Early Hints") << interim;
+    EXPECT_NE(interim.find("\r\n\r\nHTTP/1.1 100 Continue\r\n"), std::string::npos) << interim;
+    ::send(fd, "hello", 5, MSG_NOSIGNAL);
+    const auto r = read_until_close(fd);
+    EXPECT_NE(r.find(sha_of_hello + " 5"), std::string::npos) << r;
+  }
+  {
+    SCOPED_TRACE("refused at the head: the client never has to send its megabyte");
+    const auto [fd, none] =
+        upload_head("/refuse", "Content-Length: 1000000\r\nExpect: 100-continue\r\nConnection: close\r\n", 0);
+    ASSERT_GE(fd, 0);
+    const auto r = read_until_close(fd);
+    EXPECT_EQ(status_line(r), "HTTP/1.1 401 Unauthorized") << r;
+    EXPECT_NE(r.find("Connection: close"), std::string::npos) << r;
+    EXPECT_TRUE(r.ends_with("sign in first\n")) << r;
+  }
+  {
+    SCOPED_TRACE("an origin that ignores Expect still gets the body, after --continue-timeout");
+    const auto file = dir_ / "expect.bin";
+    shell("head -c 300000 /dev/urandom > " + file.string());
+    const auto sha = shell("sha256sum < " + file.string()).out.substr(0, 64);
+    for (const std::string framing : {"", "-H 'Transfer-Encoding: chunked'"}) {
+      const auto r = shell("curl -sS -x http://127.0.0.1:" + std::to_string(port) + " " + framing +
+                           " -H 'Expect: 100-continue' --data-binary @" + file.string() + " http://origin.test:" + o() +
+                           "/quiet");
+      EXPECT_EQ(r.out, sha + " 300000\n") << framing;
+    }
+  }
+  {
+    SCOPED_TRACE("an HTTP/1.0 client's expectation is ignored, not forwarded");
+    const auto r = exchange("127.0.0.1", port,
+                            request("/headers", "Expect: 100-continue\r\nConnection: close\r\n", "GET", "1.0"));
+    EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+    EXPECT_EQ(r.find("Expect"), std::string::npos) << r;
+  }
+}
+
 TEST_F(ProxyTest, ASmallBodyLargerThanTheHeadLimitStillArrives) {
   // A 12,000-byte body sent with its head, through a proxy whose head buffer
   // holds 2 KiB: the proxy takes what fits with the head and splices the rest.

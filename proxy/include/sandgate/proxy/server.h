@@ -28,6 +28,9 @@ struct Limits {
   std::chrono::milliseconds resolve_timeout{5'000};
   std::chrono::milliseconds connect_timeout{10'000};  // per address tried
   std::chrono::milliseconds idle_timeout{60'000};     // keep-alive between requests, and body transfers
+  // Expect: 100-continue: how long the origin has to ask for the body (100)
+  // or refuse it (a final answer) before the body goes anyway.
+  std::chrono::milliseconds continue_timeout{1'000};
   std::chrono::milliseconds tunnel_idle_timeout{300'000};
   std::chrono::milliseconds drain_timeout{10'000};    // SIGTERM: time for open connections to finish
   std::size_t max_connections = 10'000;               // per thread; more get 503
