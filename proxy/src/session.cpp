@@ -459,6 +459,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   // Whether the origin has sent bytes of an answer that are not read yet.
   bool upstream_has_answer() { return upbuf_.size() > 0 || peek_upstream() > 0; }
 
+  // Whether the origin's side has ended (closed or reset), as seen now.
+  bool upstream_ended() {
+    const auto n = peek_upstream();
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+  }
+
   // recv(2) of one byte, left in place, without waiting.
   ssize_t peek_upstream() {
     char byte;
@@ -638,8 +644,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     remaining -= first;
     arm(ctx_.limits.idle_timeout);
     moved = first;
-    if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); }))
+    if (remaining > 0 && !co_await splice_body(in, out, remaining, [this] { arm(ctx_.limits.idle_timeout); })) {
+      moved = length - remaining;
       co_return asio::error::make_error_code(asio::error::connection_aborted);
+    }
     moved = length;
     complete = true;
     co_return boost::system::error_code{};
@@ -802,6 +810,17 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
           // reading: the client gets that answer, then the connection ends,
           // since what it may still send of the body has nowhere to go.
           co_await relay_response({asked.head, asked.http11, false}, sent, false);
+          co_await linger();
+          co_return false;
+        }
+        if (!may_resend && !timed_out_ && end_ == netlog::EndReason::client_close && upstream_ended()) {
+          // The origin closed or reset the connection with the body under
+          // way and no answer: the client, whose request is cut off, is told
+          // so rather than left with a broken pipe or an empty reply.
+          co_await log_close(sent, 0, netlog::EndReason::upstream_close, 502);
+          std::string why = "the origin closed the connection without an answer, after the proxy had sent it " +
+                            std::to_string(sent) + " bytes of the request body";
+          co_await answer(error_answer(502, "bad-upstream-response", why));
           co_await linger();
           co_return false;
         }

@@ -212,7 +212,7 @@ void set_non_blocking(Socket& s) {
 
 }  // namespace
 
-asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
+asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t& bytes,
                                   const std::function<void()>& on_activity) {
   set_non_blocking(from);
   set_non_blocking(to);

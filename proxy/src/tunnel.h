@@ -41,8 +41,9 @@ boost::asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstre
 // Moves exactly `bytes` from `from` to `to` (an HTTP body of known length)
 // with splice(2) through a pipe from the thread's pool (the tunnels' too), or
 // a buffered copy where splice is refused. False if a side fails or the body
-// ends early. on_activity is called as bytes move.
-boost::asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t bytes,
+// ends early; `bytes` counts down as bytes are taken, so it then says how
+// many were not. on_activity is called as bytes move.
+boost::asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t& bytes,
                                          const std::function<void()>& on_activity);
 
 }  // namespace sandgate::proxy::detail

@@ -19,6 +19,7 @@ nothing). Endpoints:
   GET  /headers        the request line and headers it received, as text
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   POST /early413       a 413 before the body is read, then a close
+  POST /cutoff         reads 64 KiB of the body, then closes without an answer
   POST /refuse         to Expect: 100-continue, a 401 and a close (no 100)
   POST /quiet          ignores Expect: 100-continue (no 100), then as /sha256
   POST /hinted         to Expect: 100-continue, a 103, then the 100; then as /sha256
@@ -162,6 +163,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # Refuses the body before reading it, and closes with it unread.
             self.close_connection = True
             return self.reply(413, b"too large\n")
+        if self.path == "/cutoff":
+            self.rfile.read(65536)
+            self.close_connection = True
+            return
         h = hashlib.sha256()
         size = 0
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -417,6 +417,30 @@ TEST_F(ProxyTest, AnAnswerTheOriginSendsBeforeTakingTheBodyReachesTheClient) {
   }
 }
 
+TEST_F(ProxyTest, AnOriginThatHangsUpMidUploadGetsTheClientA502) {
+  // The origin takes part of the body and closes without a word. The client
+  // is told so, in the proxy's answer schema, not left with a broken pipe.
+  const int port = start_proxy();
+  const auto big = dir_ / "upload.bin";
+  std::ofstream(big) << std::string(4 << 20, 'u');
+  for (const std::string framing : {"", "-H 'Transfer-Encoding: chunked'"}) {
+    SCOPED_TRACE(framing.empty() ? "Content-Length" : "chunked");
+    const auto head = dir_ / "head.txt";
+    const auto r = shell("curl -sS -D " + head.string() + " -w '%{http_code}' -x http://127.0.0.1:" +
+                         std::to_string(port) + " " + framing + " --data-binary @" + big.string() +
+                         " http://origin.test:" + o() + "/cutoff");
+    EXPECT_TRUE(r.out.ends_with("\n502")) << r.out;
+    EXPECT_NE(r.out.find("the origin closed the connection without an answer"), std::string::npos) << r.out;
+    EXPECT_NE(shell("cat " + head.string()).out.find("X-Proxy-Error: bad-upstream-response"), std::string::npos);
+  }
+  // The log says who ended it, and that the client got a 502.
+  proxy_->signal(SIGTERM);
+  ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
+  const auto closes = shell("grep -c '\"type\":\"close\".*\"end\":\"upstream-close\",\"status\":502' " +
+                            log_path().string());
+  EXPECT_EQ(closes.out, "2\n") << closes.out;
+}
+
 TEST_F(ProxyTest, ExpectContinueIsTheOriginsToAnswer) {
   // RFC 9110 10.1.1: the proxy forwards the expectation; the origin's 100 (or
   // its refusal) reaches the client before any byte of the body is sent.
