@@ -22,8 +22,8 @@ each decided by POLICY (YAML, or Docker's proxy-config.json by its .json
 extension). Blocked requests get a 403 that names the rule and how to allow
 it; malformed ones a 400. SIGHUP reloads POLICY (a bad file keeps the last
 good policy), and so does any change to the file unless --no-watch; after
-a reload, open tunnels the new policy denies are closed unless
---keep-denied-tunnels. SIGTERM stops accepting and lets open connections finish.
+a reload, open tunnels and plain-HTTP exchanges the new policy denies are
+closed unless --keep-denied-tunnels. SIGTERM stops accepting and lets open connections finish.
 
 Every decision and every connection's end is written to the network log
 (JSON Lines, hash-chained; read it with 'sandgate network log'). SIGUSR1
@@ -47,7 +47,8 @@ Options:
                            bound: no new privileges, and a seccomp filter that
                            refuses exec, fork, ptrace, mount, module loading and
                            identity changes with EPERM)
-  --keep-denied-tunnels    leave open tunnels alone when a reload denies them
+  --keep-denied-tunnels    leave open tunnels and exchanges alone when a reload
+                           denies them
   --head-bytes N           request head limit (default 16384)
   --max-headers N          header field limit (default 100)
   --head-timeout MS        whole head within (default 10000)

@@ -208,7 +208,6 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     ctx->policy = store->current();
     ctx->hosts = hosts;
     ctx->limits = config.limits;
-    ctx->close_denied_tunnels = config.close_denied_tunnels;
     ctx->clients = impl->clients.get();
     impl->threads.push_back(std::move(ctx));
   }
@@ -353,15 +352,15 @@ void Server::reload() {
     return;
   }
   // Each thread takes the new policy for its next request, on any connection,
-  // and re-decides its own open tunnels; no lock is shared. Posted before the
+  // and re-decides its own open tunnels and exchanges; no lock is shared. Posted before the
   // reload is reported: a thread runs its posted work in order, so whatever
   // follows the report finds the new policy.
   for (auto& t : im.threads)
     asio::post(t->io, [ctx = t.get(), set = *r, close_denied = im.config.close_denied_tunnels] {
       ctx->policy = set;
       if (!close_denied) return;
-      const std::vector<detail::OpenTunnel*> open(ctx->tunnels.begin(), ctx->tunnels.end());
-      for (auto* tunnel : open) tunnel->recheck(*set);
+      const std::vector<detail::OpenTunnel*> open(ctx->sessions.begin(), ctx->sessions.end());
+      for (auto* session : open) session->recheck(*set);
     });
   if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {});
   ::malloc_trim(0);  // the YAML nodes of the parse (see start)

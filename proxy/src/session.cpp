@@ -158,11 +158,24 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   }
 
   asio::awaitable<void> watchdog(std::shared_ptr<Session>) {
+    std::optional<Clock::time_point> grace;  // the deadline of the last look before calling a relay idle
     while (stage_ != Stage::done) {
       timer_.expires_at(deadline_);
       co_await timer_.async_wait(token);
       if (stage_ == Stage::done) break;
       if (Clock::now() < deadline_) continue;
+      if (stage_ == Stage::relay && grace != deadline_) {
+        // Before calling a transfer idle: a body spliced in batches may have
+        // bytes waiting short of a batch, from a sender that slowed down.
+        // Wake its reader for them (lowering SO_RCVLOWAT does) and look
+        // again shortly; any byte moved re-arms the deadline.
+        const int one = 1;
+        ::setsockopt(client_.native_handle(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+        ::setsockopt(upstream_.native_handle(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+        deadline_ = Clock::now() + std::chrono::milliseconds(200);
+        grace = deadline_;
+        continue;
+      }
       timed_out_ = true;
       boost::system::error_code ignored;
       if (stage_ == Stage::expect) {
@@ -198,14 +211,21 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   }
 
   void recheck(const config::PolicySet& set) override {
+    // What is open toward an origin: a tunnel; a plain-HTTP exchange under
+    // way (its answer may stream for as long as the origin likes); or a kept
+    // upstream connection between requests.
+    const bool exchanging = !tunnel_ && (stage_ == Stage::relay || stage_ == Stage::answer || stage_ == Stage::expect);
+    if (!tunnel_ && !exchanging && !upstream_open_) return;
     const auto& p = *set.for_sandbox(listener_.sandbox);
     const policy::Address addr[] = {upstream_addr_};
-    if (p.check(tunnel_target_, addr).verdict != policy::Verdict::deny) return;
-    // The new policy denies this destination: end the tunnel now.
-    end_ = netlog::EndReason::reload;
+    if (p.check(tunnel_ ? tunnel_target_ : http_target_, addr).verdict != policy::Verdict::deny) return;
     boost::system::error_code ignored;
-    client_.close(ignored);
+    upstream_open_ = false;
     upstream_.close(ignored);
+    if (!tunnel_ && !exchanging) return;  // the next request is decided afresh
+    // The new policy denies this destination: end the connection now.
+    end_ = netlog::EndReason::reload;
+    client_.close(ignored);
   }
 
   void end_for_shutdown() override {
@@ -218,7 +238,6 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   void finish() {
     if (counted_tunnel_) open_tunnels_.fetch_sub(1, std::memory_order_relaxed);
     if (client_slot_) client_slot_->fetch_sub(1, std::memory_order_relaxed);
-    ctx_.tunnels.erase(this);
     ctx_.sessions.erase(this);
     stage_ = Stage::done;
     timer_.cancel();
@@ -555,7 +574,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       co_return;
     }
     tunnel_target_ = *target;
-    if (ctx_.close_denied_tunnels) ctx_.tunnels.insert(this);
+    tunnel_ = true;
     // Bytes the client sent right after its head (a TLS ClientHello) go
     // through the first-flight check with the rest of it.
     std::string prefix(static_cast<const char*>(buf.data().data()), buf.size());
@@ -673,11 +692,20 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       if (!p.is_done()) {
         p.get().body().data = chunk.get();
         p.get().body().size = chunk_size;
-        auto [ec, n] = co_await http::async_read(in, inbuf, p, token);
+        // What has come, not a full buffer: a body that streams (server-sent
+        // events, a log tail, a slow upload) passes on as it arrives; one
+        // that comes fast still moves in full buffers.
+        auto [ec, n] = co_await http::async_read_some(in, inbuf, p, token);
+        if (!ec) ec = take_ready(in, inbuf, p);
         if (ec && ec != http::error::need_buffer) co_return ec;
-        p.get().body().size = chunk_size - p.get().body().size;
-        moved += p.get().body().size;
-        p.get().body().data = chunk.get();
+        const auto got = chunk_size - p.get().body().size;
+        // A chunk's size line alone: nothing to pass on yet.
+        if (got == 0 && !p.is_done()) continue;
+        moved += got;
+        // (An empty buffer would be written as a chunk of size 0, which is
+        // the last chunk: with no bytes, no buffer.)
+        p.get().body().data = got ? chunk.get() : nullptr;
+        p.get().body().size = got;
         p.get().body().more = !p.is_done();
       } else {
         p.get().body().data = nullptr;
@@ -688,6 +716,33 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     } while (!p.is_done() && !sr.is_done());
     complete = p.is_done();
     co_return boost::system::error_code{};
+  }
+
+  // Parses into p's body buffer what else is already here, without waiting:
+  // the rest of inbuf, then the socket's bytes, read with MSG_DONTWAIT.
+  // Stops when the body buffer is full, the message is done, or nothing more
+  // has come. (Beast's read_some would wait instead: it reads on while a
+  // chunk line is incomplete, even with body bytes in hand.)
+  template <bool isRequest>
+  boost::system::error_code take_ready(Socket& in, beast::flat_buffer& inbuf,
+                                       http::parser<isRequest, http::buffer_body>& p) {
+    boost::system::error_code ec;
+    p.eager(true);  // a put parses all it can, not one chunk piece
+    while (!p.is_done() && p.get().body().size > 0) {
+      if (inbuf.size() > 0) {
+        inbuf.consume(p.put(inbuf.data(), ec));
+        if (ec == http::error::need_more) ec = {};  // part of a chunk line: more may be here
+        if (ec || p.is_done() || p.get().body().size == 0) break;  // a framing error, done, or full
+      }
+      const auto room = std::min<std::size_t>(inbuf.max_size() - inbuf.size(), 16 * 1024);
+      if (room == 0) break;  // a line longer than the buffer: the next read reports it
+      const auto space = inbuf.prepare(room);
+      const ssize_t n = ::recv(in.native_handle(), space.data(), space.size(), MSG_DONTWAIT);
+      if (n <= 0) break;  // nothing yet; an end or an error shows on the next read
+      inbuf.commit(static_cast<std::size_t>(n));
+    }
+    p.eager(false);
+    return ec;
   }
 
   // Checks an absolute-form request's target and Host header. When they are
@@ -824,8 +879,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
           co_await linger();
           co_return false;
         }
-        if (!may_resend || timed_out_) {
-          co_await log_close(sent, 0, timed_out_ ? netlog::EndReason::idle_timeout : netlog::EndReason::error, 0);
+        if (!may_resend || timed_out_ || end_ != netlog::EndReason::client_close) {
+          co_await log_close(sent, 0,
+                             end_ != netlog::EndReason::client_close ? end_
+                             : timed_out_                             ? netlog::EndReason::idle_timeout
+                                                                      : netlog::EndReason::error,
+                             0);
           co_return false;
         }
       } else {
@@ -878,6 +937,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         co_await answer(error_answer(504, "upstream-timeout",
                                      "the origin took the request but sent no answer within " +
                                          std::to_string(ctx_.limits.idle_timeout.count()) + " ms (--idle-timeout)"));
+        co_return Answered::close;
+      }
+      if (ec && end_ != netlog::EndReason::client_close) {
+        co_await log_close(sent, 0, end_, 0);  // a reload or shutdown ended it; the client is gone
         co_return Answered::close;
       }
       if (ec && may_resend && upbuf_.size() == 0 &&
@@ -1083,6 +1146,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   std::uint16_t upstream_port_ = 0;
   policy::Address upstream_addr_{};
   policy::Target tunnel_target_;
+  bool tunnel_ = false;  // relaying a CONNECT tunnel to tunnel_target_
 };
 
 }  // namespace

@@ -23,7 +23,8 @@ namespace sandgate::proxy::detail {
 // An open connection, as its thread's registries see it.
 struct OpenTunnel {
   virtual ~OpenTunnel() = default;
-  // Decides the tunnel's destination again under `set`; closes it if denied.
+  // Decides the connection's open destination (a tunnel's, or a plain-HTTP
+  // exchange's) again under `set`, and ends it if denied.
   virtual void recheck(const config::PolicySet& set) = 0;
   // The proxy is stopping and the drain time is up: close both sides now
   // (the session still writes its close record).
@@ -49,7 +50,6 @@ struct ThreadContext {
   std::shared_ptr<const HostsFile> hosts;
   Limits limits;
   std::atomic<std::size_t> open_connections{0};  // written by this thread, read by the drain
-  std::unordered_set<OpenTunnel*> tunnels;         // open CONNECT tunnels; touched only on this thread
   std::unordered_set<OpenTunnel*> sessions;        // every open session; touched only on this thread
   netlog::Producer* log = nullptr;                 // this thread's queue to the network log, if any
   struct CachedAnswer {
@@ -57,7 +57,6 @@ struct ThreadContext {
     std::chrono::steady_clock::time_point expires;
   };
   std::unordered_map<std::string, CachedAnswer> dns_cache;  // touched only on this thread
-  bool close_denied_tunnels = true;                // on reload
   ClientCounts* clients = nullptr;                 // shared by all threads (atomics)
   struct Counters {
     std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};

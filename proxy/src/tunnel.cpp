@@ -181,10 +181,12 @@ asio::awaitable<void> check_then_splice(Socket& client, Socket& upstream, std::s
   co_await splice_one_way(client, upstream, d, on_activity);
 }
 
-// While a body of known length is spliced, the reader is woken only when
+// While a body of known length comes fast, the reader is woken only when
 // this much of it (or all that is left) has arrived: fewer, larger rounds,
-// and fewer wakeups the sender's core pays for. Back to 1 when the body is
-// done, since the connection's next read is a head.
+// and fewer wakeups the sender's core pays for. A slow body is passed on as
+// it comes (per segment), since it would otherwise sit in the socket, seen
+// by nobody, until the idle timeout. Back to 1 when the body is done, since
+// the connection's next read is a head.
 class ReadLowWater {
  public:
   explicit ReadLowWater(Socket& s) : s_(s) {}
@@ -221,6 +223,10 @@ asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t& bytes
   bool use_splice = pipe.ok();
   std::unique_ptr<char[]> copy_buf;
   ReadLowWater low(from);
+  // Bytes taken since the last wait: a round of 16 KiB or more means the
+  // sender is fast, and the next wait may be for a larger batch.
+  std::uint64_t round = 0;
+  constexpr std::uint64_t fast_round = 16 * 1024;
   while (bytes > 0) {
     if (!use_splice) {
       // Buffered fallback: only where the kernel refuses splice.
@@ -245,12 +251,15 @@ asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t& bytes
         continue;
       }
       if (errno != EAGAIN) co_return false;
-      low.expect(bytes);
+      if (round >= fast_round) low.expect(bytes);
+      else low.reset();
+      round = 0;
       auto [ec] = co_await from.async_wait(asio::socket_base::wait_read, token);
       if (ec) co_return false;
       continue;
     }
     bytes -= static_cast<std::uint64_t>(n);
+    round += static_cast<std::uint64_t>(n);
     for (auto in_pipe = static_cast<std::size_t>(n); in_pipe > 0;) {
       const ssize_t m = ::splice(pipe.fd[0], nullptr, to.native_handle(), nullptr, in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (m > 0) {

@@ -10,6 +10,9 @@ nothing). Endpoints:
   GET  /bytes/N        N bytes of a repeating pattern
   GET  /unsized/N      N bytes with no Content-Length, ended by closing
   GET  /chunked/N      N bytes, chunked
+  GET  /drip/N         N chunks of one line, one each 100 ms (a streaming answer)
+  GET  /trickle/N[/B]  B bytes at once (default 0), then N more, 100 each 100 ms;
+                       sized (Content-Length)
   GET  /silent         no answer (the handler sleeps 30 s)
   GET  /dropafter      4 bytes, then the connection closes without notice
   GET  /early          a 103 (Early Hints), then 4 bytes
@@ -104,6 +107,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (k, b"c" * k))
                 n -= k
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path.startswith("/drip/"):
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                for i in range(int(self.path[6:])):
+                    self.wfile.write(b"6\r\ndrop%d\n\r\n" % (i % 10))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass  # the proxy ended the exchange
+            return
+        if self.path.startswith("/trickle/"):
+            n, burst = (list(map(int, self.path[9:].split("/"))) + [0])[:2]
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (burst + n))
+            try:
+                self.wfile.write(b"b" * burst)
+                for _ in range(n // 100):
+                    self.wfile.write(b"t" * 99 + b"\n")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
             return
         if self.path == "/dropafter":
             # A whole answer that does not say it closes, then a close: what

@@ -375,6 +375,44 @@ TEST_F(ProxyTest, InterimAnswersReachHttp11ClientsAndAnUnaskedSwitchIsRefused) {
   EXPECT_EQ(sw.find("raw"), std::string::npos) << sw;
 }
 
+TEST_F(ProxyTest, AStreamingAnswerPassesAsItArrives) {
+  // /drip/30 sends a line every 100 ms for 3 s, chunked. Each must reach
+  // the client while the stream runs, not when a buffer fills or it ends.
+  const int port = start_proxy();
+  const int fd = connect_tcp("127.0.0.1", port);
+  ASSERT_GE(fd, 0);
+  const auto get = request("/drip/30");
+  ::send(fd, get.data(), get.size(), MSG_NOSIGNAL);
+  std::string got;
+  while (got.find("drop0") == std::string::npos) {
+    pollfd p{fd, POLLIN, 0};
+    char b[4096];
+    const ssize_t n = ::poll(&p, 1, 2000) > 0 ? ::recv(fd, b, sizeof b, 0) : 0;
+    if (n <= 0) break;
+    got.append(b, static_cast<std::size_t>(n));
+  }
+  EXPECT_NE(got.find("drop0"), std::string::npos) << got;
+  EXPECT_EQ(got.find("\r\n0\r\n\r\n"), std::string::npos) << "the first line came only with the end: " << got;
+  const auto rest = read_until_close(fd);
+  EXPECT_TRUE(rest.ends_with("\r\n0\r\n\r\n")) << rest;
+}
+
+TEST_F(ProxyTest, ASlowSizedAnswerPassesAsItArrivesAndIsNotIdle) {
+  // /trickle/3000: a Content-Length body at 1 KB/s, for 3 s, through a proxy
+  // whose idle timeout is 1 s. Each piece must reach the client as it comes,
+  // which is also what keeps the transfer from looking idle.
+  const int port = start_proxy({"--idle-timeout", "1000"});
+  const auto get = [&](const std::string& path) {
+    return shell("curl -sS -o /dev/null -w '%{http_code} %{size_download}' -x http://127.0.0.1:" +
+                 std::to_string(port) + " http://origin.test:" + o() + path)
+        .out;
+  };
+  EXPECT_EQ(get("/trickle/3000"), "200 3000");
+  // 256 KiB at once first: the proxy takes the rest in batches, as for any
+  // fast body, until the sender slows; then it must not call that idle.
+  EXPECT_EQ(get("/trickle/3000/262144"), "200 265144");
+}
+
 TEST_F(ProxyTest, TransferCodingsThatCannotPassOnGet502) {
   const int port = start_proxy();
   const auto ask = [&](const std::string& coding, const std::string& version) {
@@ -883,6 +921,30 @@ TEST_F(ProxyTest, ReloadClosesTunnelsTheNewPolicyDenies) {
   proxy_->signal(SIGHUP);
   EXPECT_TRUE(closed_within(fd, std::chrono::seconds(5)));
   ::close(fd);
+}
+
+TEST_F(ProxyTest, ReloadEndsAStreamingAnswerTheNewPolicyDenies) {
+  // A plain-HTTP answer that streams (here 10 s of it) is as open a
+  // channel as a tunnel: a reload that denies its destination ends it.
+  const int port = start_proxy();
+  const int fd = connect_tcp("127.0.0.1", port);
+  ASSERT_GE(fd, 0);
+  const auto get = request("/drip/100", "");
+  ::send(fd, get.data(), get.size(), MSG_NOSIGNAL);
+  char first[256];
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_GT(::poll(&p, 1, 5000), 0);
+  ASSERT_GT(::recv(fd, first, sizeof first, 0), 0);
+  EXPECT_TRUE(std::string_view(first).starts_with("HTTP/1.1 200 OK"));
+  write_policy("version: 1\nmode: deny\n");
+  proxy_->signal(SIGHUP);
+  // Cut off: the stream's last chunk never comes.
+  const auto rest = read_until_close(fd);
+  EXPECT_FALSE(rest.ends_with("0\r\n\r\n")) << rest;
+  proxy_->signal(SIGTERM);
+  ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
+  const auto ended = shell("grep -c '\"type\":\"close\".*\"end\":\"reload\"' " + log_path().string());
+  EXPECT_EQ(ended.out, "1\n") << ended.out;
 }
 
 TEST_F(ProxyTest, KeepDeniedTunnelsLeavesThemOpen) {

@@ -53,7 +53,8 @@ struct ServerConfig {
   Limits limits;
   unsigned threads = 0;  // 0: one per core
   bool watch_policy = true;          // reload when the policy file changes, as on SIGHUP
-  bool close_denied_tunnels = true;  // on reload, end open tunnels the new policy denies
+  // On reload, end open tunnels and plain-HTTP exchanges the new policy denies.
+  bool close_denied_tunnels = true;
   // The network log; none when unset. SIGUSR1 reopens it (for logrotate).
   std::optional<netlog::WriterConfig> log;
   // "host:port" for GET /metrics (Prometheus) and /healthz; "" for none.
