@@ -395,7 +395,16 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     std::size_t searched = 0;
     for (;;) {
       const std::string_view have(static_cast<const char*>(buf.data().data()), buf.size());
-      if (auto end = have.find("\r\n\r\n", searched); end != std::string_view::npos) co_return end + 4;
+      const auto end = have.find("\r\n\r\n", searched);
+      // A line ended by a bare LF would leave the head unfinished until
+      // its timeout, and the client with no word: it gets its 400 now.
+      // (RFC 9112 2.2 lets a recipient accept one; deny on doubt.)
+      if (bare_lf(have.substr(0, end == std::string_view::npos ? have.size() : end + 4), searched)) {
+        begin_audit(netlog::ProxyType::http, {}, {});
+        co_await bad_request("a line of the head ends in a bare LF; HTTP lines end in CRLF");
+        co_return 0;
+      }
+      if (end != std::string_view::npos) co_return end + 4;
       searched = have.size() < 3 ? 0 : have.size() - 3;
       const std::size_t room = ctx_.limits.head_bytes - std::min(ctx_.limits.head_bytes, buf.size());
       if (room == 0) {
@@ -695,8 +704,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
         // What has come, not a full buffer: a body that streams (server-sent
         // events, a log tail, a slow upload) passes on as it arrives; one
         // that comes fast still moves in full buffers.
-        auto [ec, n] = co_await http::async_read_some(in, inbuf, p, token);
-        if (!ec) ec = take_ready(in, inbuf, p);
+        auto ec = take_ready(in, inbuf, p);
+        if (!ec && p.get().body().size == chunk_size && !p.is_done()) {
+          // Nothing here yet: wait for some.
+          auto [rec, n] = co_await http::async_read_some(in, inbuf, p, token);
+          ec = rec;
+          if (!ec) ec = take_ready(in, inbuf, p);
+        }
         if (ec && ec != http::error::need_buffer) co_return ec;
         const auto got = chunk_size - p.get().body().size;
         // A chunk's size line alone: nothing to pass on yet.
@@ -718,6 +732,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     co_return boost::system::error_code{};
   }
 
+  // Whether bytes[from..] hold an LF that no CR comes right before.
+  static bool bare_lf(std::string_view bytes, std::size_t from) {
+    for (auto i = bytes.find('\n', from); i != std::string_view::npos; i = bytes.find('\n', i + 1))
+      if (i == 0 || bytes[i - 1] != '\r') return true;
+    return false;
+  }
+
   // Parses into p's body buffer what else is already here, without waiting:
   // the rest of inbuf, then the socket's bytes, read with MSG_DONTWAIT.
   // Stops when the body buffer is full, the message is done, or nothing more
@@ -731,7 +752,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     while (!p.is_done() && p.get().body().size > 0) {
       if (inbuf.size() > 0) {
         inbuf.consume(p.put(inbuf.data(), ec));
-        if (ec == http::error::need_more) ec = {};  // part of a chunk line: more may be here
+        // Part of a chunk line: more may be here, unless the line has ended
+        // in a bare LF, which Beast would wait on past it for a CR.
+        if (ec == http::error::need_more)
+          ec = bare_lf({static_cast<const char*>(inbuf.data().data()), inbuf.size()}, 0)
+                   ? http::error::bad_chunk
+                   : boost::system::error_code{};
         if (ec || p.is_done() || p.get().body().size == 0) break;  // a framing error, done, or full
       }
       const auto room = std::min<std::size_t>(inbuf.max_size() - inbuf.size(), 16 * 1024);

@@ -176,6 +176,7 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
       {"TE chunked not final", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked, gzip\r\n\r\n"},
       {"obs-fold", "GET " + t + " HTTP/1.1\r\n" + h + "X-A: a\r\n b\r\n\r\n"},
       {"bare LF", "GET " + t + " HTTP/1.1\n" + h + "\r\n"},
+      {"bare LFs only", "GET " + t + " HTTP/1.1\nHost: origin.test:" + o() + "\n\n"},
       {"bare CR", "GET " + t + " HTTP/1.1\r\n" + h + "X-A: a\rb\r\n\r\n"},
       {"NUL", "GET " + t + " HTTP/1.1\r\n" + h + "X-A: a" + std::string(1, '\0') + "b\r\n\r\n"},
       {"control byte", "GET " + t + " HTTP/1.1\r\n" + h + "X-A: a\x01" "b\r\n\r\n"},
@@ -196,6 +197,9 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
                                   "Transfer-Encoding: chunked\r\n\r\n5;a=\"x\r\n\"\r\nhello\r\n0\r\n\r\n"},
       {"bad chunk extension, too long", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5;a=" +
                                             std::string(100'000, 'b') + "\r\nhello\r\n0\r\n\r\n"},
+      {"bad chunk line, a bare LF", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n"},
+      {"bad chunk trailer, a bare LF",
+       "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\n\r\n"},
       {"bad chunk end", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"},
       {"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"},
       {"TE in HTTP/1.0", "POST " + t + " HTTP/1.0\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
