@@ -20,6 +20,7 @@
 #include <boost/url/parse.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <array>
 #include <chrono>
 #include <optional>
@@ -772,8 +773,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   }
 
   // Checks an absolute-form request's target and Host header. When they are
-  // acceptable, sets http_target_ and requested_ (host:port as asked) and
-  // rewrites the target to origin form; else returns why, for a 400.
+  // acceptable, sets http_target_, requested_ (host:port as asked, for the
+  // log) and host_ (the Host the origin gets), and rewrites the target to
+  // origin form; else returns why, for a 400.
   std::string take_http_target(http::request<http::buffer_body>& req) {
     auto url = boost::urls::parse_absolute_uri(req.target());
     if (req.target().starts_with("/") || req.target() == "*")
@@ -791,7 +793,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     requested_ = url->encoded_host_and_port();
     audit_.requested = requested_;
     origin_form_ = url->encoded_target();
-    if (origin_form_.empty()) origin_form_ = "/";
+    // RFC 9112 3.2.4: OPTIONS to a bare authority asks about the server as a
+    // whole, which origin form spells "*".
+    if (origin_form_.empty()) origin_form_ = req.method() == http::verb::options ? "*" : "/";
     auto target = policy::parse_target(requested_, 80);
     if (!target) return "bad target host: " + std::string(policy::describe(target.error()));
     // RFC 9112 3.2: an HTTP/1.1 request has a Host field, and with a target
@@ -807,6 +811,17 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     }
     http_target_ = std::move(*target);
     req.target(origin_form_);
+    // The Host the origin gets names what the policy checked, in its normal
+    // form (lower case, no trailing dot, the canonical address), with the
+    // port unless it is 80: no spelling the policy read one way and the
+    // origin might read another.
+    const bool v6 = http_target_.address && !http_target_.address->is_v4();
+    host_.assign(v6 ? "[" : "").append(http_target_.host).append(v6 ? "]" : "");
+    if (http_target_.port != 80) {
+      char digits[8];
+      const auto end = std::to_chars(digits, digits + sizeof digits, http_target_.port).ptr;
+      host_.append(":").append(digits, end);
+    }
     return {};
   }
 
@@ -855,7 +870,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       else if (!parser.is_done()) expecting_ = Expecting::awaiting;
     }
     strip_hop_by_hop(req);
-    req.set(http::field::host, requested_);
+    req.set(http::field::host, host_);
     add_via(req);
     req.keep_alive(true);
     req.version(11);
@@ -1152,7 +1167,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   beast::flat_buffer upbuf_;  // the origin's answer (plain HTTP); its capacity is reused
   beast::flat_buffer head_;   // a head on its way out (serialize_head)
   // Absolute-form requests: kept between requests so their capacity is reused.
-  std::string requested_, origin_form_;
+  std::string requested_, origin_form_, host_;
   policy::Target http_target_;
   std::vector<policy::Address> allowed_;
   ThreadContext& ctx_;

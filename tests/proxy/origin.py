@@ -20,6 +20,7 @@ nothing). Endpoints:
   GET  /coded/A+B      "abc" with Transfer-Encoding: A, B
   GET  /hop            an answer with hop-by-hop fields
   GET  /headers        the request line and headers it received, as text
+  OPTIONS anything     the request line it received
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   POST /early413       a 413 before the body is read, then a close
   POST /cutoff         reads 64 KiB of the body, then closes without an answer
@@ -170,6 +171,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.reply(404, b"not found")
 
     do_HEAD = do_GET
+
+    def do_OPTIONS(self):
+        self.reply(200, self.requestline.encode())
 
     def handle_expect_100(self):
         if self.path == "/refuse":

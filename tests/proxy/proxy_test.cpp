@@ -23,6 +23,22 @@ TEST_F(ProxyTest, CurlGetThroughTheProxy) {
   EXPECT_EQ(r.out.find("Proxy-Connection"), std::string::npos) << r.out;
 }
 
+TEST_F(ProxyTest, TheOriginGetsTheTargetInTheFormThePolicyChecked) {
+  // However the client spells the authority (case, a trailing dot, a port
+  // with a leading zero), the origin's Host is the normalized one: the name
+  // the policy decided on, not a spelling the origin might read otherwise.
+  const int port = start_proxy();
+  const auto r = exchange("127.0.0.1", port,
+                          "GET http://ORIGIN.test.:0" + o() + "/headers HTTP/1.1\r\nHost: Origin.Test:" + o() +
+                              "\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+  EXPECT_NE(r.find("\r\n\r\nGET /headers HTTP/1.1\nHost: origin.test:" + o() + "\n"), std::string::npos) << r;
+  // OPTIONS to a bare authority is about the server: "*" (RFC 9112 3.2.4).
+  const auto opt = exchange("127.0.0.1", port, "OPTIONS http://origin.test:" + o() + " HTTP/1.1\r\nHost: origin.test:" +
+                                                   o() + "\r\nConnection: close\r\n\r\n");
+  EXPECT_TRUE(opt.ends_with("OPTIONS * HTTP/1.1")) << opt;
+}
+
 TEST_F(ProxyTest, HopByHopFieldsAndThoseConnectionNamesStopAtTheProxy) {
   const int port = start_proxy();
   std::string many = "Connection: close";
