@@ -23,7 +23,8 @@ extension). Blocked requests get a 403 that names the rule and how to allow
 it; malformed ones a 400. SIGHUP reloads POLICY (a bad file keeps the last
 good policy), and so does any change to the file unless --no-watch; after
 a reload, open tunnels and plain-HTTP exchanges the new policy denies are
-closed unless --keep-denied-tunnels. SIGTERM stops accepting and lets open connections finish.
+closed unless --keep-denied-tunnels. SIGTERM stops accepting and lets open
+connections finish.
 
 Every decision and every connection's end is written to the network log
 (JSON Lines, hash-chained; read it with 'sandgate network log'). SIGUSR1

@@ -352,14 +352,14 @@ void Server::reload() {
     return;
   }
   // Each thread takes the new policy for its next request, on any connection,
-  // and re-decides its own open tunnels and exchanges; no lock is shared. Posted before the
-  // reload is reported: a thread runs its posted work in order, so whatever
-  // follows the report finds the new policy.
+  // and re-decides its own open tunnels and exchanges; no lock is shared.
+  // Posted before the reload is reported: a thread runs its posted work in
+  // order, so whatever follows the report finds the new policy.
   for (auto& t : im.threads)
     asio::post(t->io, [ctx = t.get(), set = *r, close_denied = im.config.close_denied_tunnels] {
       ctx->policy = set;
       if (!close_denied) return;
-      const std::vector<detail::OpenTunnel*> open(ctx->sessions.begin(), ctx->sessions.end());
+      const std::vector<detail::OpenConnection*> open(ctx->sessions.begin(), ctx->sessions.end());
       for (auto* session : open) session->recheck(*set);
     });
   if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {});
@@ -460,7 +460,7 @@ void Server::stop() {
         // Time is up: close what is still open; each session logs its end.
         for (auto& t : im2.threads)
           asio::post(t->io, [ctx = t.get()] {
-            const std::vector<detail::OpenTunnel*> open(ctx->sessions.begin(), ctx->sessions.end());
+            const std::vector<detail::OpenConnection*> open(ctx->sessions.begin(), ctx->sessions.end());
             for (auto* s : open) s->end_for_shutdown();
           });
         const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(2);

@@ -20,8 +20,8 @@
 #include <boost/url/parse.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <optional>
 
@@ -109,7 +109,7 @@ policy::Address from_asio(const asio::ip::address& a) {
   return policy::Address::from_bytes(std::span<const std::uint8_t, 16>(b.data(), 16));
 }
 
-class Session : public std::enable_shared_from_this<Session>, public OpenTunnel {
+class Session : public std::enable_shared_from_this<Session>, public OpenConnection {
  public:
   Session(Socket client, ThreadContext& ctx, const Listener& listener, const netlog::Source* source,
           std::atomic<std::size_t>& open_tunnels, std::atomic<std::uint32_t>* client_slot)
@@ -168,11 +168,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
       if (stage_ == Stage::relay && grace != deadline_) {
         // Before calling a transfer idle: a body spliced in batches may have
         // bytes waiting short of a batch, from a sender that slowed down.
-        // Wake its reader for them (lowering SO_RCVLOWAT does) and look
-        // again shortly; any byte moved re-arms the deadline.
-        const int one = 1;
-        ::setsockopt(client_.native_handle(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
-        ::setsockopt(upstream_.native_handle(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+        // Wake its reader for them and look again shortly; any byte moved
+        // re-arms the deadline.
+        wake_batched_reader(client_);
+        wake_batched_reader(upstream_);
         deadline_ = Clock::now() + std::chrono::milliseconds(200);
         grace = deadline_;
         continue;
@@ -483,6 +482,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
   bool upstream_still_open() {
     const ssize_t n = peek_upstream();
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+
+  // Why a relay that failed ended, for its close record: a reload or a
+  // shutdown that closed it, else the idle timeout, else an error.
+  netlog::EndReason failure_end() const noexcept {
+    if (end_ != netlog::EndReason::client_close) return end_;
+    return timed_out_ ? netlog::EndReason::idle_timeout : netlog::EndReason::error;
   }
 
   // Whether the origin has sent bytes of an answer that are not read yet.
@@ -921,11 +927,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
           co_return false;
         }
         if (!may_resend || timed_out_ || end_ != netlog::EndReason::client_close) {
-          co_await log_close(sent, 0,
-                             end_ != netlog::EndReason::client_close ? end_
-                             : timed_out_                             ? netlog::EndReason::idle_timeout
-                                                                      : netlog::EndReason::error,
-                             0);
+          co_await log_close(sent, 0, failure_end(), 0);
           co_return false;
         }
       } else {
@@ -1047,11 +1049,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenTunnel 
     bool response_complete = false;
     std::uint64_t received = 0;
     if (auto ec = co_await relay_body(upstream_, upbuf_, *rp, client_, response_complete, received)) {
-      co_await log_close(sent, received,
-                         end_ != netlog::EndReason::client_close ? end_
-                         : timed_out_                             ? netlog::EndReason::idle_timeout
-                                                                  : netlog::EndReason::error,
-                         static_cast<std::uint16_t>(status));
+      co_await log_close(sent, received, failure_end(), static_cast<std::uint16_t>(status));
       co_return Answered::close;
     }
     co_await log_close(sent, received, keep ? netlog::EndReason::complete : netlog::EndReason::client_close,

@@ -21,8 +21,8 @@
 namespace sandgate::proxy::detail {
 
 // An open connection, as its thread's registries see it.
-struct OpenTunnel {
-  virtual ~OpenTunnel() = default;
+struct OpenConnection {
+  virtual ~OpenConnection() = default;
   // Decides the connection's open destination (a tunnel's, or a plain-HTTP
   // exchange's) again under `set`, and ends it if denied.
   virtual void recheck(const config::PolicySet& set) = 0;
@@ -50,7 +50,7 @@ struct ThreadContext {
   std::shared_ptr<const HostsFile> hosts;
   Limits limits;
   std::atomic<std::size_t> open_connections{0};  // written by this thread, read by the drain
-  std::unordered_set<OpenTunnel*> sessions;        // every open session; touched only on this thread
+  std::unordered_set<OpenConnection*> sessions;    // every open session; touched only on this thread
   netlog::Producer* log = nullptr;                 // this thread's queue to the network log, if any
   struct CachedAnswer {
     std::vector<policy::Address> addresses;

@@ -214,6 +214,14 @@ void set_non_blocking(Socket& s) {
 
 }  // namespace
 
+void wake_batched_reader(Socket& s) noexcept {
+  // Lowering SO_RCVLOWAT signals a waiting reader when bytes are there. The
+  // splice loop's ReadLowWater may then think the mark higher than it is,
+  // which only costs it wakeups.
+  const int one = 1;
+  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+}
+
 asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t& bytes,
                                   const std::function<void()>& on_activity) {
   set_non_blocking(from);

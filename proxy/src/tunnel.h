@@ -38,6 +38,10 @@ boost::asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstre
                                                   std::string_view target_host,
                                                   const std::function<void()>& on_activity);
 
+// Wakes a splice_body waiting for a batch of its body on `s`, to take what
+// has come (its low-water mark goes back to one byte).
+void wake_batched_reader(Socket& s) noexcept;
+
 // Moves exactly `bytes` from `from` to `to` (an HTTP body of known length)
 // with splice(2) through a pipe from the thread's pool (the tunnels' too), or
 // a buffered copy where splice is refused. False if a side fails or the body
