@@ -223,9 +223,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     upstream_open_ = false;
     upstream_.close(ignored);
     if (!tunnel_ && !exchanging) return;  // the next request is decided afresh
-    // The new policy denies this destination: end the connection now.
+    // The new policy denies this destination: the exchange ends now.
     end_ = netlog::EndReason::reload;
-    client_.close(ignored);
+    // An answer on its way to the client ends by its origin's side: what
+    // the relay still needs from the origin fails, and that ends the client
+    // connection. An answer read in full, whose last write is under way (the
+    // client may already have it all), completes, and the connection stays.
+    if (!replying_) client_.close(ignored);
   }
 
   void end_for_shutdown() override {
@@ -1048,15 +1052,21 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     res.keep_alive(keep);
     bool response_complete = false;
     std::uint64_t received = 0;
-    if (auto ec = co_await relay_body(upstream_, upbuf_, *rp, client_, response_complete, received)) {
+    replying_ = true;
+    const auto ec = co_await relay_body(upstream_, upbuf_, *rp, client_, response_complete, received);
+    replying_ = false;
+    if (ec) {
       co_await log_close(sent, received, failure_end(), static_cast<std::uint16_t>(status));
       co_return Answered::close;
     }
+    // A reload that came as the answer's last bytes left ended nothing.
+    if (end_ == netlog::EndReason::reload) end_ = netlog::EndReason::client_close;
     co_await log_close(sent, received, keep ? netlog::EndReason::complete : netlog::EndReason::client_close,
                        static_cast<std::uint16_t>(status));
     // Bytes past the response (a misbehaving origin) mean the stream is not
     // reusable, and neither is one whose answer ended by closing.
-    upstream_open_ = origin_keeps && !rp->need_eof() && (response_complete || rp->is_done()) && upbuf_.size() == 0;
+    upstream_open_ = origin_keeps && !rp->need_eof() && (response_complete || rp->is_done()) && upbuf_.size() == 0 &&
+                     upstream_.is_open();  // (a reload may have closed it)
     if (!upstream_open_) {
       boost::system::error_code ignored;
       upstream_.close(ignored);
@@ -1185,7 +1195,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   std::uint16_t upstream_port_ = 0;
   policy::Address upstream_addr_{};
   policy::Target tunnel_target_;
-  bool tunnel_ = false;  // relaying a CONNECT tunnel to tunnel_target_
+  bool tunnel_ = false;    // relaying a CONNECT tunnel to tunnel_target_
+  bool replying_ = false;  // relaying the body of the origin's answer
 };
 
 }  // namespace
