@@ -46,6 +46,15 @@ std::string parse_request_head(std::string_view head, std::size_t max_fields, Re
   if (encodings > 1 || (encodings && !boost::beast::iequals(req[http::field::transfer_encoding], "chunked")))
     return "a Transfer-Encoding other than a single final 'chunked'";
   if (req.version() != 11 && req.version() != 10) return "only HTTP/1.0 and HTTP/1.1 are served";
+  // RFC 9110 7.6.1: Connection names fields meant for this hop alone, which
+  // the proxy removes. Named there, a framing field or Host would reach the
+  // origin removed: the body it announced read as the next request.
+  for (auto [it, end] = req.equal_range(http::field::connection); it != end; ++it)
+    for (const auto option : http::token_list(it->value()))
+      for (const auto field : {http::field::content_length, http::field::transfer_encoding, http::field::host})
+        if (boost::beast::iequals(option, http::to_string(field)))
+          return "the Connection header lists " + std::string(http::to_string(field)) +
+                 ", a field every hop must read (RFC 9110 7.6.1)";
   // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
   // framing; a 1.0 parser behind or before us would read its body as the next
   // request.

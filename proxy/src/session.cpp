@@ -53,14 +53,19 @@ void strip_hop_by_hop(Fields& f) {
   // Names listed in Connection are hop-by-hop too. Kept as views into the
   // Connection fields, which therefore go last; then one pass over the
   // fields, not a lookup per name (this runs twice per request).
+  // The framing fields stay, whatever Connection says: without them the
+  // body would be read as what follows the message. (A request that lists
+  // them was refused; this guards answers.)
   boost::container::small_vector<std::string_view, 8> listed;
   for (auto [it, end] = f.equal_range(http::field::connection); it != end; ++it)
     for (auto name : http::token_list(it->value())) listed.push_back(name);
   for (auto it = f.begin(); it != f.end();) {
     const auto name = it->name();
+    const bool framing = name == http::field::content_length || name == http::field::transfer_encoding;
     const bool hop = std::find(std::begin(hop_by_hop), std::end(hop_by_hop), name) != std::end(hop_by_hop) ||
-                     std::any_of(listed.begin(), listed.end(),
-                                 [&](std::string_view l) { return beast::iequals(l, it->name_string()); });
+                     (!framing && std::any_of(listed.begin(), listed.end(), [&](std::string_view l) {
+                       return beast::iequals(l, it->name_string());
+                     }));
     it = hop && name != http::field::connection ? f.erase(it) : std::next(it);
   }
   f.erase(http::field::connection);

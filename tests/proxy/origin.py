@@ -18,7 +18,8 @@ nothing). Endpoints:
   GET  /early          a 103 (Early Hints), then 4 bytes
   GET  /switch         a 101 (Switching Protocols) nobody asked for
   GET  /coded/A+B      "abc" with Transfer-Encoding: A, B
-  GET  /hop            an answer with hop-by-hop fields
+  GET  /hop            an answer with hop-by-hop fields (Connection also lists
+                       Content-Length)
   GET  /headers        the request line and headers it received, as text
   OPTIONS anything     the request line it received
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
@@ -156,8 +157,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if self.path == "/hop":
-            # Hop-by-hop fields, one of them named by Connection.
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+            # Hop-by-hop fields, one of them named by Connection; Connection
+            # also names Content-Length, which the proxy must keep.
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: X-Hop, Content-Length\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
                              b"Upgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok")
             return
         if self.path == "/silent":

@@ -69,6 +69,10 @@ TEST_F(ProxyTest, HopByHopFieldsAndThoseConnectionNamesStopAtTheProxy) {
   EXPECT_NE(back.find("X-Kept: yes"), std::string::npos) << back;
   for (const char* gone : {"X-Hop", "Keep-Alive", "Upgrade"})
     EXPECT_EQ(back.find(gone), std::string::npos) << gone << " reached the client:\n" << back;
+  // Framing stays, whatever Connection lists: without its length the body
+  // would be read as what follows the answer.
+  EXPECT_NE(back.find("Content-Length: 2\r\n"), std::string::npos) << back;
+  EXPECT_EQ(back.find("Transfer-Encoding"), std::string::npos) << back;
   EXPECT_TRUE(back.ends_with("\r\n\r\nok")) << back;
 }
 
@@ -221,6 +225,16 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
       {"TE in HTTP/1.0", "POST " + t + " HTTP/1.0\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
       {"CONNECT with a body", "CONNECT origin.test:" + o() + " HTTP/1.1\r\n" + h + "Content-Length: 5\r\n\r\nhello"},
       {"CONNECT chunked", "CONNECT origin.test:" + o() + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+      // Stripped as hop-by-hop, the framing would leave the body to be read
+      // by the origin as a request of its own.
+      {"Connection lists Content-Length", "POST " + t + " HTTP/1.1\r\n" + h +
+                                              "Connection: keep-alive, Content-Length\r\nContent-Length: 41\r\n\r\n"
+                                              "GET /small HTTP/1.1\r\nHost: other.test\r\n\r\n"},
+      {"second Connection lists Transfer-Encoding",
+       "POST " + t + " HTTP/1.1\r\n" + h +
+           "Connection: keep-alive\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "29\r\nGET /small HTTP/1.1\r\nHost: other.test\r\n\r\n\r\n0\r\n\r\n"},
+      {"Connection lists Host", "GET " + t + " HTTP/1.1\r\n" + h + "Connection: HOST\r\n\r\n"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
