@@ -42,6 +42,10 @@ std::string parse_request_head(std::string_view head, std::size_t max_fields, Re
   // RFC 9112 3.2: the proxy checks one Host, and an origin may read another.
   if (hosts > 1) return "several Host fields";
   if (lengths > 1) return "several Content-Length fields";
+  // Beast takes a list of one value repeated ("5, 5"), which RFC 9110 8.6
+  // allows a recipient to reject: a hop behind may read it another way.
+  if (lengths && req[http::field::content_length].find_first_not_of("0123456789") != std::string_view::npos)
+    return "a Content-Length that is not a single number";
   if (lengths && encodings) return "both Content-Length and Transfer-Encoding";
   if (encodings > 1 || (encodings && !boost::beast::iequals(req[http::field::transfer_encoding], "chunked")))
     return "a Transfer-Encoding other than a single final 'chunked'";

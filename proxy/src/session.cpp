@@ -1041,6 +1041,11 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
       co_await answer(error_answer(502, "bad-upstream-response", why));
       co_return Answered::close;
     }
+    // A length repeated as a list ("5, 5"; RFC 9110 8.6) goes on as the one
+    // number it is: a client may read the list another way.
+    if (const auto length = rp->content_length();
+        length && res[http::field::content_length].find(',') != std::string_view::npos)
+      res.content_length(*length);
     const bool origin_keeps = keeps_alive(res);
     strip_hop_by_hop(res);
     add_via(res);

@@ -20,6 +20,7 @@ nothing). Endpoints:
   GET  /coded/A+B      "abc" with Transfer-Encoding: A, B
   GET  /hop            an answer with hop-by-hop fields (Connection also lists
                        Content-Length)
+  GET  /lengthlist     "ok" with Content-Length: 2, 2
   GET  /headers        the request line and headers it received, as text
   OPTIONS anything     the request line it received
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
@@ -161,6 +162,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # also names Content-Length, which the proxy must keep.
             self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: X-Hop, Content-Length\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
                              b"Upgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok")
+            return
+        if self.path == "/lengthlist":
+            # One length, repeated as a list (RFC 9110 8.6 lets a recipient take it).
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")
             return
         if self.path == "/silent":
             # Takes the request and never answers (for the proxy's timeout).
