@@ -875,7 +875,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     }
     co_await log_decision(0, nullptr);
 
-    const Asked asked{method == http::verb::head, req.version() == 11, keeps_alive(req)};
+    // RFC 9112 9.3: a proxy keeps no connection alive for an HTTP/1.0
+    // client, whose keep-alive an HTTP/1.0 hop before may have passed on.
+    const bool http11 = req.version() == 11;
+    const Asked asked{method == http::verb::head, http11, http11 && keeps_alive(req)};
     // Expect: 100-continue goes on to the origin (RFC 9110 10.1.1), whose
     // 100 or refusal comes back before the body is sent; the expectation
     // of an HTTP/1.0 client is ignored (it cannot read a 100).
@@ -1052,9 +1055,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     bool keep = asked.keep_alive;
     if (!bodiless && !asked.http11) {
       // An HTTP/1.0 client must not get chunked (RFC 9112 6.1): a body
-      // without a length goes as it is, and closing the connection ends it.
+      // without a length goes as it is, and closing the connection (which
+      // ends every HTTP/1.0 exchange) ends it.
       if (res.chunked()) res.chunked(false);  // (which also drops any Content-Length)
-      if (!res.has_content_length()) keep = false;
     } else if (!bodiless && !res.has_content_length() && !res.chunked()) {
       res.chunked(true);  // close-delimited from the origin: chunked, the client kept
     }

@@ -390,6 +390,24 @@ TEST_F(ProxyTest, AnHttp10ClientNeverGetsAChunkedAnswer) {
   EXPECT_EQ(status_line(bare), "HTTP/1.1 200 OK") << bare;
 }
 
+TEST_F(ProxyTest, AnHttp10ClientsConnectionEndsWithItsAnswer) {
+  // RFC 9112 9.3: a proxy does not honour HTTP/1.0 keep-alive from a client
+  // (an HTTP/1.0 hop before it may have passed the option on blindly, and
+  // would wait for a close that never comes). The second request, sent at
+  // once, is never read.
+  const int port = start_proxy();
+  for (const std::string option : {"Connection: keep-alive\r\n", "Proxy-Connection: keep-alive\r\n"}) {
+    SCOPED_TRACE(option);
+    const auto one = request("/small", option, "GET", "1.0");
+    const auto start = std::chrono::steady_clock::now();
+    const auto r = exchange("127.0.0.1", port, one + one);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2)) << "the connection stayed open";
+    EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+    EXPECT_NE(r.find("Connection: close\r\n"), std::string::npos) << r;
+    EXPECT_TRUE(r.ends_with("\r\n\r\n" + std::string(100, 'x'))) << r;
+  }
+}
+
 TEST_F(ProxyTest, InterimAnswersReachHttp11ClientsAndAnUnaskedSwitchIsRefused) {
   // RFC 9110 15.2: a proxy forwards 1xx answers, but not to HTTP/1.0 clients.
   const int port = start_proxy();
