@@ -852,6 +852,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     const auto& target = http_target_;
     allowed_.clear();
     if (!co_await decide(target, allowed_)) co_return false;
+    if ((req.method() == http::verb::options || req.method() == http::verb::trace) &&
+        req.count(http::field::max_forwards) && !co_await count_hop(parser))
+      co_return false;
     // A GET, HEAD or OPTIONS without a body may be sent again (RFC 9110
     // 9.2.2) when a kept upstream connection turns out to be closed. Any
     // other request goes only on a connection just seen open (a peek: one
@@ -959,6 +962,48 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
         co_return false;
       }
     }
+  }
+
+  // RFC 9110 7.6.2: OPTIONS and TRACE count their hops down in
+  // Max-Forwards, which goes on one less. At 0 the proxy is the final
+  // recipient and answers itself: nothing is sent to the origin. False when
+  // the proxy answered (then the connection ends).
+  asio::awaitable<bool> count_hop(RequestParser& parser) {
+    auto& req = parser.get();
+    const auto value = req[http::field::max_forwards];
+    std::uint32_t hops = 0;
+    const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), hops);
+    if (value.empty() || end != value.data() + value.size()) {
+      co_await bad_request("Max-Forwards must be a number of hops");
+      co_return false;
+    }
+    if (ec == std::errc::result_out_of_range) hops = UINT32_MAX;  // more hops than any path has
+    if (hops > 0) {
+      char digits[16];
+      req.set(http::field::max_forwards,
+              std::string_view(digits, std::to_chars(digits, digits + sizeof digits, hops - 1).ptr));
+      co_return true;
+    }
+    // An OPTIONS asks about the proxy; a TRACE gets its request back as the
+    // proxy received it, without fields that carry credentials (9.3.8).
+    std::string body;
+    if (req.method() == http::verb::trace) {
+      body.append(req.method_string()).append(" http://").append(requested_);
+      body.append(origin_form_).append(req.version() == 11 ? " HTTP/1.1\r\n" : " HTTP/1.0\r\n");
+      for (const auto& f : req)
+        if (f.name() != http::field::authorization && f.name() != http::field::proxy_authorization &&
+            f.name() != http::field::cookie)
+          body.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
+      body.append("\r\n");
+    }
+    std::string response = "HTTP/1.1 200 OK\r\n";
+    if (!body.empty()) response += "Content-Type: message/http\r\n";
+    response += "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    co_await log_decision(200, nullptr);
+    co_await log_close(0, 0, netlog::EndReason::complete, 200);
+    co_await answer(response);
+    if (!parser.is_done()) co_await linger();  // a body nobody reads
+    co_return false;
   }
 
   // What the client's request said, for its answer; taken before the request

@@ -23,6 +23,7 @@ nothing). Endpoints:
   GET  /lengthlist     "ok" with Content-Length: 2, 2
   GET  /headers        the request line and headers it received, as text
   OPTIONS anything     the request line it received
+  TRACE anything       the request line and headers it received (message/http)
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
   POST /early413       a 413 before the body is read, then a close
   POST /cutoff         reads 64 KiB of the body, then closes without an answer
@@ -181,6 +182,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_OPTIONS(self):
         self.reply(200, self.requestline.encode())
+
+    def do_TRACE(self):
+        text = self.requestline + "\r\n" + "".join("%s: %s\r\n" % (k, v) for k, v in self.headers.items())
+        self.reply(200, text.encode(), "message/http")
 
     def handle_expect_100(self):
         if self.path == "/refuse":

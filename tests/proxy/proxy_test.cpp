@@ -408,6 +408,36 @@ TEST_F(ProxyTest, AnHttp10ClientsConnectionEndsWithItsAnswer) {
   }
 }
 
+TEST_F(ProxyTest, MaxForwardsCountsDownAndAtZeroTheProxyAnswers) {
+  // RFC 9110 7.6.2, for OPTIONS and TRACE only.
+  const int port = start_proxy();
+  const auto seen = origin_->connections();
+  const auto on = exchange("127.0.0.1", port, request("/x", "Max-Forwards: 3\r\nConnection: close\r\n", "TRACE"));
+  EXPECT_EQ(status_line(on), "HTTP/1.1 200 OK") << on;
+  EXPECT_NE(on.find("\r\nMax-Forwards: 2\r\n"), std::string::npos) << on;
+  EXPECT_EQ(origin_->connections(), seen + 1);
+  // At 0 the proxy is the final recipient; nothing reaches the origin.
+  const auto trace = exchange("127.0.0.1", port,
+                              request("/x", "Max-Forwards: 0\r\nX-Mine: 1\r\nAuthorization: Basic c2VjcmV0\r\n"
+                                            "Cookie: s=1\r\nProxy-Authorization: Basic c2VjcmV0\r\n", "TRACE"));
+  EXPECT_EQ(status_line(trace), "HTTP/1.1 200 OK") << trace;
+  EXPECT_NE(trace.find("Content-Type: message/http\r\n"), std::string::npos) << trace;
+  EXPECT_NE(trace.find("\r\n\r\nTRACE http://origin.test:" + o() + "/x HTTP/1.1\r\n"), std::string::npos) << trace;
+  EXPECT_NE(trace.find("\r\nX-Mine: 1\r\n"), std::string::npos) << trace;
+  for (const char* secret : {"Authorization", "Cookie", "c2VjcmV0"})
+    EXPECT_EQ(trace.find(secret), std::string::npos) << secret << " was echoed:\n" << trace;
+  const auto options = exchange("127.0.0.1", port, request("/x", "Max-Forwards: 0\r\n", "OPTIONS"));
+  EXPECT_EQ(status_line(options), "HTTP/1.1 200 OK") << options;
+  EXPECT_NE(options.find("Content-Length: 0\r\n"), std::string::npos) << options;
+  EXPECT_EQ(origin_->connections(), seen + 1) << "a request at 0 hops reached the origin";
+  // Other methods pass it on as it is; a value that is not a number is refused.
+  const auto get = exchange("127.0.0.1", port, request("/headers", "Max-Forwards: 0\r\nConnection: close\r\n"));
+  EXPECT_NE(get.find("Max-Forwards: 0\n"), std::string::npos) << get;
+  const auto bad = exchange("127.0.0.1", port, request("/x", "Max-Forwards: two\r\n", "OPTIONS"));
+  EXPECT_EQ(status_line(bad), "HTTP/1.1 400 Bad Request") << bad;
+  EXPECT_NE(bad.find("Max-Forwards"), std::string::npos) << bad;
+}
+
 TEST_F(ProxyTest, InterimAnswersReachHttp11ClientsAndAnUnaskedSwitchIsRefused) {
   // RFC 9110 15.2: a proxy forwards 1xx answers, but not to HTTP/1.0 clients.
   const int port = start_proxy();
