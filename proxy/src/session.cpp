@@ -808,9 +808,11 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     requested_ = url->encoded_host_and_port();
     audit_.requested = requested_;
     origin_form_ = url->encoded_target();
-    // RFC 9112 3.2.4: OPTIONS to a bare authority asks about the server as a
-    // whole, which origin form spells "*".
-    if (origin_form_.empty()) origin_form_ = req.method() == http::verb::options ? "*" : "/";
+    // An empty path is "/" in origin form (RFC 9112 3.2.1), also before a
+    // query; but OPTIONS to a bare authority asks about the server as a
+    // whole, which origin form spells "*" (3.2.4).
+    if (origin_form_.empty() && req.method() == http::verb::options) origin_form_ = "*";
+    else if (url->encoded_path().empty()) origin_form_.insert(0, 1, '/');
     auto target = policy::parse_target(requested_, 80);
     if (!target) return "bad target host: " + std::string(policy::describe(target.error()));
     // RFC 9112 3.2: an HTTP/1.1 request has a Host field, and with a target

@@ -32,7 +32,7 @@ nothing). Endpoints:
   POST /hinted         to Expect: 100-continue, a 103, then the 100; then as /sha256
   GET  /static/PATH    a file under DIR (a git "dumb HTTP" repository, say)
 With --tls it speaks HTTPS with the given certificate.
-  anything else        404
+  anything else        404, with the request line
 Plain TCP bytes (a CONNECT tunnel's payload) get the same HTTP handling.
 """
 import hashlib
@@ -176,7 +176,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())
             return self.reply(200, text.encode())
-        self.reply(404, b"not found")
+        self.reply(404, b"not found: " + self.requestline.encode())
 
     do_HEAD = do_GET
 

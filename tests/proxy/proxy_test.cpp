@@ -37,6 +37,12 @@ TEST_F(ProxyTest, TheOriginGetsTheTargetInTheFormThePolicyChecked) {
   const auto opt = exchange("127.0.0.1", port, "OPTIONS http://origin.test:" + o() + " HTTP/1.1\r\nHost: origin.test:" +
                                                    o() + "\r\nConnection: close\r\n\r\n");
   EXPECT_TRUE(opt.ends_with("OPTIONS * HTTP/1.1")) << opt;
+  // An empty path is "/" in origin form, also before a query (RFC 9112 3.2.1).
+  for (const std::string method : {"OPTIONS", "GET"}) {
+    const auto query = exchange("127.0.0.1", port, method + " http://origin.test:" + o() + "?q=1 HTTP/1.1\r\nHost: origin.test:" +
+                                                       o() + "\r\nConnection: close\r\n\r\n");
+    EXPECT_TRUE(query.ends_with(method + " /?q=1 HTTP/1.1")) << query;
+  }
 }
 
 TEST_F(ProxyTest, HopByHopFieldsAndThoseConnectionNamesStopAtTheProxy) {
