@@ -590,16 +590,19 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     counted_tunnel_ = listener_.max_tunnels > 0;
     if (!co_await dial(allowed, target->port)) co_return;
     co_await log_decision(200, nullptr);
+    // A reload from here on rechecks this tunnel's target. (Set only after
+    // the 200 had gone, a reload in between rechecked the connection as a
+    // plain-HTTP exchange, with that exchange's target: none, or an old one.)
+    tunnel_target_ = *target;
+    tunnel_ = true;
     stage_ = Stage::relay;
     arm(ctx_.limits.tunnel_idle_timeout);
     constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
     auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), token);
     if (ec) {
-      co_await log_close(0, 0, netlog::EndReason::client_close, 0);
+      co_await log_close(0, 0, end_, 0);  // the client left, or a reload or shutdown ended it
       co_return;
     }
-    tunnel_target_ = *target;
-    tunnel_ = true;
     // Bytes the client sent right after its head (a TLS ClientHello) go
     // through the first-flight check with the rest of it.
     std::string prefix(static_cast<const char*>(buf.data().data()), buf.size());
