@@ -480,6 +480,21 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     co_return true;
   }
 
+  // After resolving and dialing, which may take a while: a reload that came
+  // meanwhile has the policy now in force decide again, on the same answer.
+  // False when it denies (the client has its 403; nothing was sent).
+  asio::awaitable<bool> still_allowed(const policy::Target& target, std::span<const policy::Address> answer) {
+    if (set_ == ctx_.policy) co_return true;  // a pointer compare, nearly always
+    take_policy();
+    audit_.decision = policy_->check(target, answer);
+    if (audit_.decision.verdict != policy::Verdict::deny) co_return true;
+    boost::system::error_code ignored;
+    upstream_open_ = false;
+    upstream_.close(ignored);
+    co_await refuse(audit_.decision, target);
+    co_return false;
+  }
+
   asio::awaitable<void> refuse(const policy::Decision& d, const policy::Target& target) {
     ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
     co_await log_decision(403, policy::to_string(d.reason).data());
@@ -589,6 +604,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     }
     counted_tunnel_ = listener_.max_tunnels > 0;
     if (!co_await dial(allowed, target->port)) co_return;
+    if (!co_await still_allowed(*target, allowed)) co_return;
     co_await log_decision(200, nullptr);
     // A reload from here on rechecks this tunnel's target. (Set only after
     // the 200 had gone, a reload in between rechecked the connection as a
@@ -881,6 +897,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
       audit_.connected = true;
       audit_.connect_us = 0;  // the kept-alive connection
     }
+    if (!co_await still_allowed(target, allowed_)) co_return false;
     co_await log_decision(0, nullptr);
 
     // RFC 9112 9.3: a proxy keeps no connection alive for an HTTP/1.0

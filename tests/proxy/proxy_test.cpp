@@ -765,6 +765,79 @@ TEST_F(ProxyTest, AReloadDecidesTheNextRequestOnAKeptConnection) {
   ::close(fd);
 }
 
+TEST_F(ProxyTest, AReloadWhileARequestIsDialedDecidesItAgain) {
+  // A request decided by the old policy whose dial completes after a reload
+  // is decided again by the new one, before anything is sent: else a tunnel
+  // the new policy denies would open, and never be rechecked.
+  // The dial is held up by a listener whose one-place accept queue is full:
+  // the kernel drops the proxy's SYN, and its retransmission a second later
+  // gets through once the queue has room.
+  struct Held {
+    int listener = ::socket(AF_INET, SOCK_STREAM, 0), filler = -1, port = 0;
+    Held() {
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      socklen_t len = sizeof a;
+      ::bind(listener, reinterpret_cast<sockaddr*>(&a), len);
+      ::listen(listener, 0);
+      ::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len);
+      port = ntohs(a.sin_port);
+      filler = connect_tcp("127.0.0.1", port);
+    }
+    ~Held() {
+      ::close(filler);
+      ::close(listener);
+    }
+  } tunnel, plain;
+  ASSERT_GE(tunnel.filler, 0);
+  ASSERT_GE(plain.filler, 0);
+  const auto allow = [&](const std::vector<int>& ports) {
+    std::string text = "version: 1\nmode: deny\nallow_hosts:\n  - origin.test:" + o() + "\n";
+    for (const int p : ports) text += "  - origin.test:" + std::to_string(p) + "\n";
+    write_policy(text + "allow_cidrs:\n  - 127.0.0.1/32\n");
+  };
+  allow({tunnel.port, plain.port});
+  const int port = start_proxy({"--no-watch"});
+  const auto ask = [&](const std::string& request) {
+    const int fd = connect_tcp("127.0.0.1", port);
+    EXPECT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+    return fd;
+  };
+  const auto t = std::to_string(tunnel.port), p = std::to_string(plain.port);
+  const int tunnel_client = ask("CONNECT origin.test:" + t + " HTTP/1.1\r\nHost: origin.test:" + t + "\r\n\r\n");
+  const int plain_client =
+      ask("GET http://origin.test:" + p + "/ HTTP/1.1\r\nHost: origin.test:" + p + "\r\nConnection: close\r\n\r\n");
+  ::usleep(200'000);  // both SYNs sent and dropped
+  allow({});
+  proxy_->signal(SIGHUP);
+  for (int i = 0; i < 500 && read_file(log_path()).find("\"event\":\"reload\"") == std::string::npos; ++i)
+    ::usleep(10'000);
+  for (const int listener : {tunnel.listener, plain.listener}) ::close(::accept(listener, nullptr, nullptr));
+  for (const int fd : {tunnel_client, plain_client}) {
+    std::string got;
+    char buf[4096];
+    pollfd pfd{fd, POLLIN, 0};
+    while (::poll(&pfd, 1, 5000) == 1) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    EXPECT_EQ(status_line(got), "HTTP/1.1 403 Forbidden") << got;
+    EXPECT_NE(got.find("X-Proxy-Error: blocked-by-default"), std::string::npos) << got;
+  }
+  // Nothing was sent on the connections the proxy made.
+  for (Held* h : {&tunnel, &plain}) {
+    const int fd = ::accept4(h->listener, nullptr, nullptr, SOCK_NONBLOCK);
+    if (fd < 0) continue;  // the proxy's connection had not come yet: nothing sent either
+    pollfd pfd{fd, POLLIN, 0};
+    char byte;
+    EXPECT_TRUE(::poll(&pfd, 1, 1000) == 0 || ::recv(fd, &byte, 1, 0) == 0) << "bytes reached the origin";
+    ::close(fd);
+  }
+}
+
 TEST_F(ProxyTest, CurlHttpsThroughConnect) {
   const int port = start_proxy();
   auto r = shell("curl -sS --cacert " + cert_.string() + " -x http://127.0.0.1:" + std::to_string(port) +
