@@ -605,13 +605,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     counted_tunnel_ = listener_.max_tunnels > 0;
     if (!co_await dial(allowed, target->port)) co_return;
     if (!co_await still_allowed(*target, allowed)) co_return;
-    co_await log_decision(200, nullptr);
     // A reload from here on rechecks this tunnel's target. (Set only after
     // the 200 had gone, a reload in between rechecked the connection as a
     // plain-HTTP exchange, with that exchange's target: none, or an old one.)
     tunnel_target_ = *target;
     tunnel_ = true;
     stage_ = Stage::relay;
+    co_await log_decision(200, nullptr);
     arm(ctx_.limits.tunnel_idle_timeout);
     constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
     auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), token);
@@ -898,6 +898,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
       audit_.connect_us = 0;  // the kept-alive connection
     }
     if (!co_await still_allowed(target, allowed_)) co_return false;
+    stage_ = Stage::relay;  // from here a reload rechecks this exchange
     co_await log_decision(0, nullptr);
 
     // RFC 9112 9.3: a proxy keeps no connection alive for an HTTP/1.0
@@ -917,7 +918,6 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     add_via(req);
     req.keep_alive(true);
     req.version(11);
-    stage_ = Stage::relay;
     bool may_resend = reuse && resendable;
     for (;;) {
       stage_ = Stage::relay;
