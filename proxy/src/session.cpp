@@ -983,6 +983,11 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
         co_await log_close(0, 0, netlog::EndReason::error, timed_out_ ? 504 : 502);
         co_return false;
       }
+      // A reload since the decision, which a new dial may outlast too.
+      if (!co_await still_allowed(target, allowed_)) {
+        co_await log_close(0, 0, netlog::EndReason::reload, 403);
+        co_return false;
+      }
     }
   }
 
