@@ -19,6 +19,7 @@ constexpr auto token = asio::as_tuple(asio::use_awaitable);
 
 asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handlers) {
   boost::beast::flat_buffer buf(8192);
+  // The head only: any body is not read, since the answer ends the connection.
   http::request_parser<http::empty_body> parser;
   parser.header_limit(8192);
   // A slow scraper gets five seconds for its request.
@@ -26,18 +27,23 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
   deadline.async_wait([&socket](const boost::system::error_code& ec) {
     if (!ec) socket.close();
   });
-  auto [ec, n] = co_await http::async_read(socket, buf, parser, token);
+  auto [ec, n] = co_await http::async_read_header(socket, buf, parser, token);
   deadline.cancel();
-  if (ec) co_return;
-  const auto& req = parser.get();
+  // Nobody to answer: the deadline passed, or the client left without a word.
+  if (!socket.is_open() || (ec == http::error::end_of_stream && buf.size() == 0)) co_return;
   http::response<http::string_body> res;
   res.version(11);
   res.keep_alive(false);
   res.set(http::field::content_type, "text/plain; charset=utf-8");
+  const auto& req = parser.get();
   const auto target = std::string_view(req.target().data(), req.target().size());
   const auto path = target.substr(0, target.find('?'));
-  if (req.method() != http::verb::get && req.method() != http::verb::head) {
+  if (ec) {
+    res.result(http::status::bad_request);
+    res.body() = "not an HTTP request: " + ec.message() + "; try GET /metrics or GET /healthz\n";
+  } else if (req.method() != http::verb::get && req.method() != http::verb::head) {
     res.result(http::status::method_not_allowed);
+    res.set(http::field::allow, "GET, HEAD");
     res.body() = "GET /metrics or GET /healthz\n";
   } else if (path == "/metrics") {
     res.result(http::status::ok);
@@ -52,9 +58,12 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
     res.body() = "not found: GET /metrics or GET /healthz\n";
   }
   res.prepare_payload();
-  co_await http::async_write(socket, res, token);
+  // A HEAD gets the head a GET would, with its Content-Length, and no body.
+  http::response_serializer<http::string_body> sr(res);
+  if (!ec && req.method() == http::verb::head) co_await http::async_write_header(socket, sr, token);
+  else co_await http::async_write(socket, sr, token);
   boost::system::error_code ignored;
-  socket.shutdown(tcp::socket::shutdown_both, ignored);
+  socket.shutdown(tcp::socket::shutdown_send, ignored);
 }
 
 }  // namespace

@@ -227,6 +227,18 @@ TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
   EXPECT_TRUE(h.starts_with("HTTP/1.1 200")) << h;
   EXPECT_TRUE(exchange("127.0.0.1", admin_port, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
                   .starts_with("HTTP/1.1 404"));
+  // HEAD: a GET's head, no body (a body would be read as the next answer).
+  const auto head = exchange("127.0.0.1", admin_port, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_TRUE(head.starts_with("HTTP/1.1 200")) << head;
+  EXPECT_NE(head.find("Content-Length: 3\r\n"), std::string::npos) << head;
+  EXPECT_TRUE(head.ends_with("\r\n\r\n")) << head;
+  // Anything else gets told what is served, not a silent close.
+  const auto post = exchange("127.0.0.1", admin_port, "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+  EXPECT_TRUE(post.starts_with("HTTP/1.1 405")) << post;
+  EXPECT_NE(post.find("Allow: GET, HEAD\r\n"), std::string::npos) << post;
+  const auto garbage = exchange("127.0.0.1", admin_port, "hello\r\n\r\n");
+  EXPECT_TRUE(garbage.starts_with("HTTP/1.1 400")) << garbage;
+  EXPECT_NE(garbage.find("GET /metrics"), std::string::npos) << garbage;
 }
 
 TEST_F(NetworkLogTest, FollowStreamsNewRecordsAcrossRotation) {
