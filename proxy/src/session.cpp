@@ -92,10 +92,18 @@ bool keeps_alive(const http::message<isRequest, Body>& m) {
   return !close && (m.version() >= 11 || keep_alive);
 }
 
-template <class Fields>
-void add_via(Fields& f) {
-  const auto existing = f[http::field::via];
-  f.set(http::field::via, existing.empty() ? std::string("1.1 sandgate") : std::string(existing) + ", 1.1 sandgate");
+// Adds this hop to Via (RFC 9110 7.6.3), naming the version of the message
+// as received, after every Via field it came with, in order.
+template <bool isRequest, class Body>
+void add_via(http::message<isRequest, Body>& m) {
+  const std::string_view hop = m.version() == 10 ? "1.0 sandgate" : "1.1 sandgate";
+  if (m.count(http::field::via) == 0) {
+    m.set(http::field::via, hop);
+    return;
+  }
+  std::string joined;
+  for (auto [it, end] = m.equal_range(http::field::via); it != end; ++it) joined.append(it->value()).append(", ");
+  m.set(http::field::via, joined.append(hop));
 }
 
 asio::ip::address to_asio(const policy::Address& a) {

@@ -33,6 +33,10 @@ TEST_F(ProxyTest, TheOriginGetsTheTargetInTheFormThePolicyChecked) {
                               "\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
   EXPECT_NE(r.find("\r\n\r\nGET /headers HTTP/1.1\nHost: origin.test:" + o() + "\n"), std::string::npos) << r;
+  // Via names the version the proxy received, after every Via the request
+  // came with (RFC 9110 7.6.3).
+  const auto via = exchange("127.0.0.1", port, request("/headers", "Via: 1.1 a\r\nVia: 1.0 b\r\n", "GET", "1.0"));
+  EXPECT_NE(via.find("\nVia: 1.1 a, 1.0 b, 1.0 sandgate\n"), std::string::npos) << via;
   // OPTIONS to a bare authority is about the server: "*" (RFC 9112 3.2.4).
   const auto opt = exchange("127.0.0.1", port, "OPTIONS http://origin.test:" + o() + " HTTP/1.1\r\nHost: origin.test:" +
                                                    o() + "\r\nConnection: close\r\n\r\n");
