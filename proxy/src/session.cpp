@@ -267,7 +267,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
 
   asio::awaitable<void> answer(const std::string& response) {
     arm(ctx_.limits.idle_timeout);
-    co_await asio::async_write(client_, asio::buffer(response), token);
+    // To a HEAD, the head alone (RFC 9110 9.3.2), its Content-Length still
+    // that of the body a GET would get.
+    const auto size = asked_head_ ? response.find("\r\n\r\n") + 4 : response.size();
+    co_await asio::async_write(client_, asio::buffer(response.data(), size), token);
   }
 
   // Refuses the request for a reason other than policy: logs, then answers.
@@ -376,6 +379,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // Reads and serves one request; false when the connection is done.
   asio::awaitable<bool> serve_one(beast::flat_buffer& buf) {
     stage_ = Stage::head;
+    asked_head_ = false;
     arm(ctx_.limits.head_timeout);
     const auto head_size = co_await read_head(buf);
     if (head_size == 0) co_return false;
@@ -398,6 +402,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     buf.consume(head_size);
     ctx_.counters.requests.fetch_add(1, std::memory_order_relaxed);
     auto& req = parser.get();
+    asked_head_ = req.method() == http::verb::head;
     if (req.method() == http::verb::connect) {
       co_await serve_connect(req.target(), buf);
       co_return false;
@@ -1290,6 +1295,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   policy::Target tunnel_target_;
   bool tunnel_ = false;    // relaying a CONNECT tunnel to tunnel_target_
   bool replying_ = false;  // relaying the body of the origin's answer
+  bool asked_head_ = false;  // the request is a HEAD: the proxy's own answers have no body
 };
 
 }  // namespace

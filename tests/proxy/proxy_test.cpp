@@ -174,6 +174,13 @@ TEST_F(ProxyTest, BlockedAnswersNameRuleAndFix) {
     EXPECT_NE(r.find("it is policy, not a network failure"), std::string::npos) << r;
     EXPECT_NE(r.find(c.body), std::string::npos) << r;
   }
+  // To a HEAD the same head, with the length of the body it does not get
+  // (RFC 9110 9.3.2): a body would be read as the start of the next answer.
+  const auto head = exchange("127.0.0.1", port, "HEAD http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\n");
+  EXPECT_EQ(status_line(head), "HTTP/1.1 403 Forbidden") << head;
+  EXPECT_NE(head.find("X-Proxy-Error: blocked-by-denylist\r\n"), std::string::npos) << head;
+  EXPECT_NE(head.find("\r\nContent-Length: "), std::string::npos) << head;
+  EXPECT_TRUE(head.ends_with("\r\n\r\n")) << head;
 }
 
 TEST_F(ProxyTest, EverySpellingOfABlockedAddressIsBlocked) {
