@@ -256,8 +256,8 @@ int verify_command(const Options& o, const std::vector<std::string>& files) {
   std::cout << (r.live ? "; the log is live (a proxy is writing it)" : "") << "\n";
   for (const auto& n : r.notes) std::cout << "note: " << n << "\n";
   for (const auto& p : r.problems)
-    std::cout << p.file << ":" << p.line << ": " << p.kind << (p.seq ? " at seq " + std::to_string(p.seq) : "")
-              << ": " << p.message << "\n";
+    std::cout << p.file << (p.line ? ":" + std::to_string(p.line) : "") << ": " << p.kind
+              << (p.seq ? " at seq " + std::to_string(p.seq) : "") << ": " << p.message << "\n";
   if (r.problems.empty()) {
     std::cout << "OK: the chain is intact\n";
     return 0;

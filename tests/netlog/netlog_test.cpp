@@ -159,7 +159,7 @@ struct Tamper {
   const char* name;
   std::function<void(std::vector<std::string>&)> edit;
   const char* kind;
-  std::uint64_t line;  // 1-based line of the first problem
+  std::uint64_t line;  // 1-based line of the first problem (0: the file as a whole)
 };
 
 TEST_F(NetlogTest, TamperingIsCaughtAtTheRightRecord) {
@@ -175,6 +175,7 @@ TEST_F(NetlogTest, TamperingIsCaughtAtTheRightRecord) {
       {"delete a record", [](auto& ls) { ls.erase(ls.begin() + 100); }, "missing", 101},
       {"swap two records", [](auto& ls) { std::swap(ls[100], ls[101]); }, "out-of-order", 101},
       {"cut the tail", [](auto& ls) { ls.resize(150); }, "truncated", 150},
+      {"empty it", [](auto& ls) { ls.clear(); }, "truncated", 0},
       {"not JSON", [](auto& ls) { ls[100] = "{oops"; }, "invalid", 101},
   };
   for (const auto& t : cases) {

@@ -153,6 +153,12 @@ VerifyReport verify(const std::vector<std::string>& files, const VerifyOptions& 
            "the log ends after seq " + std::to_string(report.last_seq) +
                " without the final checkpoint a clean stop writes: records after it were cut, or the proxy "
                "was killed (no proxy holds the log open now)"});
+    // The proxy's first write to a log is its file record: a log with no
+    // record at all, that no proxy is writing, was emptied.
+    if (!have_prev && !report.live && report.problems.empty())
+      report.problems.push_back({files.back(), 0, 0, "truncated",
+                                 "the log holds no record, though a proxy writes one as it opens a log: it was "
+                                 "emptied, or the proxy was killed at once (no proxy holds the log open now)"});
   }
   return report;
 }
