@@ -184,7 +184,7 @@ int explain(std::span<const std::string_view> args) {
         list.push_back({{"rule", rule_json(p, c.rule)}, {"won", c.won}, {"why", c.why}});
       ac[a.to_string()] = std::move(list);
     }
-    boost::json::object o{{"target", target->host + ":" + std::to_string(target->port)},
+    boost::json::object o{{"target", pol::authority(*target)},
                           {"host", target->host},
                           {"port", target->port},
                           {"sandbox", sandbox},
@@ -203,7 +203,7 @@ int explain(std::span<const std::string_view> args) {
                           {"address_candidates", std::move(ac)}};
     std::cout << boost::json::serialize(o) << "\n";
   } else {
-    std::cout << "target   " << target->host << ":" << target->port;
+    std::cout << "target   " << pol::authority(*target);
     if (!sandbox.empty()) std::cout << "  (sandbox " << sandbox << ")";
     std::cout << "\nverdict  " << pol::to_string(d.verdict);
     if (d.verdict == pol::Verdict::report) std::cout << " (report mode: would be denied, let through)";

@@ -193,4 +193,9 @@ boost::system::result<Target, TargetError> parse_target(std::string_view authori
   return t;
 }
 
+std::string authority(const Target& t) {
+  const bool v6 = t.address && !t.address->is_v4();
+  return (v6 ? "[" + t.host + "]" : t.host) + ":" + std::to_string(t.port);
+}
+
 }  // namespace sandgate::policy

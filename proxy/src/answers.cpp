@@ -25,18 +25,13 @@ std::string respond(int status, std::string_view code, const std::string& body, 
   return out + body;
 }
 
-std::string authority(const policy::Target& t) {
-  const bool v6 = t.address && !t.address->is_v4();
-  return (v6 ? "[" + t.host + "]" : t.host) + ":" + std::to_string(t.port);
-}
-
 }  // namespace
 
 std::string blocked_answer(const policy::Policy& p, const policy::Decision& d, const policy::Target& t,
                            std::string_view sandbox, std::string_view policy_file) {
   const auto* rule = p.rule(d.rule);
   std::string body = "sandgate blocked this connection: it is policy, not a network failure.\n";
-  body += "target:   " + authority(t) + "\n";
+  body += "target:   " + policy::authority(t) + "\n";
   if (d.phase == policy::Phase::address) body += "address:  " + d.address.to_string() + "\n";
   body += "reason:   " + std::string(policy::to_string(d.reason)) + "\n";
   if (rule) {
@@ -49,11 +44,11 @@ std::string blocked_answer(const policy::Policy& p, const policy::Decision& d, c
   const std::string name = sandbox.empty() ? "SANDBOX" : std::string(sandbox);
   if (d.reason == policy::Reason::blocked_by_default_cidr || d.reason == policy::Reason::dns_mixed_answer)
     body += "to allow: only an exact host:port rule reaches this private or reserved address:\n"
-            "          sandgate network proxy " + name + " --allow-host " + authority(t) + "\n";
+            "          sandgate network proxy " + name + " --allow-host " + policy::authority(t) + "\n";
   else if (d.reason == policy::Reason::blocked_by_cidr)
     body += "to allow: remove the block_cidrs rule above, or narrow it\n";
   else
-    body += "to allow: sandgate network proxy " + name + " --allow-host " + authority(t) + "\n";
+    body += "to allow: sandgate network proxy " + name + " --allow-host " + policy::authority(t) + "\n";
   return respond(403, policy::to_string(d.reason), body, 0);
 }
 

@@ -74,6 +74,9 @@ TEST(Cli, ExplainExitCodesAndText) {
   EXPECT_EQ(rebind.status, 1);
   EXPECT_NE(rebind.out.find("reason   blocked-by-default-cidr"), std::string::npos) << rebind.out;
   EXPECT_NE(rebind.out.find("phase    address (169.254.169.254)"), std::string::npos) << rebind.out;
+  // An IPv6 target is written the way it is given, bracketed before its port.
+  auto v6 = run("policy explain " + default_policy + " '[::1]:8080'");
+  EXPECT_NE(v6.out.find("target   [::1]:8080\n"), std::string::npos) << v6.out;
 
   EXPECT_EQ(run("policy explain " + default_policy + " 'bad host'").status, 2);
   EXPECT_EQ(run("policy explain " + default_policy + " x.com --addr not-an-ip").status, 2);

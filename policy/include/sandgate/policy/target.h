@@ -55,6 +55,10 @@ boost::system::result<Target, TargetError> normalize_host(std::string_view host)
 boost::system::result<Target, TargetError> parse_target(std::string_view authority,
                                                         std::optional<std::uint16_t> default_port);
 
+// "host:port", the host bracketed when it is an IPv6 address ("[::1]:443"):
+// the form parse_target reads back, for messages and rules.
+std::string authority(const Target& t);
+
 // boost::system::result needs this to report an error through value().
 [[noreturn]] void throw_exception_from_error(const TargetError& e, const boost::source_location& loc);
 
