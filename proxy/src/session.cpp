@@ -242,7 +242,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     // the relay still needs from the origin fails, and that ends the client
     // connection. An answer read in full, whose last write is under way (the
     // client may already have it all), completes, and the connection stays.
-    if (!replying_) client_.close(ignored);
+    // An exchange still waiting for the origin's word ends the same way, and
+    // its client gets the new policy's 403 (relay_response).
+    if (!replying_ && stage_ != Stage::answer && stage_ != Stage::expect) client_.close(ignored);
   }
 
   void end_for_shutdown() override {
@@ -1079,8 +1081,19 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
                                          std::to_string(ctx_.limits.idle_timeout.count()) + " ms (--idle-timeout)"));
         co_return Answered::close;
       }
+      if (ec && end_ == netlog::EndReason::reload) {
+        // A reload denied the destination before it answered: the client is
+        // told so, by the rule that denies it now.
+        take_policy();
+        const policy::Address used[] = {upstream_addr_};
+        const auto d = policy_->check(http_target_, used);
+        ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
+        co_await log_close(sent, 0, end_, 403);
+        co_await answer(blocked_answer(*policy_, d, http_target_, listener_.sandbox, set_->file));
+        co_return Answered::close;
+      }
       if (ec && end_ != netlog::EndReason::client_close) {
-        co_await log_close(sent, 0, end_, 0);  // a reload or shutdown ended it; the client is gone
+        co_await log_close(sent, 0, end_, 0);  // shutdown ended it; the client is gone
         co_return Answered::close;
       }
       if (ec && may_resend && upbuf_.size() == 0 &&

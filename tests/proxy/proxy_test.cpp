@@ -1126,7 +1126,32 @@ TEST_F(ProxyTest, ReloadEndsAStreamingAnswerTheNewPolicyDenies) {
   EXPECT_FALSE(rest.ends_with("0\r\n\r\n")) << rest;
   proxy_->signal(SIGTERM);
   ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
+  proxy_->signal(SIGTERM);
+  ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
   const auto ended = shell("grep -c '\"type\":\"close\".*\"end\":\"reload\"' " + log_path().string());
+  EXPECT_EQ(ended.out, "1\n") << ended.out;
+}
+
+TEST_F(ProxyTest, ARequestTheOriginHasNotAnsweredGetsTheNewPolicys403) {
+  // A reload that denies the destination while the origin has yet to answer
+  // ends the exchange too, and the client is told why, by the new rule.
+  const int port = start_proxy();
+  const int waiting = connect_tcp("127.0.0.1", port);
+  ASSERT_GE(waiting, 0);
+  const auto silent = request("/silent", "");
+  const auto seen = origin_->connections();
+  ::send(waiting, silent.data(), silent.size(), MSG_NOSIGNAL);
+  for (int i = 0; i < 300 && origin_->connections() == seen; ++i) ::usleep(10'000);
+  ::usleep(200'000);  // the request has gone; the proxy waits for the answer
+  write_policy("version: 1\nmode: deny\nblock_hosts:\n  - origin.test\n");
+  proxy_->signal(SIGHUP);
+  const auto refused = read_until_close(waiting);
+  EXPECT_EQ(status_line(refused), "HTTP/1.1 403 Forbidden") << refused;
+  EXPECT_NE(refused.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("deny origin.test"), std::string::npos) << refused;
+  proxy_->signal(SIGTERM);
+  ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
+  const auto ended = shell("grep -c '\"type\":\"close\".*\"end\":\"reload\",\"status\":403' " + log_path().string());
   EXPECT_EQ(ended.out, "1\n") << ended.out;
 }
 
