@@ -1107,6 +1107,14 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
         co_return Answered::close;
       }
       const unsigned status = rp->get().result_int();
+      if (status < 100 || status > 599) {
+        // Beast reads any three digits; RFC 9110 15: valid codes are 100 to
+        // 599. One below would pass as an interim answer.
+        co_await log_close(sent, 0, netlog::EndReason::error, 502);
+        std::string why = "the origin's answer has status " + std::to_string(status) + ", outside 100-599";
+        co_await answer(error_answer(502, "bad-upstream-response", why));
+        co_return Answered::close;
+      }
       if (status == 101) {
         // Upgrade is hop-by-hop and never forwarded, so nothing asked for it:
         // what follows would be another protocol on a stream read as HTTP.

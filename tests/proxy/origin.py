@@ -21,6 +21,7 @@ nothing). Endpoints:
   GET  /hop            an answer with hop-by-hop fields (Connection also lists
                        Content-Length)
   GET  /lengthlist     "ok" with Content-Length: 2, 2
+  GET  /status/NNN     an empty answer with status NNN (any three digits)
   GET  /headers        the request line and headers it received, as text
   OPTIONS anything     the request line it received
   TRACE anything       the request line and headers it received (message/http)
@@ -163,6 +164,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # also names Content-Length, which the proxy must keep.
             self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: X-Hop, Content-Length\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
                              b"Upgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok")
+            return
+        if self.path.startswith("/status/"):
+            # Any three digits as the status, valid or not.
+            self.wfile.write(b"HTTP/1.1 %s X\r\nContent-Length: 0\r\n\r\n" % self.path[8:11].encode())
             return
         if self.path == "/lengthlist":
             # One length, repeated as a list (RFC 9110 8.6 lets a recipient take it).

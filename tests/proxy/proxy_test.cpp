@@ -550,6 +550,18 @@ TEST_F(ProxyTest, AnAnswersLengthGivenAsAListGoesOnAsOneNumber) {
   EXPECT_TRUE(r.ends_with("\r\n\r\nok")) << r;
 }
 
+TEST_F(ProxyTest, AStatusOutsideTheValidRangeGets502) {
+  // RFC 9110 15: 100 to 599. A 099 would otherwise pass as an interim answer.
+  const int port = start_proxy();
+  for (const std::string code : {"099", "000", "600", "999"}) {
+    SCOPED_TRACE(code);
+    const auto r = exchange("127.0.0.1", port, request("/status/" + code));
+    EXPECT_EQ(status_line(r), "HTTP/1.1 502 Bad Gateway") << r;
+    EXPECT_NE(r.find("status " + std::to_string(std::stoi(code)) + ", outside 100-599"), std::string::npos) << r;
+  }
+  EXPECT_EQ(status_line(exchange("127.0.0.1", port, request("/status/599"))), "HTTP/1.1 599 X");
+}
+
 TEST_F(ProxyTest, AnUploadTheOriginCutsShortStillGetsAnAnswer) {
   // /early413: the origin refuses the upload at its head (a 401 is the same)
   // and closes with the body unread; the client gets that answer, not a
