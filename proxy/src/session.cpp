@@ -238,13 +238,18 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     if (!tunnel_ && !exchanging) return;  // the next request is decided afresh
     // The new policy denies this destination: the exchange ends now.
     end_ = netlog::EndReason::reload;
-    // An answer on its way to the client ends by its origin's side: what
-    // the relay still needs from the origin fails, and that ends the client
-    // connection. An answer read in full, whose last write is under way (the
-    // client may already have it all), completes, and the connection stays.
-    // An exchange still waiting for the origin's word ends the same way, and
-    // its client gets the new policy's 403 (relay_response).
-    if (!replying_ && stage_ != Stage::answer && stage_ != Stage::expect) client_.close(ignored);
+    if (tunnel_) {
+      client_.close(ignored);
+      return;
+    }
+    // A plain exchange ends by its origin's side. An answer on its way to
+    // the client fails on what it still needs from the origin, and that ends
+    // the client connection; one read in full, whose last write is under way
+    // (the client may already have it all), completes, and the connection
+    // stays. Before the answer, the client gets the new policy's 403
+    // (refuse_after_reload); an upload's wait on the client is cancelled, so
+    // that this happens now, not when the client next sends.
+    if (!replying_) client_.cancel(ignored);
   }
 
   void end_for_shutdown() override {
@@ -508,6 +513,17 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     upstream_.close(ignored);
     co_await refuse(audit_.decision, target);
     co_return false;
+  }
+
+  // A reload denied the destination of an exchange before the origin
+  // answered: the client is told so, by the rule that denies it now.
+  asio::awaitable<void> refuse_after_reload(std::uint64_t sent) {
+    take_policy();
+    const policy::Address used[] = {upstream_addr_};
+    const auto d = policy_->check(http_target_, used);
+    ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
+    co_await log_close(sent, 0, netlog::EndReason::reload, 403);
+    co_await answer(blocked_answer(*policy_, d, http_target_, listener_.sandbox, set_->file));
   }
 
   asio::awaitable<void> refuse(const policy::Decision& d, const policy::Target& target) {
@@ -958,6 +974,13 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
           co_await answer(error_answer(400, "bad-request", why));
           co_return false;
         }
+        if (end_ == netlog::EndReason::reload) {
+          // With the request under way: what the client still sends of its
+          // body is taken and dropped after the 403, as for an early answer.
+          co_await refuse_after_reload(sent);
+          co_await linger();
+          co_return false;
+        }
         if (!timed_out_ && (expecting_ == Expecting::refused || upstream_has_answer())) {
           // The origin answered before it took the whole body (a 401, a 413;
           // or a 417 or any final answer instead of a 100) and stopped
@@ -1082,14 +1105,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
         co_return Answered::close;
       }
       if (ec && end_ == netlog::EndReason::reload) {
-        // A reload denied the destination before it answered: the client is
-        // told so, by the rule that denies it now.
-        take_policy();
-        const policy::Address used[] = {upstream_addr_};
-        const auto d = policy_->check(http_target_, used);
-        ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
-        co_await log_close(sent, 0, end_, 403);
-        co_await answer(blocked_answer(*policy_, d, http_target_, listener_.sandbox, set_->file));
+        co_await refuse_after_reload(sent);
         co_return Answered::close;
       }
       if (ec && end_ != netlog::EndReason::client_close) {

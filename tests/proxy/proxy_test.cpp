@@ -1146,25 +1146,35 @@ TEST_F(ProxyTest, ReloadEndsAStreamingAnswerTheNewPolicyDenies) {
 
 TEST_F(ProxyTest, ARequestTheOriginHasNotAnsweredGetsTheNewPolicys403) {
   // A reload that denies the destination while the origin has yet to answer
-  // ends the exchange too, and the client is told why, by the new rule.
+  // ends the exchange too, and the client is told why, by the new rule, at
+  // once: one waiting for the answer, and one still sending its body.
   const int port = start_proxy();
-  const int waiting = connect_tcp("127.0.0.1", port);
-  ASSERT_GE(waiting, 0);
-  const auto silent = request("/silent", "");
   const auto seen = origin_->connections();
-  ::send(waiting, silent.data(), silent.size(), MSG_NOSIGNAL);
-  for (int i = 0; i < 300 && origin_->connections() == seen; ++i) ::usleep(10'000);
-  ::usleep(200'000);  // the request has gone; the proxy waits for the answer
+  const auto ask = [&](const std::string& request) {
+    const int fd = connect_tcp("127.0.0.1", port);
+    EXPECT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+    return fd;
+  };
+  const int waiting = ask(request("/silent", ""));
+  const int uploading =
+      ask(request("/sha256", "Content-Length: 1000000\r\n", "POST") + std::string(100'000, 'u'));
+  for (int i = 0; i < 300 && origin_->connections() < seen + 2; ++i) ::usleep(10'000);
+  ::usleep(200'000);  // both requests have gone; the proxy waits on the origin and on the upload
   write_policy("version: 1\nmode: deny\nblock_hosts:\n  - origin.test\n");
+  const auto reloaded = std::chrono::steady_clock::now();
   proxy_->signal(SIGHUP);
-  const auto refused = read_until_close(waiting);
-  EXPECT_EQ(status_line(refused), "HTTP/1.1 403 Forbidden") << refused;
-  EXPECT_NE(refused.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << refused;
-  EXPECT_NE(refused.find("deny origin.test"), std::string::npos) << refused;
+  for (const int fd : {waiting, uploading}) {
+    const auto refused = read_until_close(fd);
+    EXPECT_EQ(status_line(refused), "HTTP/1.1 403 Forbidden") << refused;
+    EXPECT_NE(refused.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << refused;
+    EXPECT_NE(refused.find("deny origin.test"), std::string::npos) << refused;
+  }
+  // Not at the upload's idle timeout, nor after a linger.
+  EXPECT_LT(std::chrono::steady_clock::now() - reloaded, std::chrono::milliseconds(2500));
   proxy_->signal(SIGTERM);
   ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
   const auto ended = shell("grep -c '\"type\":\"close\".*\"end\":\"reload\",\"status\":403' " + log_path().string());
-  EXPECT_EQ(ended.out, "1\n") << ended.out;
+  EXPECT_EQ(ended.out, "2\n") << ended.out;
 }
 
 TEST_F(ProxyTest, KeepDeniedTunnelsLeavesThemOpen) {
