@@ -935,7 +935,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     // RFC 9112 9.3: a proxy keeps no connection alive for an HTTP/1.0
     // client, whose keep-alive an HTTP/1.0 hop before may have passed on.
     const bool http11 = req.version() == 11;
-    const Asked asked{method == http::verb::head, http11, http11 && keeps_alive(req)};
+    const Asked asked{asked_head_, http11, http11 && keeps_alive(req)};
     // Expect: 100-continue goes on to the origin (RFC 9110 10.1.1), whose
     // 100 or refusal comes back before the body is sent; the expectation
     // of an HTTP/1.0 client is ignored (it cannot read a 100).
