@@ -39,7 +39,10 @@ Listeners:
 
 Options:
   --config POLICY          the policy file (required)
-  --hosts-file FILE        "ADDRESS NAME..." lines consulted before DNS
+  --hosts-file FILE        "ADDRESS NAME..." lines consulted before /etc/hosts
+                           and DNS
+  --dns-server ADDR[,...]  ask these DNS servers (IP, IP:PORT, [IPv6]:PORT)
+                           instead of those in /etc/resolv.conf
   --admin HOST:PORT        serve GET /metrics (Prometheus) and /healthz there
   --threads N              event loops (default: one per core)
   --forbid-report          refuse policies with 'report: true'
@@ -54,8 +57,10 @@ Options:
   --max-headers N          header field limit (default 100)
   --head-timeout MS        whole head within (default 10000)
   --resolve-timeout MS     DNS lookup (default 5000)
-  --dns-cache MS           reuse resolved answers this long, per thread (default
-                           5000; 0 = off); cached addresses are still checked
+  --dns-cache MS           reuse a resolved answer at most this long, per thread
+                           (default 5000; 0 = off): a DNS answer for its TTL
+                           when shorter, an /etc/hosts answer for all of it;
+                           cached addresses are still checked
   --connect-timeout MS     per address dialed (default 10000)
   --idle-timeout MS        keep-alive and body idle (default 60000)
   --continue-timeout MS    an upload with Expect: 100-continue waits this long
@@ -180,6 +185,7 @@ int proxy_command(std::span<const std::string_view> args) {
         cfg.listeners.push_back({address, sandbox});
       }
     } else if (a == "--hosts-file") cfg.hosts_file = v;
+    else if (a == "--dns-server") cfg.dns_servers = v;
     else if (a == "--admin") cfg.admin = v;
     else if (a == "--threads") {
       std::size_t n = 0;

@@ -15,6 +15,7 @@ build_pkgs=(
   libre2-dev        # re: host rules, compiled once into an RE2::Set
   libyaml-cpp-dev   # policy YAML with line and column marks
   libidn2-dev       # IDNA2008 host names to punycode (not hand-written)
+  libc-ares-dev     # DNS on the proxy's own threads, with each answer's TTL (getaddrinfo reports none)
   zlib1g-dev        # reading gzip-compressed rotated network logs (gzread reads plain files too)
   help2man          # man pages generated from each command's --help
   libseccomp-dev    # the proxy's own seccomp filter once it has bound its listeners

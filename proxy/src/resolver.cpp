@@ -1,6 +1,18 @@
 #include "resolver.h"
 
+#include <ares.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/stat.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <algorithm>
+#include <climits>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "sandgate/policy/target.h"
@@ -35,6 +47,306 @@ boost::system::result<HostsFile, std::string> HostsFile::load(const std::string&
 const std::vector<policy::Address>* HostsFile::find(std::string_view name) const noexcept {
   auto it = entries_.find(name);
   return it == entries_.end() ? nullptr : &it->second;
+}
+
+namespace {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+// c-ares statuses as error codes: the message is c-ares's own.
+class DnsCategory : public boost::system::error_category {
+ public:
+  const char* name() const noexcept override { return "dns"; }
+  std::string message(int status) const override { return ares_strerror(status); }
+};
+const DnsCategory dns_category;
+
+boost::system::error_code dns_error(int status) { return {status, dns_category}; }
+
+policy::Address to_address(const sockaddr* sa) {
+  if (sa->sa_family == AF_INET)
+    return policy::Address::from_v4(ntohl(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr));
+  const auto* b = reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr.s6_addr;
+  return policy::Address::from_bytes(std::span<const std::uint8_t, 16>(b, 16));
+}
+
+// The answer's addresses, IPv4 first (each family in the order given), and
+// its lifetime: the least TTL of its records, CNAMEs included.
+struct Parsed {
+  std::vector<policy::Address> addresses;
+  int ttl = INT_MAX;
+};
+
+Parsed parse(const ares_addrinfo* r) {
+  Parsed p;
+  if (!r) return p;
+  for (const auto* n = r->nodes; n; n = n->ai_next) {
+    if (n->ai_family != AF_INET && n->ai_family != AF_INET6) continue;
+    const auto a = to_address(n->ai_addr);
+    if (std::find(p.addresses.begin(), p.addresses.end(), a) == p.addresses.end()) p.addresses.push_back(a);
+    p.ttl = std::min(p.ttl, n->ai_ttl);
+  }
+  for (const auto* c = r->cnames; c; c = c->next) p.ttl = std::min(p.ttl, c->ttl);
+  std::stable_partition(p.addresses.begin(), p.addresses.end(), [](const policy::Address& a) { return a.is_v4(); });
+  return p;
+}
+
+struct ChannelDeleter {
+  void operator()(ares_channel c) const noexcept { ares_destroy(c); }
+};
+using Channel = std::unique_ptr<std::remove_pointer_t<ares_channel>, ChannelDeleter>;
+
+}  // namespace
+
+struct Dns::Query {
+  Impl* dns;
+  std::string name;
+  std::vector<Wait*> waits;
+};
+
+struct Dns::Impl {
+  asio::io_context& io;
+  std::chrono::milliseconds longest;
+  struct Entry {
+    std::vector<policy::Address> addresses;
+    Clock::time_point expires;
+  };
+  std::unordered_map<std::string, Entry, NameHash, std::equal_to<>> cache;
+  std::unordered_map<std::string, std::unique_ptr<Query>, NameHash, std::equal_to<>> pending;
+  std::uint64_t queries = 0;
+
+  // A socket c-ares opened, watched by the reactor for what c-ares wants.
+  struct Socket {
+    explicit Socket(asio::io_context& io, int fd) : descriptor(io, fd) {}
+    asio::posix::stream_descriptor descriptor;  // does not own the fd: released before c-ares closes it
+    bool want_read = false, want_write = false, reading = false, writing = false, closed = false;
+  };
+  std::unordered_map<ares_socket_t, std::shared_ptr<Socket>> sockets;
+  asio::steady_timer timer{io};
+  bool timer_set = false;
+
+  // /etc/resolv.conf as the DNS channel read it (when no --dns-server), and
+  // when it was last looked at.
+  struct stat conf {};
+  Clock::time_point conf_checked = Clock::now();
+
+  // Declared last: destroyed first, while the above still stand for the
+  // callbacks ares_destroy makes. It asks DNS only; /etc/hosts is read
+  // through it before (ares_gethostbyname_file).
+  Channel dns;
+
+  Impl(asio::io_context& io_, std::chrono::milliseconds longest_) : io(io_), longest(longest_) {}
+
+  std::string open_channel(const std::string& servers);
+
+  // c-ares reads /etc/resolv.conf once; a DHCP or VPN client may rewrite it.
+  // Before a question, at most every 2 s and only with nothing in flight:
+  // if the file changed, a new channel reads it.
+  void follow_resolv_conf() {
+    if (conf.st_ino == 0 || !pending.empty() || Clock::now() - conf_checked < std::chrono::seconds(2)) return;
+    conf_checked = Clock::now();
+    struct stat now {};
+    if (::stat("/etc/resolv.conf", &now) != 0 ||
+        (now.st_ino == conf.st_ino && now.st_mtim.tv_sec == conf.st_mtim.tv_sec &&
+         now.st_mtim.tv_nsec == conf.st_mtim.tv_nsec && now.st_size == conf.st_size))
+      return;
+    Channel old = std::move(dns);
+    if (!open_channel("").empty()) dns = std::move(old);  // keep asking as before
+  }
+
+  void remember(const std::string& name, const std::vector<policy::Address>& addresses,
+                std::chrono::milliseconds lifetime) {
+    if (lifetime.count() <= 0) return;
+    // Bounded: a full cache starts over rather than growing without limit.
+    if (cache.size() >= 10'000) cache.clear();
+    cache.insert_or_assign(name, Entry{addresses, Clock::now() + lifetime});
+  }
+
+  // Every handler waiting here belongs to a session of this thread.
+  void complete(Wait& w, boost::system::error_code ec) {
+    w.query_ = nullptr;
+    w.out_ = nullptr;
+    asio::post(io, [h = std::move(w.handler_), ec]() mutable { std::move(h)(ec); });
+  }
+
+  static void on_answer(void* arg, int status, int /*timeouts*/, ares_addrinfo* result) {
+    std::unique_ptr<Query> owned;
+    auto* q = static_cast<Query*>(arg);
+    auto& im = *q->dns;
+    if (auto it = im.pending.find(q->name); it != im.pending.end() && it->second.get() == q) {
+      owned = std::move(it->second);
+      im.pending.erase(it);
+    }
+    auto p = parse(result);
+    if (result) ares_freeaddrinfo(result);
+    if (status == ARES_SUCCESS && p.addresses.empty()) status = ARES_ENODATA;
+    if (status == ARES_SUCCESS)
+      im.remember(q->name, p.addresses,
+                  std::min<std::chrono::milliseconds>(std::chrono::seconds(std::max(p.ttl, 0)), im.longest));
+    for (auto* w : q->waits) {
+      if (status == ARES_SUCCESS) *w->out_ = p.addresses;
+      im.complete(*w, status == ARES_EDESTRUCTION ? asio::error::operation_aborted : dns_error(status));
+    }
+  }
+
+  static void on_socket_state(void* data, ares_socket_t fd, int readable, int writable) {
+    auto& im = *static_cast<Impl*>(data);
+    auto it = im.sockets.find(fd);
+    if (!readable && !writable) {  // about to be closed
+      if (it == im.sockets.end()) return;
+      it->second->closed = true;
+      it->second->descriptor.release();  // ends its waits; c-ares closes the fd
+      im.sockets.erase(it);
+      return;
+    }
+    if (it == im.sockets.end()) it = im.sockets.emplace(fd, std::make_shared<Socket>(im.io, fd)).first;
+    it->second->want_read = readable;
+    it->second->want_write = writable;
+    im.watch(it->second);
+  }
+
+  void watch(const std::shared_ptr<Socket>& s) {
+    using asio::posix::descriptor_base;
+    if (s->want_read && !s->reading) {
+      s->reading = true;
+      s->descriptor.async_wait(descriptor_base::wait_read, [this, s](boost::system::error_code ec) {
+        s->reading = false;
+        if (s->closed || ec) return;
+        ares_process_fd(dns.get(), s->descriptor.native_handle(), ARES_SOCKET_BAD);
+        if (!s->closed) watch(s);
+        schedule();
+      });
+    }
+    if (s->want_write && !s->writing) {
+      s->writing = true;
+      s->descriptor.async_wait(descriptor_base::wait_write, [this, s](boost::system::error_code ec) {
+        s->writing = false;
+        if (s->closed || ec) return;
+        ares_process_fd(dns.get(), ARES_SOCKET_BAD, s->descriptor.native_handle());
+        if (!s->closed) watch(s);
+        schedule();
+      });
+    }
+  }
+
+  // Wakes c-ares when its next timeout (a resend, a query given up) is due.
+  void schedule() {
+    timeval tv{};
+    if (!ares_timeout(dns.get(), nullptr, &tv)) return;  // nothing pending
+    const auto at = Clock::now() + std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
+    if (timer_set && timer.expiry() <= at) return;
+    timer_set = true;
+    timer.expires_at(at);
+    timer.async_wait([this](boost::system::error_code ec) {
+      if (ec) return;  // moved or destroyed
+      timer_set = false;
+      ares_process_fd(dns.get(), ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+      schedule();
+    });
+  }
+};
+
+boost::system::result<std::unique_ptr<Dns>, std::string> Dns::create(asio::io_context& io, const std::string& servers,
+                                                                      std::chrono::milliseconds longest) {
+  static std::once_flag once;
+  static int init_status = ARES_SUCCESS;
+  std::call_once(once, [] { init_status = ares_library_init(ARES_LIB_INIT_ALL); });
+  if (init_status != ARES_SUCCESS) return std::string("cannot start c-ares: ") + ares_strerror(init_status);
+  auto impl = std::make_unique<Impl>(io, longest);
+  if (auto e = impl->open_channel(servers); !e.empty()) return e;
+  return std::unique_ptr<Dns>(new Dns(std::move(impl)));
+}
+
+// Opens the DNS channel, asking `servers` when given, else those of
+// /etc/resolv.conf, whose state it notes.
+std::string Dns::Impl::open_channel(const std::string& servers) {
+  struct stat before {};
+  const bool own_servers = !servers.empty();
+  if (!own_servers && ::stat("/etc/resolv.conf", &before) != 0) before = {};
+  ares_options o{};
+  o.lookups = const_cast<char*>("b");
+  o.sock_state_cb = &Impl::on_socket_state;
+  o.sock_state_cb_data = this;
+  ares_channel c = nullptr;
+  if (const int s = ares_init_options(&c, &o, ARES_OPT_LOOKUPS | ARES_OPT_SOCK_STATE_CB); s != ARES_SUCCESS)
+    return std::string("cannot set up DNS: ") + ares_strerror(s);
+  dns.reset(c);
+  if (own_servers) {
+    if (const int s = ares_set_servers_ports_csv(dns.get(), servers.c_str()); s != ARES_SUCCESS)
+      return "--dns-server " + servers + ": " + ares_strerror(s) + " (give ADDR[:PORT],... with IPv6 as [ADDR]:PORT)";
+  }
+  conf = before;
+  return {};
+}
+
+Dns::Dns(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Dns::~Dns() {
+  // The channel first (its callbacks complete the waits), then the rest.
+  impl_->dns.reset();
+}
+
+const std::vector<policy::Address>* Dns::cached(std::string_view name) {
+  auto& cache = impl_->cache;
+  const auto it = cache.find(name);
+  if (it == cache.end()) return nullptr;
+  if (Clock::now() < it->second.expires) return &it->second.addresses;
+  cache.erase(it);
+  return nullptr;
+}
+
+std::uint64_t Dns::queries() const noexcept { return impl_->queries; }
+
+void Dns::start(const std::string& name, Wait& wait, std::vector<policy::Address>& out,
+                asio::any_completion_handler<void(boost::system::error_code)> handler) {
+  auto& im = *impl_;
+  // Swapped in: Boost 1.81's move assignment recurses (it copies from an lvalue).
+  wait.handler_.swap(handler);
+  wait.out_ = &out;
+  // /etc/hosts, read by c-ares (a few microseconds, on a cache miss only).
+  std::vector<policy::Address> listed;
+  for (const int family : {AF_INET, AF_INET6}) {
+    hostent* h = nullptr;
+    if (ares_gethostbyname_file(im.dns.get(), name.c_str(), family, &h) != ARES_SUCCESS || !h) continue;
+    for (char** a = h->h_addr_list; *a; ++a) {
+      const auto address = family == AF_INET
+                               ? policy::Address::from_v4(ntohl(reinterpret_cast<const in_addr*>(*a)->s_addr))
+                               : policy::Address::from_bytes(std::span<const std::uint8_t, 16>(
+                                     reinterpret_cast<const std::uint8_t*>(*a), 16));
+      if (std::find(listed.begin(), listed.end(), address) == listed.end()) listed.push_back(address);
+    }
+    ares_free_hostent(h);
+  }
+  if (!listed.empty()) {
+    im.remember(name, listed, im.longest);
+    out = std::move(listed);
+    im.complete(wait, {});
+    return;
+  }
+  if (auto it = im.pending.find(name); it != im.pending.end()) {
+    wait.query_ = it->second.get();
+    it->second->waits.push_back(&wait);
+    return;
+  }
+  im.follow_resolv_conf();
+  auto q = std::make_unique<Query>(Query{&im, name, {&wait}});
+  wait.query_ = q.get();
+  auto* raw = q.get();
+  im.pending.emplace(name, std::move(q));
+  ++im.queries;
+  // A and AAAA at once; unsorted: sorting would connect(2) a UDP socket to
+  // each address, and the order here is the proxy's own (IPv4 first).
+  const ares_addrinfo_hints hints{ARES_AI_NOSORT, AF_UNSPEC, 0, 0};
+  ares_getaddrinfo(im.dns.get(), name.c_str(), nullptr, &hints, &Impl::on_answer, raw);
+  im.schedule();
+}
+
+void Dns::Wait::cancel() {
+  if (!query_) return;
+  auto& waits = query_->waits;
+  waits.erase(std::remove(waits.begin(), waits.end(), this), waits.end());
+  query_->dns->complete(*this, asio::error::operation_aborted);
 }
 
 }  // namespace sandgate::proxy::detail

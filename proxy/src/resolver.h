@@ -1,20 +1,33 @@
-// Name resolution for the proxy: a static hosts file first, then the
-// system resolver (getaddrinfo on Asio's resolver thread), bounded in time.
-// The proxy dials only addresses returned here, after the policy checked
-// them: it never hands a name to another resolver.
+// Name resolution for the proxy: a static hosts file (`--hosts-file`), then
+// per thread: answers cached within their lifetime, /etc/hosts, and DNS
+// through c-ares on the thread's own io_context (no resolver thread), which
+// reports each record's TTL. The proxy dials only addresses returned here,
+// after the policy checked them: it never hands a name to another resolver.
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
 
 #include "sandgate/policy/address.h"
 
 namespace sandgate::proxy::detail {
+
+// Transparent hashing: lookups take a string_view without a copy.
+struct NameHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
 
 class HostsFile {
  public:
@@ -26,12 +39,63 @@ class HostsFile {
   bool empty() const noexcept { return entries_.empty(); }
 
  private:
-  // Transparent hashing: find() takes the string_view without a copy.
-  struct Hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  std::unordered_map<std::string, std::vector<policy::Address>, NameHash, std::equal_to<>> entries_;
+};
+
+// The DNS of one thread: used only from that thread's io_context.
+class Dns {
+ public:
+  // servers: "" for those of /etc/resolv.conf, else "ADDR[:PORT],..." with
+  // IPv6 addresses bracketed. longest: no answer is reused longer, and an
+  // /etc/hosts answer (it has no TTL) for exactly this; 0 caches nothing.
+  static boost::system::result<std::unique_ptr<Dns>, std::string> create(boost::asio::io_context& io,
+                                                                          const std::string& servers,
+                                                                          std::chrono::milliseconds longest);
+  // Pending lookups are given up (their waits complete with operation_aborted).
+  ~Dns();
+  Dns(const Dns&) = delete;
+  Dns& operator=(const Dns&) = delete;
+
+  // The cached answer for `name` while its lifetime lasts, or nullptr.
+  const std::vector<policy::Address>* cached(std::string_view name);
+
+  struct Query;  // one name being asked, and who waits for it
+
+  // One session's place in a lookup, reused from one lookup to the next.
+  class Wait {
+   public:
+    // Completes a pending wait now with operation_aborted. The lookup goes
+    // on, for the cache and for anyone else waiting on the same name.
+    void cancel();
+
+   private:
+    friend class Dns;
+    boost::asio::any_completion_handler<void(boost::system::error_code)> handler_;
+    std::vector<policy::Address>* out_ = nullptr;
+    Query* query_ = nullptr;
   };
-  std::unordered_map<std::string, std::vector<policy::Address>, Hash, std::equal_to<>> entries_;
+
+  // Looks `name` up, /etc/hosts first, then DNS, and caches the answer.
+  // Completes on this thread with an error (category "dns": the message says
+  // what failed) or success with the addresses in `out`: IPv4 first, then
+  // IPv6, each in the order given. Lookups of one name at a time share one
+  // query.
+  template <class Token>
+  auto async_lookup(const std::string& name, Wait& wait, std::vector<policy::Address>& out, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+        [this, &name, &wait, &out](auto handler) { start(name, wait, out, std::move(handler)); }, token);
+  }
+
+  // Lookups sent to DNS so far (the cache and /etc/hosts saved the rest).
+  std::uint64_t queries() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit Dns(std::unique_ptr<Impl> impl);
+  void start(const std::string& name, Wait& wait, std::vector<policy::Address>& out,
+             boost::asio::any_completion_handler<void(boost::system::error_code)> handler);
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace sandgate::proxy::detail

@@ -208,6 +208,9 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     ctx->policy = store->current();
     ctx->hosts = hosts;
     ctx->limits = config.limits;
+    auto dns = detail::Dns::create(ctx->io, config.dns_servers, config.limits.dns_cache);
+    if (!dns) return dns.error();
+    ctx->dns = std::move(*dns);
     ctx->clients = impl->clients.get();
     impl->threads.push_back(std::move(ctx));
   }

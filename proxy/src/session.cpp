@@ -131,7 +131,6 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
         client_slot_(client_slot),
         client_(std::move(client)),
         upstream_(client_.get_executor()),
-        resolver_(client_.get_executor()),
         timer_(client_.get_executor()),
         ctx_(ctx),
         listener_(listener) {}
@@ -197,7 +196,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
       }
       if (stage_ == Stage::dial || stage_ == Stage::answer) {
         // Fail the lookup, the dial or the wait, not the client: it gets a 504.
-        resolver_.cancel();
+        dns_wait_.cancel();
         upstream_.close(ignored);
         continue;
       }
@@ -254,6 +253,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
 
   void end_for_shutdown() override {
     end_ = netlog::EndReason::shutdown;
+    dns_wait_.cancel();
     boost::system::error_code ignored;
     client_.close(ignored);
     upstream_.close(ignored);
@@ -466,26 +466,22 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
       allowed.push_back(*target.address);
     } else if (const auto* pinned = ctx_.hosts ? ctx_.hosts->find(target.host) : nullptr) {
       allowed = *pinned;
-    } else if (auto hit = ctx_.dns_cache.find(target.host);
-               hit != ctx_.dns_cache.end() && Clock::now() < hit->second.expires) {
-      allowed = hit->second.addresses;
+    } else if (const auto* hit = ctx_.dns->cached(target.host)) {
+      allowed = *hit;
     } else {
       stage_ = Stage::dial;
       arm(ctx_.limits.resolve_timeout);
       timed_out_ = false;
       const auto asked = Clock::now();
-      auto [ec, results] = co_await resolver_.async_resolve(target.host, "", token);
+      auto [ec] = co_await ctx_.dns->async_lookup(target.host, dns_wait_, allowed, token);
       audit_.dns_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - asked).count();
       if (ec) {
-        co_await fail(timed_out_ ? 504 : 502, timed_out_ ? "dns-timeout" : "dns-failure",
-                      "cannot resolve " + target.host + ": " + ec.message());
+        // Built before the co_await: GCC 12 destroys a conditional's temporaries twice across one.
+        std::string why = "cannot resolve " + target.host + ": ";
+        why += timed_out_ ? "no answer within " + std::to_string(ctx_.limits.resolve_timeout.count()) + " ms"
+                          : ec.message();
+        co_await fail(timed_out_ ? 504 : 502, timed_out_ ? "dns-timeout" : "dns-failure", why);
         co_return false;
-      }
-      for (const auto& r : results) allowed.push_back(from_asio(r.endpoint().address()));
-      if (ctx_.limits.dns_cache.count() > 0) {
-        // Bounded: a full cache starts over rather than growing without limit.
-        if (ctx_.dns_cache.size() >= 10'000) ctx_.dns_cache.clear();
-        ctx_.dns_cache[target.host] = {allowed, Clock::now() + ctx_.limits.dns_cache};
       }
     }
     // Any denied address denies the request, so what passes is the whole
@@ -1305,7 +1301,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   bool counted_tunnel_ = false;
   Socket client_;
   Socket upstream_;
-  tcp::resolver resolver_;
+  Dns::Wait dns_wait_;  // a lookup under way
   asio::steady_timer timer_;
   beast::flat_buffer upbuf_;  // the origin's answer (plain HTTP); its capacity is reused
   beast::flat_buffer head_;   // a head on its way out (serialize_head)

@@ -52,11 +52,7 @@ struct ThreadContext {
   std::atomic<std::size_t> open_connections{0};  // written by this thread, read by the drain
   std::unordered_set<OpenConnection*> sessions;    // every open session; touched only on this thread
   netlog::Producer* log = nullptr;                 // this thread's queue to the network log, if any
-  struct CachedAnswer {
-    std::vector<policy::Address> addresses;
-    std::chrono::steady_clock::time_point expires;
-  };
-  std::unordered_map<std::string, CachedAnswer> dns_cache;  // touched only on this thread
+  std::unique_ptr<Dns> dns;                        // this thread's cache, /etc/hosts and DNS
   ClientCounts* clients = nullptr;                 // shared by all threads (atomics)
   struct Counters {
     std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};

@@ -1,6 +1,6 @@
 // The proxy tests' fixture: the real `sandgate proxy` binary on loopback, a
-// real Python origin (plain and TLS), a hosts file instead of DNS, and a
-// network log in the test's own folder.
+// real Python origin (plain and TLS), a hosts file (or a DNS server on
+// loopback, for the tests of DNS), and a network log in the test's own folder.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 #include <regex>
+#include <sstream>
 
 #include "process.h"
 
@@ -43,6 +44,36 @@ struct Origin {
     return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
   }
   fs::path log;
+  Process process;
+  int port = 0;
+};
+
+// A DNS server on 127.0.0.1 (tests/proxy/dns.py). It answers from a JSON
+// zone the test rewrites at will, and logs every question it gets.
+struct DnsServer {
+  explicit DnsServer(const fs::path& dir)
+      : zone(dir / "zone.json"), log(dir / "dns-questions.log"), process(argv(dir)) {
+    port = std::stoi(process.read_line());
+  }
+  std::vector<std::string> argv(const fs::path& dir) {
+    fs::create_directories(dir);
+    set("{}");
+    std::ofstream(log, std::ios::trunc).flush();
+    return {"python3", std::string(SANDGATE_TESTDATA) + "/proxy/dns.py", zone.string(), log.string()};
+  }
+  void set(const std::string& json) {
+    std::ofstream(zone.string() + ".tmp") << json;
+    fs::rename(zone.string() + ".tmp", zone);
+  }
+  // Questions for `name` of `type` so far.
+  std::size_t questions(const std::string& name, const std::string& type = "A") const {
+    std::istringstream lines(read_file(log));
+    std::size_t n = 0;
+    for (std::string line; std::getline(lines, line);) n += line == name + " " + type;
+    return n;
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+  fs::path zone, log;
   Process process;
   int port = 0;
 };

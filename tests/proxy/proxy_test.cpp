@@ -2,6 +2,8 @@
 // Python origin, real curl and urllib, raw sockets for hostile input. Every
 // test that sends something forbidden also checks that the forbidden origin
 // (on 127.0.0.2) never saw a connection.
+#include <thread>
+
 #include "fixture.h"
 
 namespace sandgate {
@@ -114,16 +116,124 @@ TEST_F(ProxyTest, CurlConnectTunnel) {
   EXPECT_EQ(r.out, direct.out);
 }
 
-TEST_F(ProxyTest, SystemResolverPathAndItsCache) {
-  // "localhost" is not in the hosts file: the system resolver answers (from
-  // /etc/hosts, no network), maybe with ::1 first, where nothing listens; the
-  // proxy tries the next checked address. The second request uses the cache.
+TEST_F(ProxyTest, EtcHostsAnswersANameTheHostsFileLacks) {
+  // "localhost" is not in the hosts file: /etc/hosts answers it (no DNS
+  // question), maybe with ::1 first, where nothing listens; the proxy tries
+  // the next checked address. The second request uses the cache.
   write_policy("version: 1\nmode: deny\nallow_hosts:\n  - localhost:" + o() + "\n");
   const int port = start_proxy();
   for (int i = 0; i < 2; ++i) {
     auto r = shell("curl -sS -x http://127.0.0.1:" + std::to_string(port) + " http://localhost:" + o() + "/small");
     EXPECT_EQ(r.out, std::string(100, 'x')) << "request " << i;
   }
+}
+
+// The policy for the DNS tests: names under dns.test, resolved by a DNS
+// server on loopback, and the plain origin's address.
+constexpr const char* dns_policy =
+    "version: 1\nmode: deny\nallow_hosts:\n  - \"**.dns.test\"\nallow_cidrs:\n  - 127.0.0.1/32\n";
+
+std::string get_via(int proxy, const std::string& host, const std::string& port) {
+  return exchange("127.0.0.1", proxy,
+                  "GET http://" + host + ":" + port + "/small HTTP/1.1\r\nHost: " + host + ":" + port +
+                      "\r\nConnection: close\r\n\r\n");
+}
+
+TEST_F(ProxyTest, DnsAnswersAreReusedForTheirTtlAndNoLonger) {
+  DnsServer dns(dir_ / "dns-ttl");
+  // A TTL of 1 s; a CNAME's 1 s shortening its target's hour; an hour cut to
+  // --dns-cache's 3 s; a TTL of 0 (never reused).
+  dns.set(R"({"short.dns.test": {"A": [["127.0.0.1", 1]]},
+              "alias.dns.test": {"CNAME": ["long.dns.test", 1]}, "long.dns.test": {"A": [["127.0.0.1", 3600]]},
+              "capped.dns.test": {"A": [["127.0.0.1", 3600]]},
+              "zero.dns.test": {"A": [["127.0.0.1", 0]]}})");
+  write_policy(dns_policy);
+  // One thread: one cache, so every question the server counts is one the cache could not answer.
+  const int port = start_proxy({"--dns-server", dns.address(), "--dns-cache", "3000", "--threads", "1"});
+  const auto first = std::chrono::steady_clock::now();
+  const std::vector<std::string> names = {"short.dns.test", "alias.dns.test", "capped.dns.test", "zero.dns.test"};
+  for (int round = 0; round < 2; ++round)
+    for (const auto& name : names) EXPECT_EQ(status_line(get_via(port, name, o())), "HTTP/1.1 200 OK") << name;
+  EXPECT_EQ(dns.questions("short.dns.test"), 1u);
+  EXPECT_EQ(dns.questions("alias.dns.test"), 1u);
+  EXPECT_EQ(dns.questions("capped.dns.test"), 1u);
+  EXPECT_EQ(dns.questions("zero.dns.test"), 2u);
+
+  // Past the 1 s TTLs: asked again, and the new answer is what the policy
+  // checks (127.0.0.2 is denied; the forbidden origin must see nothing).
+  dns.set(R"({"short.dns.test": {"A": [["127.0.0.2", 1]]},
+              "alias.dns.test": {"CNAME": ["long.dns.test", 1]}, "long.dns.test": {"A": [["127.0.0.1", 3600]]},
+              "capped.dns.test": {"A": [["127.0.0.1", 3600]]}})");
+  std::this_thread::sleep_until(first + std::chrono::milliseconds(1300));
+  const auto moved = get_via(port, "short.dns.test", f());
+  EXPECT_EQ(status_line(moved), "HTTP/1.1 403 Forbidden") << moved;
+  EXPECT_NE(moved.find("127.0.0.2"), std::string::npos) << moved;
+  EXPECT_EQ(status_line(get_via(port, "alias.dns.test", o())), "HTTP/1.1 200 OK");
+  EXPECT_EQ(status_line(get_via(port, "capped.dns.test", o())), "HTTP/1.1 200 OK");
+  EXPECT_EQ(dns.questions("short.dns.test"), 2u);
+  EXPECT_EQ(dns.questions("alias.dns.test"), 2u);
+  if (std::chrono::steady_clock::now() - first < std::chrono::milliseconds(2800)) {
+    EXPECT_EQ(dns.questions("capped.dns.test"), 1u) << "an answer was asked again within --dns-cache";
+  }
+
+  // Past --dns-cache: the hour-long answer is asked again too.
+  std::this_thread::sleep_until(first + std::chrono::milliseconds(3300));
+  EXPECT_EQ(status_line(get_via(port, "capped.dns.test", o())), "HTTP/1.1 200 OK");
+  EXPECT_EQ(dns.questions("capped.dns.test"), 2u);
+}
+
+TEST_F(ProxyTest, RequestsForANameBeingLookedUpShareOneQuestion) {
+  DnsServer dns(dir_ / "dns-shared");
+  dns.set(R"({"slow.dns.test": {"A": [["127.0.0.1", 60]], "delay": 0.3}})");
+  write_policy(dns_policy);
+  const int port = start_proxy({"--dns-server", dns.address(), "--threads", "1"});
+  std::vector<std::string> answers(4);
+  std::vector<std::thread> clients;
+  for (auto& a : answers) clients.emplace_back([&] { a = get_via(port, "slow.dns.test", o()); });
+  for (auto& c : clients) c.join();
+  for (const auto& a : answers) EXPECT_EQ(status_line(a), "HTTP/1.1 200 OK") << a;
+  EXPECT_EQ(dns.questions("slow.dns.test"), 1u);
+}
+
+TEST_F(ProxyTest, DnsFailuresMixedAnswersAndSilenceAreAnswered) {
+  DnsServer dns(dir_ / "dns-failures");
+  dns.set(R"({"mixed.dns.test": {"A": [["127.0.0.1", 60], ["127.0.0.2", 60]]},
+              "both.dns.test": {"AAAA": [["::1", 60]], "A": [["127.0.0.1", 60]]},
+              "broken.dns.test": {"servfail": true},
+              "quiet.dns.test": {"drop": true}})");
+  write_policy(dns_policy);
+  const int port = start_proxy({"--dns-server", dns.address(), "--resolve-timeout", "500"});
+
+  const auto missing = get_via(port, "missing.dns.test", o());
+  EXPECT_EQ(status_line(missing), "HTTP/1.1 502 Bad Gateway") << missing;
+  EXPECT_NE(missing.find("X-Proxy-Error: dns-failure"), std::string::npos) << missing;
+  EXPECT_NE(missing.find("cannot resolve missing.dns.test"), std::string::npos) << missing;
+  EXPECT_EQ(status_line(get_via(port, "broken.dns.test", o())), "HTTP/1.1 502 Bad Gateway");
+
+  const auto asked = std::chrono::steady_clock::now();
+  const auto quiet = get_via(port, "quiet.dns.test", o());
+  EXPECT_EQ(status_line(quiet), "HTTP/1.1 504 Gateway Timeout") << quiet;
+  EXPECT_NE(quiet.find("X-Proxy-Error: dns-timeout"), std::string::npos) << quiet;
+  EXPECT_LT(std::chrono::steady_clock::now() - asked, std::chrono::seconds(3));
+
+  // Every address of an answer is checked: one denied address denies the request.
+  for (const std::string host : {"mixed.dns.test", "both.dns.test"}) {
+    const auto r = get_via(port, host, o());
+    EXPECT_EQ(status_line(r), "HTTP/1.1 403 Forbidden") << r;
+    EXPECT_NE(r.find("X-Proxy-Error: dns-mixed-answer"), std::string::npos) << r;
+  }
+  const auto tunnel = exchange("127.0.0.1", port, "CONNECT mixed.dns.test:" + f() + " HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(status_line(tunnel), "HTTP/1.1 403 Forbidden") << tunnel;
+
+  // The log has the whole answer, IPv4 first, and the time the lookup took.
+  proxy_->signal(SIGTERM);
+  EXPECT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
+  proxy_.reset();
+  const auto log = read_file(log_path());
+  EXPECT_NE(log.find(R"("requested":"both.dns.test:)" + o() + R"(","target":"both.dns.test:)" + o() +
+                     R"(","addresses":["127.0.0.1","::1"])"),
+            std::string::npos);
+  EXPECT_TRUE(std::regex_search(log, std::regex(R"("requested":"mixed\.dns\.test:\d+".*"dns_us":\d+)")));
 }
 
 TEST_F(ProxyTest, PythonUrllibThroughTheProxy) {

@@ -35,9 +35,9 @@ struct Limits {
   std::chrono::milliseconds drain_timeout{10'000};    // SIGTERM: time for open connections to finish
   std::size_t max_connections = 10'000;               // per thread; more get 503
   std::size_t max_client_connections = 0;             // per client address, all threads; more get 429 (0 = off)
-  // Resolved answers are reused for this long (per thread). getaddrinfo does
-  // not report record TTLs, so this is a floor most records outlive; 0 turns
-  // caching off. Cached addresses are still checked on every request.
+  // The longest a resolved answer is reused (per thread): a DNS answer for
+  // its TTL when that is shorter, an /etc/hosts answer (no TTL) for this
+  // long; 0 turns caching off. Cached addresses are checked on every request.
   std::chrono::milliseconds dns_cache{5'000};
 };
 
@@ -50,6 +50,7 @@ struct Listener {
 struct ServerConfig {
   std::vector<Listener> listeners;
   std::string hosts_file;  // static "ADDRESS NAME..." lines consulted before DNS; "" for none
+  std::string dns_servers;  // "ADDR[:PORT],..." asked instead of /etc/resolv.conf's; "" for those
   Limits limits;
   unsigned threads = 0;  // 0: one per core
   bool watch_policy = true;          // reload when the policy file changes, as on SIGHUP
