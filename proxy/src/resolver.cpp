@@ -10,44 +10,12 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 
-#include "sandgate/policy/target.h"
 
 namespace sandgate::proxy::detail {
-
-boost::system::result<HostsFile, std::string> HostsFile::load(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return "cannot read hosts file " + path;
-  HostsFile h;
-  std::string line;
-  for (int n = 1; std::getline(f, line); ++n) {
-    if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
-    std::istringstream words(line);
-    std::string addr_text, name;
-    if (!(words >> addr_text)) continue;
-    auto addr = policy::parse_address(addr_text);
-    if (!addr) return path + ":" + std::to_string(n) + ": '" + addr_text + "' is not an IP address";
-    bool any = false;
-    while (words >> name) {
-      auto t = policy::normalize_host(name);
-      if (!t || t->address)
-        return path + ":" + std::to_string(n) + ": '" + name + "' is not a host name";
-      h.entries_[t->host].push_back(*addr);
-      any = true;
-    }
-    if (!any) return path + ":" + std::to_string(n) + ": an address needs at least one name";
-  }
-  return h;
-}
-
-const std::vector<policy::Address>* HostsFile::find(std::string_view name) const noexcept {
-  auto it = entries_.find(name);
-  return it == entries_.end() ? nullptr : &it->second;
-}
 
 namespace {
 
@@ -114,7 +82,7 @@ struct Dns::Impl {
   };
   std::unordered_map<std::string, Entry, NameHash, std::equal_to<>> cache;
   std::unordered_map<std::string, std::unique_ptr<Query>, NameHash, std::equal_to<>> pending;
-  std::uint64_t queries = 0;
+  std::atomic<std::uint64_t> questions{0};  // written by this thread, read by /metrics
 
   // A socket c-ares opened, watched by the reactor for what c-ares wants.
   struct Socket {
@@ -296,7 +264,7 @@ const std::vector<policy::Address>* Dns::cached(std::string_view name) {
   return nullptr;
 }
 
-std::uint64_t Dns::queries() const noexcept { return impl_->queries; }
+std::uint64_t Dns::questions() const noexcept { return impl_->questions.load(std::memory_order_relaxed); }
 
 void Dns::start(const std::string& name, Wait& wait, std::vector<policy::Address>& out,
                 asio::any_completion_handler<void(boost::system::error_code)> handler) {
@@ -334,7 +302,7 @@ void Dns::start(const std::string& name, Wait& wait, std::vector<policy::Address
   wait.query_ = q.get();
   auto* raw = q.get();
   im.pending.emplace(name, std::move(q));
-  ++im.queries;
+  im.questions.fetch_add(1, std::memory_order_relaxed);
   // A and AAAA at once; unsorted: sorting would connect(2) a UDP socket to
   // each address, and the order here is the proxy's own (IPv4 first).
   const ares_addrinfo_hints hints{ARES_AI_NOSORT, AF_UNSPEC, 0, 0};

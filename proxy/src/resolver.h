@@ -1,12 +1,12 @@
-// Name resolution for the proxy: a static hosts file (`--hosts-file`), then
-// per thread: answers cached within their lifetime, /etc/hosts, and DNS
-// through c-ares on the thread's own io_context (no resolver thread), which
-// reports each record's TTL. The proxy dials only addresses returned here,
-// after the policy checked them: it never hands a name to another resolver.
+// Name resolution for the proxy, per thread, after the static hosts file
+// (`--hosts-file`, hosts_file.h): answers cached within their lifetime,
+// /etc/hosts, and DNS through c-ares on the thread's own io_context (no
+// resolver thread), which reports each record's TTL. The proxy dials only
+// addresses returned here, after the policy checked them: it never hands a
+// name to another resolver.
 #pragma once
 
 #include <chrono>
-#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -19,28 +19,9 @@
 #include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
 
-#include "sandgate/policy/address.h"
+#include "hosts_file.h"
 
 namespace sandgate::proxy::detail {
-
-// Transparent hashing: lookups take a string_view without a copy.
-struct NameHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-};
-
-class HostsFile {
- public:
-  // "ADDRESS NAME [NAME...]" per line, '#' comments, as /etc/hosts. Errors
-  // name the file and line.
-  static boost::system::result<HostsFile, std::string> load(const std::string& path);
-  // Addresses for a normalized name, in file order; nullptr if not listed.
-  const std::vector<policy::Address>* find(std::string_view name) const noexcept;
-  bool empty() const noexcept { return entries_.empty(); }
-
- private:
-  std::unordered_map<std::string, std::vector<policy::Address>, NameHash, std::equal_to<>> entries_;
-};
 
 // The DNS of one thread: used only from that thread's io_context.
 class Dns {
@@ -86,8 +67,8 @@ class Dns {
         [this, &name, &wait, &out](auto handler) { start(name, wait, out, std::move(handler)); }, token);
   }
 
-  // Lookups sent to DNS so far (the cache and /etc/hosts saved the rest).
-  std::uint64_t queries() const noexcept;
+  // Lookups sent to DNS so far; read from any thread.
+  std::uint64_t questions() const noexcept;
 
   struct Impl;
 

@@ -14,6 +14,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "metrics.h"
+#include "hosts_file.h"
 #include "resolver.h"
 #include "sandgate/netlog/writer.h"
 #include "sandgate/proxy/server.h"
