@@ -9,6 +9,8 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include "answers.h"
+
 namespace sandgate::proxy::detail {
 namespace {
 
@@ -57,6 +59,7 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
     res.result(http::status::not_found);
     res.body() = "not found: GET /metrics or GET /healthz\n";
   }
+  res.set(http::field::date, http_date());
   res.prepare_payload();
   // A HEAD gets the head a GET would, with its Content-Length, and no body.
   http::response_serializer<http::string_body> sr(res);

@@ -1,5 +1,8 @@
 #include "answers.h"
 
+#include <cstdio>
+#include <ctime>
+
 namespace sandgate::proxy::detail {
 namespace {
 
@@ -18,6 +21,7 @@ std::string_view status_text(int status) {
 
 std::string respond(int status, std::string_view code, const std::string& body, int retry_after) {
   std::string out = "HTTP/1.1 " + std::to_string(status) + " " + std::string(status_text(status)) + "\r\n";
+  out += "Date: " + http_date() + "\r\n";
   out += "X-Proxy-Error: " + std::string(code) + "\r\n";
   out += "Content-Type: text/plain; charset=utf-8\r\n";
   if (retry_after > 0) out += "Retry-After: " + std::to_string(retry_after) + "\r\n";
@@ -26,6 +30,20 @@ std::string respond(int status, std::string_view code, const std::string& body, 
 }
 
 }  // namespace
+
+std::string http_date() {
+  // Spelled out rather than strftime's %a and %b, which follow the locale.
+  static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  const std::time_t now = std::time(nullptr);
+  std::tm t{};
+  gmtime_r(&now, &t);
+  char text[40];
+  std::snprintf(text, sizeof text, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[t.tm_wday], t.tm_mday,
+                months[t.tm_mon], t.tm_year + 1900, t.tm_hour, t.tm_min, t.tm_sec);
+  return text;
+}
 
 std::string blocked_answer(const policy::Policy& p, const policy::Decision& d, const policy::Target& t,
                            std::string_view sandbox, std::string_view policy_file) {

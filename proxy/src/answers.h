@@ -1,5 +1,5 @@
 // The proxy's own answers: one stable schema for every refusal or failure.
-//   status line, X-Proxy-Error: <code>, Content-Type: text/plain,
+//   status line, Date, X-Proxy-Error: <code>, Content-Type: text/plain,
 //   Connection: close, and a body an agent can act on.
 #pragma once
 
@@ -15,6 +15,10 @@ namespace sandgate::proxy::detail {
 // command that would allow it.
 std::string blocked_answer(const policy::Policy& p, const policy::Decision& d, const policy::Target& t,
                            std::string_view sandbox, std::string_view policy_file);
+
+// The current time as an HTTP Date field value (IMF-fixdate, RFC 9110 5.6.7):
+// the proxy's own answers carry one (6.6.1).
+std::string http_date();
 
 // Any other refusal: status 400, 429, 502, 503 or 504, an X-Proxy-Error code
 // ("bad-request", "dns-failure", ...) and a sentence saying what to do.

@@ -522,6 +522,10 @@ std::string Server::metrics_text() const {
   detail::append_histogram(out, "sandgate_decision_seconds", "Request head read to verdict, DNS included.",
                            decision);
   detail::append_histogram(out, "sandgate_connect_seconds", "Dialing the checked addresses.", connect);
+  std::uint64_t questions = 0;
+  for (const auto& t : im.threads) questions += t->dns->questions();
+  metric("sandgate_dns_questions_total", "counter",
+         "Lookups sent to DNS (what the cache, the hosts file and /etc/hosts did not answer).", questions);
   metric("sandgate_log_queue_depth", "gauge", "Records waiting for the log writer.", s.log.queue_depth);
   metric("sandgate_log_records_total", "counter", "Records written to the network log.", s.log.records);
   metric("sandgate_log_dropped_total", "counter", "Records dropped on a full queue (--log-when-full drop).",

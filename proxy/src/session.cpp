@@ -1057,7 +1057,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
           body.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
       body.append("\r\n");
     }
-    std::string response = "HTTP/1.1 200 OK\r\n";
+    std::string response = "HTTP/1.1 200 OK\r\nDate: " + http_date() + "\r\n";
     if (!body.empty()) response += "Content-Type: message/http\r\n";
     response += "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
     co_await log_decision(200, nullptr);

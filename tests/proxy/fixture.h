@@ -151,6 +151,16 @@ class ProxyTest : public ::testing::Test {
     return m.empty() ? 0 : std::stoi(m[1]);
   }
 
+  // The admin listener's port, from the lines a proxy started with --admin
+  // prints after "listening on"; 0 if it printed none.
+  int read_admin_port() {
+    for (int i = 0; i < 3; ++i) {
+      const auto line = proxy_->read_line();
+      if (auto at = line.find("admin on 127.0.0.1:"); at != std::string::npos) return std::stoi(line.substr(at + 19));
+    }
+    return 0;
+  }
+
   // Each test's own log (the folder is per process) and its key, outside it.
   static fs::path log_path() {
     return dir_ / ("log-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name())) /

@@ -202,13 +202,8 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
 
 TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
   const int port = start_proxy({"--admin", "127.0.0.1:0"});
-  std::string admin;
-  for (int i = 0; i < 3 && admin.empty(); ++i) {
-    const auto line = proxy_->read_line();
-    if (auto at = line.find("admin on 127.0.0.1:"); at != std::string::npos) admin = line.substr(at + 19);
-  }
-  ASSERT_FALSE(admin.empty());
-  const int admin_port = std::stoi(admin);
+  const int admin_port = read_admin_port();
+  ASSERT_GT(admin_port, 0);
   const auto req = request("/small");
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(exchange("127.0.0.1", port, req).starts_with("HTTP/1.1 200"));
   ASSERT_TRUE(exchange("127.0.0.1", port, "GET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\n")
@@ -223,8 +218,10 @@ TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
   EXPECT_NE(m.find("sandgate_connect_seconds_count 3"), std::string::npos) << m;
   EXPECT_NE(m.find("sandgate_policy_info{sha256=\""), std::string::npos) << m;
   EXPECT_NE(m.find("sandgate_log_dropped_total 0"), std::string::npos) << m;
+  EXPECT_NE(m.find("sandgate_dns_questions_total 0"), std::string::npos) << m;  // the hosts file answered
   const auto h = exchange("127.0.0.1", admin_port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
   EXPECT_TRUE(h.starts_with("HTTP/1.1 200")) << h;
+  EXPECT_NE(h.find(" GMT\r\n"), std::string::npos) << h;  // its Date
   EXPECT_TRUE(exchange("127.0.0.1", admin_port, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
                   .starts_with("HTTP/1.1 404"));
   // HEAD: a GET's head, no body (a body would be read as the next answer).

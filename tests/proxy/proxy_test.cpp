@@ -186,13 +186,17 @@ TEST_F(ProxyTest, RequestsForANameBeingLookedUpShareOneQuestion) {
   DnsServer dns(dir_ / "dns-shared");
   dns.set(R"({"slow.dns.test": {"A": [["127.0.0.1", 60]], "delay": 0.3}})");
   write_policy(dns_policy);
-  const int port = start_proxy({"--dns-server", dns.address(), "--threads", "1"});
+  const int port = start_proxy({"--dns-server", dns.address(), "--threads", "1", "--admin", "127.0.0.1:0"});
+  const int admin = read_admin_port();
+  ASSERT_GT(admin, 0);
   std::vector<std::string> answers(4);
   std::vector<std::thread> clients;
   for (auto& a : answers) clients.emplace_back([&] { a = get_via(port, "slow.dns.test", o()); });
   for (auto& c : clients) c.join();
   for (const auto& a : answers) EXPECT_EQ(status_line(a), "HTTP/1.1 200 OK") << a;
   EXPECT_EQ(dns.questions("slow.dns.test"), 1u);
+  const auto m = exchange("127.0.0.1", admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_NE(m.find("sandgate_dns_questions_total 1\n"), std::string::npos) << m;
 }
 
 TEST_F(ProxyTest, DnsFailuresMixedAnswersAndSilenceAreAnswered) {
@@ -283,6 +287,11 @@ TEST_F(ProxyTest, BlockedAnswersNameRuleAndFix) {
     EXPECT_NE(r.find(std::string("X-Proxy-Error: ") + c.code + "\r\n"), std::string::npos) << r;
     EXPECT_NE(r.find("it is policy, not a network failure"), std::string::npos) << r;
     EXPECT_NE(r.find(c.body), std::string::npos) << r;
+    // The proxy's own answer says when it was made (RFC 9110 6.6.1), in IMF-fixdate.
+    EXPECT_TRUE(std::regex_search(r, std::regex("\r\nDate: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), \\d\\d "
+                                                "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                                                "\\d{4} \\d\\d:\\d\\d:\\d\\d GMT\r\n")))
+        << r;
   }
   // To a HEAD the same head, with the length of the body it does not get
   // (RFC 9110 9.3.2): a body would be read as the start of the next answer.
