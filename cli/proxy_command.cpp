@@ -185,7 +185,13 @@ int proxy_command(std::span<const std::string_view> args) {
         cfg.listeners.push_back({address, sandbox});
       }
     } else if (a == "--hosts-file") cfg.hosts_file = v;
-    else if (a == "--dns-server") cfg.dns_servers = v;
+    else if (a == "--dns-server") {
+      if (v.empty()) {
+        std::cerr << "sandgate proxy: --dns-server needs IP, IP:PORT or [IPv6]:PORT, comma-separated\n";
+        return 2;
+      }
+      cfg.dns_servers = v;
+    }
     else if (a == "--admin") cfg.admin = v;
     else if (a == "--threads") {
       std::size_t n = 0;

@@ -14,6 +14,7 @@
 #include <climits>
 #include <mutex>
 
+#include "sandgate/policy/target.h"
 
 namespace sandgate::proxy::detail {
 
@@ -58,6 +59,23 @@ Parsed parse(const ares_addrinfo* r) {
   for (const auto* c = r->cnames; c; c = c->next) p.ttl = std::min(p.ttl, c->ttl);
   std::stable_partition(p.addresses.begin(), p.addresses.end(), [](const policy::Address& a) { return a.is_v4(); });
   return p;
+}
+
+// "ADDR[:PORT],...", each item an IP address (port 53 unless given), checked
+// and spelled for c-ares into `csv` (its own parser lets a port over 65535
+// wrap). Returns what is wrong, or "".
+std::string server_list(std::string_view text, std::string& csv) {
+  for (std::size_t at = 0; at <= text.size();) {
+    const auto comma = std::min(text.find(',', at), text.size());
+    const auto item = text.substr(at, comma - at);
+    const auto t = policy::parse_target(item, 53);
+    if (!t) return "'" + std::string(item) + "': " + std::string(policy::describe(t.error()));
+    if (!t->address) return "'" + std::string(item) + "' is not an IP address";
+    if (!csv.empty()) csv += ',';
+    csv += policy::authority(*t);
+    at = comma + 1;
+  }
+  return {};
 }
 
 struct ChannelDeleter {
@@ -241,8 +259,11 @@ std::string Dns::Impl::open_channel(const std::string& servers) {
     return std::string("cannot set up DNS: ") + ares_strerror(s);
   dns.reset(c);
   if (own_servers) {
-    if (const int s = ares_set_servers_ports_csv(dns.get(), servers.c_str()); s != ARES_SUCCESS)
-      return "--dns-server " + servers + ": " + ares_strerror(s) + " (give ADDR[:PORT],... with IPv6 as [ADDR]:PORT)";
+    std::string csv;
+    if (auto e = server_list(servers, csv); !e.empty())
+      return "--dns-server " + servers + ": " + e + " (give IP, IP:PORT or [IPv6]:PORT, comma-separated)";
+    if (const int s = ares_set_servers_ports_csv(dns.get(), csv.c_str()); s != ARES_SUCCESS)
+      return "--dns-server " + servers + ": " + ares_strerror(s);
   }
   conf = before;
   return {};

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""A real DNS server for the proxy tests, over UDP on 127.0.0.1.
+"""A real DNS server for the proxy tests, over UDP and TCP on 127.0.0.1.
 
   dns.py ZONE QUERYLOG
 
-Binds port 0, prints the port on stdout, and appends "NAME TYPE" to QUERYLOG
-for every question it gets. ZONE is a JSON file, read again for every
+Binds a free port (UDP and TCP alike), prints it on stdout, and appends
+"NAME TYPE" to QUERYLOG for every question it gets ("NAME TYPE tcp" over TCP). ZONE is a JSON file, read again for every
 question (so a test changes answers by rewriting it):
 
   {"name.test": {"A": [["127.0.0.1", TTL], ...], "AAAA": [["::1", TTL]],
                  "CNAME": ["other.test", TTL],
                  "drop": true,         (no answer at all: the asker times out)
                  "delay": SECONDS,     (the answer is sent this much later)
+                 "truncate": true,     (over UDP an empty answer marked truncated,
+                                        so the asker asks again over TCP)
                  "servfail": true}}
 
 A name not in ZONE gets NXDOMAIN; a name with no records of the type asked
@@ -67,27 +69,64 @@ def answer(zone, name, qtype):
     return 0, records
 
 
+def respond(msg, transport, log_path, zone_path):
+    """The reply to one question, or None for no reply."""
+    (ident,) = struct.unpack("!H", msg[:2])
+    name, qtype, _, question = read_question(msg)
+    with open(log_path, "a") as log:
+        log.write("%s %s%s\n" % (name, TYPES.get(qtype, qtype), " tcp" if transport == "tcp" else ""))
+    with open(zone_path) as f:
+        zone = json.load(f)
+    entry = zone.get(name, {})
+    if entry.get("drop"):
+        return None, 0
+    flags = 0x8180
+    if transport == "udp" and entry.get("truncate"):
+        flags, records = flags | 0x0200, []
+    else:
+        rcode, records = answer(zone, name, qtype)
+        flags |= rcode
+    head = struct.pack("!HHHHHH", ident, flags, 1, len(records), 0, 0)
+    return head + question + b"".join(records), entry.get("delay", 0)
+
+
+def serve_tcp(listener, log_path, zone_path):
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            f = conn.makefile("rb")
+            while True:
+                size = f.read(2)
+                if len(size) < 2:
+                    break
+                msg = f.read(struct.unpack("!H", size)[0])
+                reply, _ = respond(msg, "tcp", log_path, zone_path)
+                if reply is not None:
+                    conn.sendall(struct.pack("!H", len(reply)) + reply)
+
+
 def main():
     zone_path, log_path = sys.argv[1], sys.argv[2]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+    while True:  # a port free for both UDP and TCP
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind(("127.0.0.1", sock.getsockname()[1]))
+            break
+        except OSError:
+            sock.close()
+            listener.close()
+    listener.listen(16)
+    threading.Thread(target=serve_tcp, args=(listener, log_path, zone_path), daemon=True).start()
     print(sock.getsockname()[1], flush=True)
     while True:
         msg, peer = sock.recvfrom(4096)
         if len(msg) < 17:
             continue
-        (ident,) = struct.unpack("!H", msg[:2])
-        name, qtype, _, question = read_question(msg)
-        with open(log_path, "a") as log:
-            log.write("%s %s\n" % (name, TYPES.get(qtype, qtype)))
-        with open(zone_path) as f:
-            zone = json.load(f)
-        if zone.get(name, {}).get("drop"):
+        reply, delay = respond(msg, "udp", log_path, zone_path)
+        if reply is None:
             continue
-        rcode, records = answer(zone, name, qtype)
-        head = struct.pack("!HHHHHH", ident, 0x8180 | rcode, 1, len(records), 0, 0)
-        reply = head + question + b"".join(records)
-        delay = zone.get(name, {}).get("delay", 0)
         if delay:
             threading.Timer(delay, sock.sendto, (reply, peer)).start()
         else:

@@ -65,7 +65,7 @@ struct DnsServer {
     std::ofstream(zone.string() + ".tmp") << json;
     fs::rename(zone.string() + ".tmp", zone);
   }
-  // Questions for `name` of `type` so far.
+  // Questions for `name` of `type` so far ("A", "AAAA"; "A tcp" over TCP).
   std::size_t questions(const std::string& name, const std::string& type = "A") const {
     std::istringstream lines(read_file(log));
     std::size_t n = 0;

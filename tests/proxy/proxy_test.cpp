@@ -199,6 +199,16 @@ TEST_F(ProxyTest, RequestsForANameBeingLookedUpShareOneQuestion) {
   EXPECT_NE(m.find("sandgate_dns_questions_total 1\n"), std::string::npos) << m;
 }
 
+TEST_F(ProxyTest, AnAnswerMarkedTruncatedIsAskedAgainOverTcp) {
+  DnsServer dns(dir_ / "dns-tcp");
+  dns.set(R"({"large.dns.test": {"A": [["127.0.0.1", 60]], "truncate": true}})");
+  write_policy(dns_policy);
+  const int port = start_proxy({"--dns-server", dns.address(), "--threads", "1"});
+  EXPECT_EQ(status_line(get_via(port, "large.dns.test", o())), "HTTP/1.1 200 OK");
+  EXPECT_EQ(dns.questions("large.dns.test", "A"), 1u);
+  EXPECT_EQ(dns.questions("large.dns.test", "A tcp"), 1u);
+}
+
 TEST_F(ProxyTest, DnsFailuresMixedAnswersAndSilenceAreAnswered) {
   DnsServer dns(dir_ / "dns-failures");
   dns.set(R"({"mixed.dns.test": {"A": [["127.0.0.1", 60], ["127.0.0.2", 60]]},
@@ -1373,6 +1383,13 @@ TEST_F(ProxyTest, BadCommandLinesSayWhy) {
   r = shell(std::string(SANDGATE_BIN) + " proxy --config " + policy_.string() + " --listen nothost:1");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.out.find("'nothost' is not an IP address"), std::string::npos) << r.out;
+  // A DNS server is an IP address with a port that fits; c-ares alone would let 99999 wrap.
+  for (const std::string bad : {"dns.example", "127.0.0.1:99999", "127.0.0.1,,::1"}) {
+    r = shell(std::string(SANDGATE_BIN) + " proxy --config " + policy_.string() +
+              " --listen 127.0.0.1:0 --dns-server '" + bad + "'");
+    EXPECT_EQ(r.status, 1) << bad;
+    EXPECT_NE(r.out.find("--dns-server " + bad + ": '"), std::string::npos) << r.out;
+  }
   EXPECT_EQ(shell(std::string(SANDGATE_BIN) + " proxy --help").status, 0);
 }
 
