@@ -59,6 +59,9 @@ Options:
   -e KEY=VALUE       set an environment variable for CMD (repeatable)
   --hosts-file FILE  "ADDRESS NAME..." lines the sandbox's proxy consults
                      before DNS (pin names; the guest itself resolves nothing)
+  --dns-server ADDR[,ADDR...]
+                     DNS servers the sandbox's proxy asks (IP, IP:PORT,
+                     [IPv6]:PORT) instead of those in /etc/resolv.conf
   -w DIR             CMD's working directory in the guest (default: WORKSPACE)
   --allow-unsafe-workspace
                      share WORKSPACE even if it is /, a home folder itself, or
@@ -137,7 +140,7 @@ int supervise(const fs::path& state, vmm::Machine& machine, vmm::AgentClient& ag
 }  // namespace
 
 int run_command(std::span<const std::string_view> args) {
-  std::string name, policy_path, workspace, cwd, hosts_file;
+  std::string name, policy_path, workspace, cwd, hosts_file, dns_servers;
   bool allow_unsafe = false, detach = false, readonly = false;
   std::vector<std::string> env, cmd, excludes;
   vmm::MachineConfig mc;
@@ -190,7 +193,10 @@ int run_command(std::span<const std::string_view> args) {
       env.push_back(v);
     } else if (a == "-w") cwd = v;
     else if (a == "--hosts-file") hosts_file = fs::absolute(v).string();
-    else if (a == "--exclude") {
+    else if (a == "--dns-server") {
+      dns_servers = v;
+      ok = !v.empty();
+    } else if (a == "--exclude") {
       if (auto why = sync::exclude_pattern_error(v); !why.empty()) {
         std::cerr << "sandgate run: bad --exclude '" << v << "': " << why << "\n";
         return 2;
@@ -332,6 +338,7 @@ int run_command(std::span<const std::string_view> args) {
   pc.threads = 1;
   pc.handle_signals = false;
   pc.hosts_file = hosts_file;
+  pc.dns_servers = dns_servers;
   netlog::WriterConfig log;
   log.path = (state / "log" / "network.jsonl").string();
   log.key_file = default_key_path();

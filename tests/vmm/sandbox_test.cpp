@@ -53,13 +53,20 @@ TEST_F(SandboxTest, TheOnlyWayOutIsTheProxyAndItDecidesEveryConnection) {
   const auto tls_port = tls.read_line();
   ASSERT_FALSE(tls_port.empty());
   std::ofstream(ws_ / "hosts") << "127.0.0.1 origin.test\n";
+  // And a name only DNS knows: a DNS server on the host's loopback, given with --dns-server.
+  std::ofstream(ws_ / "zone.json") << R"({"web.dns.test": {"A": [["127.0.0.1", 60]]}})";
+  Process dns({"python3", std::string(SANDGATE_TESTDATA) + "/proxy/dns.py", (ws_ / "zone.json").string(),
+               (ws_ / "dns.log").string()});
+  const auto dns_port = dns.read_line();
+  ASSERT_FALSE(dns_port.empty());
   const auto policy = ws_ / "policy.yaml";
   std::ofstream(policy) << "version: 1\nmode: deny\nallow_hosts:\n  - 127.0.0.1:" << port << "\n  - origin.test:"
-                        << tls_port << "\nallow_cidrs:\n  - 127.0.0.1/32\n";
+                        << tls_port << "\n  - web.dns.test:" << port << "\nallow_cidrs:\n  - 127.0.0.1/32\n";
   // One boot, one script (in the shared workspace): each probe prints a marker.
   std::ofstream(ws_ / "probe.sh")
       << "echo allowed-https=$(curl -sk -o /dev/null -w '%{http_code}' https://origin.test:" << tls_port << "/small)\n"
       << "echo allowed-http=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:" << port << "/small)\n"
+      << "echo allowed-dns=$(curl -s -o /dev/null -w '%{http_code}' http://web.dns.test:" << port << "/small)\n"
       << "echo BLOCKED-START; curl -s http://pastebin.com/; echo BLOCKED-END\n"
       << "curl -s -o /dev/null https://pastebin.com/; echo blocked-https-exit=$?\n"
       << "nc -z -w 3 10.0.2.2 " << port << " && echo HOST-LOOPBACK-REACHED\n"
@@ -74,12 +81,14 @@ TEST_F(SandboxTest, TheOnlyWayOutIsTheProxyAndItDecidesEveryConnection) {
          "s.settimeout(2); s.sendto(bytes.fromhex('0800f7ff00000000'), ('1.1.1.1', 0)); s.recv(64); "
          "print('ICMP-ANSWERED')\" 2>/dev/null\n"
       << "echo END\n";
-  const auto r = run("--name net --policy " + policy.string() + " --hosts-file " + (ws_ / "hosts").string() + " " +
-                     ws_.string() + " -- sh probe.sh");
+  const auto r = run("--name net --policy " + policy.string() + " --hosts-file " + (ws_ / "hosts").string() +
+                     " --dns-server 127.0.0.1:" + dns_port + " " + ws_.string() + " -- sh probe.sh");
   ASSERT_EQ(r.status, 0) << r.out << r.err;
   ASSERT_NE(r.out.find("END"), std::string::npos) << r.out << r.err;
   EXPECT_NE(r.out.find("allowed-https=200"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("allowed-http=200"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("allowed-dns=200"), std::string::npos) << r.out;
+  EXPECT_NE(read_file(ws_ / "dns.log").find("web.dns.test A\n"), std::string::npos) << "the proxy asked no DNS";
   const auto blocked = r.out.substr(r.out.find("BLOCKED-START"));
   EXPECT_NE(blocked.find("it is policy, not a network failure"), std::string::npos) << blocked;
   EXPECT_NE(blocked.find("sandgate network proxy net --allow-host pastebin.com:80"), std::string::npos) << blocked;
@@ -97,7 +106,7 @@ TEST_F(SandboxTest, TheOnlyWayOutIsTheProxyAndItDecidesEveryConnection) {
     allowed += v.at("verdict").as_string() == "allow";
     denied += v.at("verdict").as_string() == "deny" && v.at("target").as_string().starts_with("pastebin.com:");
   }
-  EXPECT_EQ(allowed, 2);
+  EXPECT_EQ(allowed, 3);
   EXPECT_GE(denied, 2);
 }
 
