@@ -273,6 +273,20 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     }
     // One SO_REUSEPORT acceptor per thread: the kernel spreads connections.
     auto endpoint = parsed->tcp;
+    // SO_REUSEPORT would also let this process join another's listener on
+    // the same port (any process of the same user), and the kernel would
+    // split the connections between two policies. A plain bind first
+    // finds such a listener: it fails where one is listening.
+    if (endpoint.port() != 0) {
+      asio::ip::tcp::acceptor probe(impl->threads[0]->io);
+      probe.open(endpoint.protocol(), ec);
+      if (!ec) probe.set_option(asio::socket_base::reuse_address(true), ec);  // past TIME_WAIT, not a listener
+      if (!ec) probe.bind(endpoint, ec);
+      if (ec == asio::error::address_in_use)
+        return "--listen " + text + ": something already listens there (another sandgate proxy would share the "
+               "port, and each connection would go to one of the two, under its policy)";
+      if (ec) return "--listen " + text + ": " + ec.message();
+    }
     for (unsigned t = 0; t < n; ++t) {
       const Protocol::endpoint ep(endpoint.data(), endpoint.size(), IPPROTO_TCP);
       auto a = std::make_unique<Acceptor>(impl->threads[t]->io);

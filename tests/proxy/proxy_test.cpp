@@ -1383,6 +1383,17 @@ TEST_F(ProxyTest, BadCommandLinesSayWhy) {
   r = shell(std::string(SANDGATE_BIN) + " proxy --config " + policy_.string() + " --listen nothost:1");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.out.find("'nothost' is not an IP address"), std::string::npos) << r.out;
+  // A port a proxy already listens on is refused, not shared: SO_REUSEPORT
+  // would let the kernel split connections between the two policies.
+  const int port = start_proxy();
+  // (Under timeout: a proxy that started would run until killed.)
+  r = shell("timeout 5 " + std::string(SANDGATE_BIN) + " proxy --no-log --config " + policy_.string() +
+            " --listen 127.0.0.1:" + std::to_string(port));
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("something already listens there"), std::string::npos) << r.out;
+  r = shell("timeout 5 " + std::string(SANDGATE_BIN) + " proxy --no-log --config " + policy_.string() +
+            " --listen 127.0.0.1:0 --listen 127.0.0.1:" + std::to_string(port));
+  EXPECT_EQ(r.status, 1) << r.out;
   // A DNS server is an IP address with a port that fits; c-ares alone would let 99999 wrap.
   for (const std::string bad : {"dns.example", "127.0.0.1:99999", "127.0.0.1,,::1"}) {
     r = shell(std::string(SANDGATE_BIN) + " proxy --config " + policy_.string() +
