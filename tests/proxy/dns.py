@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A real DNS server for the proxy tests, over UDP and TCP on 127.0.0.1.
 
-  dns.py ZONE QUERYLOG
+  dns.py ZONE QUERYLOG [ADDRESS [PORT]]
 
-Binds a free port (UDP and TCP alike), prints it on stdout, and appends
+Binds ADDRESS (default 127.0.0.1) on PORT, or on a port free for UDP and TCP
+alike, prints the port on stdout, and appends
 "NAME TYPE" to QUERYLOG for every question it gets ("NAME TYPE tcp" over TCP). ZONE is a JSON file, read again for every
 question (so a test changes answers by rewriting it):
 
@@ -107,16 +108,20 @@ def serve_tcp(listener, log_path, zone_path):
 
 def main():
     zone_path, log_path = sys.argv[1], sys.argv[2]
+    address = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+    port = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     while True:  # a port free for both UDP and TCP
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, port))
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            listener.bind(("127.0.0.1", sock.getsockname()[1]))
+            listener.bind((address, sock.getsockname()[1]))
             break
         except OSError:
             sock.close()
             listener.close()
+            if port:
+                raise
     listener.listen(16)
     threading.Thread(target=serve_tcp, args=(listener, log_path, zone_path), daemon=True).start()
     print(sock.getsockname()[1], flush=True)

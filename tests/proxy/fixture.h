@@ -50,16 +50,20 @@ struct Origin {
 
 // A DNS server on 127.0.0.1 (tests/proxy/dns.py). It answers from a JSON
 // zone the test rewrites at will, and logs every question it gets.
+// On `address` and `fixed_port` when given (port 53 for a server named in a
+// resolv.conf, which takes no port).
 struct DnsServer {
-  explicit DnsServer(const fs::path& dir)
-      : zone(dir / "zone.json"), log(dir / "dns-questions.log"), process(argv(dir)) {
-    port = std::stoi(process.read_line());
+  explicit DnsServer(const fs::path& dir, const std::string& address = "127.0.0.1", int fixed_port = 0)
+      : zone(dir / "zone.json"), log(dir / "dns-questions.log"), process(argv(dir, address, fixed_port)) {
+    const auto line = process.read_line();
+    port = line.empty() ? 0 : std::stoi(line);
   }
-  std::vector<std::string> argv(const fs::path& dir) {
+  std::vector<std::string> argv(const fs::path& dir, const std::string& address, int fixed_port) {
     fs::create_directories(dir);
     set("{}");
     std::ofstream(log, std::ios::trunc).flush();
-    return {"python3", std::string(SANDGATE_TESTDATA) + "/proxy/dns.py", zone.string(), log.string()};
+    return {"python3", std::string(SANDGATE_TESTDATA) + "/proxy/dns.py", zone.string(), log.string(), address,
+            std::to_string(fixed_port)};
   }
   void set(const std::string& json) {
     std::ofstream(zone.string() + ".tmp") << json;
@@ -138,11 +142,14 @@ class ProxyTest : public ::testing::Test {
     fs::rename(policy_.string() + ".tmp", policy_);
   }
 
-  // Starts the proxy; returns its port.
-  int start_proxy(std::vector<std::string> extra = {}, const std::string& listen = "127.0.0.1:0") {
-    std::vector<std::string> argv = {SANDGATE_BIN, "proxy", "--config", policy_.string(), "--listen", listen,
-                                     "--hosts-file", (dir_ / "hosts").string(), "--threads", "2",
-                                     "--log", log_path().string(), "--log-key", key_path().string()};
+  // Starts the proxy (after `prefix`, a command that runs it); returns its port.
+  int start_proxy(std::vector<std::string> extra = {}, const std::string& listen = "127.0.0.1:0",
+                  std::vector<std::string> prefix = {}) {
+    std::vector<std::string> argv = prefix;
+    const std::vector<std::string> own = {SANDGATE_BIN, "proxy", "--config", policy_.string(), "--listen", listen,
+                                          "--hosts-file", (dir_ / "hosts").string(), "--threads", "2",
+                                          "--log", log_path().string(), "--log-key", key_path().string()};
+    argv.insert(argv.end(), own.begin(), own.end());
     argv.insert(argv.end(), extra.begin(), extra.end());
     proxy_ = std::make_unique<Process>(argv);
     const std::string line = proxy_->read_line();

@@ -209,6 +209,36 @@ TEST_F(ProxyTest, AnAnswerMarkedTruncatedIsAskedAgainOverTcp) {
   EXPECT_EQ(dns.questions("large.dns.test", "A tcp"), 1u);
 }
 
+TEST_F(ProxyTest, ARewrittenResolvConfIsFollowed) {
+  // The proxy runs in a mount namespace of its own whose /etc/resolv.conf is
+  // a file of the test's, naming one of two DNS servers on loopback (a
+  // resolv.conf takes no port: both listen on 53). They answer the same
+  // name differently, with a TTL of 0, so every request asks.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: port 53 and a mount namespace";
+  DnsServer first(dir_ / "dns-first", "127.0.0.77", 53), second(dir_ / "dns-second", "127.0.0.78", 53);
+  ASSERT_EQ(first.port, 53);
+  ASSERT_EQ(second.port, 53);
+  first.set(R"({"moving.dns.test": {"A": [["127.0.0.1", 0]]}})");
+  second.set(R"({"moving.dns.test": {"A": [["127.0.0.2", 0]]}})");
+  const auto conf = dir_ / "resolv.conf";
+  std::ofstream(conf) << "nameserver 127.0.0.77\n";
+  write_policy(dns_policy);
+  const int port = start_proxy({"--threads", "1"}, "127.0.0.1:0",
+                               {"unshare", "-m", "sh", "-c", "mount --bind " + conf.string() +
+                                                                 " /etc/resolv.conf && exec \"$0\" \"$@\""});
+  ASSERT_GT(port, 0);
+  EXPECT_EQ(status_line(get_via(port, "moving.dns.test", o())), "HTTP/1.1 200 OK");
+  EXPECT_EQ(first.questions("moving.dns.test"), 1u);
+  // Rewritten in place (the bind mount keeps the inode), as a DHCP client
+  // would; the proxy looks at most every 2 s.
+  std::ofstream(conf, std::ios::trunc) << "nameserver 127.0.0.78 # moved\n";
+  std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+  const auto moved = get_via(port, "moving.dns.test", f());
+  EXPECT_EQ(status_line(moved), "HTTP/1.1 403 Forbidden") << moved;
+  EXPECT_EQ(second.questions("moving.dns.test"), 1u);
+  EXPECT_EQ(first.questions("moving.dns.test"), 1u);
+}
+
 TEST_F(ProxyTest, DnsFailuresMixedAnswersAndSilenceAreAnswered) {
   DnsServer dns(dir_ / "dns-failures");
   dns.set(R"({"mixed.dns.test": {"A": [["127.0.0.1", 60], ["127.0.0.2", 60]]},
