@@ -22,6 +22,7 @@
 #include <boost/asio/write.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <csignal>
 #include <cstring>
@@ -254,13 +255,22 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
       continue;
     }
     if (parsed->is_unix) {
-      // A stale socket from an earlier run is replaced; any other file is not.
+      // A stale socket from an earlier run is replaced; a live one (a proxy
+      // still running: connecting reaches it) and any other file are not.
+      const asio::local::stream_protocol::endpoint lep(parsed->path);
       struct stat st {};
       if (::lstat(parsed->path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) return "--listen " + text + ": the path exists and is not a socket";
+        const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        const int rc = probe < 0 ? -1 : ::connect(probe, static_cast<const sockaddr*>(lep.data()), static_cast<socklen_t>(lep.size()));
+        const int err = rc == 0 ? 0 : errno;
+        if (probe >= 0) ::close(probe);
+        if (err != ECONNREFUSED)
+          return "--listen " + text + ": " +
+                 (err == 0 || err == EAGAIN ? std::string("something already listens there (another sandgate proxy?)")
+                                            : "cannot tell whether the socket is in use: " + std::string(std::strerror(err)));
         ::unlink(parsed->path.c_str());
       }
-      const asio::local::stream_protocol::endpoint lep(parsed->path);
       const Protocol::endpoint ep(lep.data(), lep.size(), 0);
       auto a = std::make_unique<Acceptor>(impl->threads[0]->io);
       a->open(ep.protocol(), ec);

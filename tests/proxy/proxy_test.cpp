@@ -2,6 +2,9 @@
 // Python origin, real curl and urllib, raw sockets for hostile input. Every
 // test that sends something forbidden also checks that the forbidden origin
 // (on 127.0.0.2) never saw a connection.
+#include <sys/un.h>
+
+#include <cstring>
 #include <thread>
 
 #include "fixture.h"
@@ -1404,6 +1407,43 @@ TEST_F(ProxyTest, SigtermExitsCleanly) {
   start_proxy();
   proxy_->signal(SIGTERM);
   EXPECT_EQ(proxy_->wait_exit(std::chrono::seconds(5)), 0);
+}
+
+TEST_F(ProxyTest, AUnixListenerServesAndOnlyAStaleSocketIsReplaced) {
+  const auto path = dir_ / "proxy.sock";
+  fs::remove(path);
+  const std::vector<std::string> argv = {SANDGATE_BIN, "proxy", "--no-log", "--config", policy_.string(),
+                                         "--hosts-file", (dir_ / "hosts").string(), "--listen",
+                                         "unix:" + path.string()};
+  auto first = std::make_unique<Process>(argv);
+  ASSERT_NE(first->read_line().find("listening on unix:"), std::string::npos);
+  const auto get = [&] {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) != 0) {
+      ::close(fd);
+      return std::string();
+    }
+    const auto req = request("/small");
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    return read_until_close(fd);
+  };
+  EXPECT_EQ(status_line(get()), "HTTP/1.1 200 OK");
+  // A live socket is another proxy's: refused, not taken over.
+  auto r = shell("timeout 5 " + std::string(SANDGATE_BIN) + " proxy --no-log --config " + policy_.string() +
+                 " --listen unix:" + path.string());
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("something already listens there"), std::string::npos) << r.out;
+  EXPECT_EQ(status_line(get()), "HTTP/1.1 200 OK") << "the first proxy lost its socket";
+  // A proxy killed outright leaves its socket file: the next one replaces it.
+  first->signal(SIGKILL);
+  first->wait_exit(std::chrono::seconds(5));
+  ASSERT_TRUE(fs::exists(path));
+  Process second(argv);
+  EXPECT_NE(second.read_line().find("listening on unix:"), std::string::npos);
+  EXPECT_EQ(status_line(get()), "HTTP/1.1 200 OK");
 }
 
 TEST_F(ProxyTest, BadCommandLinesSayWhy) {
