@@ -33,11 +33,14 @@ const DnsCategory dns_category;
 
 boost::system::error_code dns_error(int status) { return {status, dns_category}; }
 
-policy::Address to_address(const sockaddr* sa) {
-  if (sa->sa_family == AF_INET)
-    return policy::Address::from_v4(ntohl(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr));
-  const auto* b = reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr.s6_addr;
-  return policy::Address::from_bytes(std::span<const std::uint8_t, 16>(b, 16));
+// An address as the C APIs hold it: 4 bytes (AF_INET) or 16, network order.
+policy::Address to_address(int family, const void* bytes) {
+  if (family == AF_INET) return policy::Address::from_v4(ntohl(static_cast<const in_addr*>(bytes)->s_addr));
+  return policy::Address::from_bytes(std::span<const std::uint8_t, 16>(static_cast<const std::uint8_t*>(bytes), 16));
+}
+
+void add_once(std::vector<policy::Address>& list, const policy::Address& a) {
+  if (std::find(list.begin(), list.end(), a) == list.end()) list.push_back(a);
 }
 
 // The answer's addresses, IPv4 first (each family in the order given), and
@@ -52,8 +55,10 @@ Parsed parse(const ares_addrinfo* r) {
   if (!r) return p;
   for (const auto* n = r->nodes; n; n = n->ai_next) {
     if (n->ai_family != AF_INET && n->ai_family != AF_INET6) continue;
-    const auto a = to_address(n->ai_addr);
-    if (std::find(p.addresses.begin(), p.addresses.end(), a) == p.addresses.end()) p.addresses.push_back(a);
+    const void* bytes = n->ai_family == AF_INET
+                            ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(n->ai_addr)->sin_addr)
+                            : &reinterpret_cast<const sockaddr_in6*>(n->ai_addr)->sin6_addr;
+    add_once(p.addresses, to_address(n->ai_family, bytes));
     p.ttl = std::min(p.ttl, n->ai_ttl);
   }
   for (const auto* c = r->cnames; c; c = c->next) p.ttl = std::min(p.ttl, c->ttl);
@@ -193,27 +198,25 @@ struct Dns::Impl {
   }
 
   void watch(const std::shared_ptr<Socket>& s) {
-    using asio::posix::descriptor_base;
-    if (s->want_read && !s->reading) {
-      s->reading = true;
-      s->descriptor.async_wait(descriptor_base::wait_read, [this, s](boost::system::error_code ec) {
-        s->reading = false;
-        if (s->closed || ec) return;
-        ares_process_fd(dns.get(), s->descriptor.native_handle(), ARES_SOCKET_BAD);
-        if (!s->closed) watch(s);
-        schedule();
-      });
-    }
-    if (s->want_write && !s->writing) {
-      s->writing = true;
-      s->descriptor.async_wait(descriptor_base::wait_write, [this, s](boost::system::error_code ec) {
-        s->writing = false;
-        if (s->closed || ec) return;
-        ares_process_fd(dns.get(), ARES_SOCKET_BAD, s->descriptor.native_handle());
-        if (!s->closed) watch(s);
-        schedule();
-      });
-    }
+    wait_for(s, asio::posix::descriptor_base::wait_read, s->want_read, s->reading);
+    wait_for(s, asio::posix::descriptor_base::wait_write, s->want_write, s->writing);
+  }
+
+  // One readiness wait, when c-ares wants it and none is pending; `waiting`
+  // is a flag of *s, which the handler keeps alive.
+  void wait_for(const std::shared_ptr<Socket>& s, asio::posix::descriptor_base::wait_type type, bool wanted,
+                bool& waiting) {
+    if (!wanted || waiting) return;
+    waiting = true;
+    s->descriptor.async_wait(type, [this, s, type, &waiting](boost::system::error_code ec) {
+      waiting = false;
+      if (s->closed || ec) return;
+      const auto fd = s->descriptor.native_handle();
+      const bool read = type == asio::posix::descriptor_base::wait_read;
+      ares_process_fd(dns.get(), read ? fd : ARES_SOCKET_BAD, read ? ARES_SOCKET_BAD : fd);
+      if (!s->closed) watch(s);
+      schedule();
+    });
   }
 
   // Wakes c-ares when its next timeout (a resend, a query given up) is due.
@@ -271,10 +274,7 @@ std::string Dns::Impl::open_channel(const std::string& servers) {
 
 Dns::Dns(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Dns::~Dns() {
-  // The channel first (its callbacks complete the waits), then the rest.
-  impl_->dns.reset();
-}
+Dns::~Dns() = default;  // Impl destroys its channel first (declared last)
 
 const std::vector<policy::Address>* Dns::cached(std::string_view name) {
   auto& cache = impl_->cache;
@@ -298,13 +298,7 @@ void Dns::start(const std::string& name, Wait& wait, std::vector<policy::Address
   for (const int family : {AF_INET, AF_INET6}) {
     hostent* h = nullptr;
     if (ares_gethostbyname_file(im.dns.get(), name.c_str(), family, &h) != ARES_SUCCESS || !h) continue;
-    for (char** a = h->h_addr_list; *a; ++a) {
-      const auto address = family == AF_INET
-                               ? policy::Address::from_v4(ntohl(reinterpret_cast<const in_addr*>(*a)->s_addr))
-                               : policy::Address::from_bytes(std::span<const std::uint8_t, 16>(
-                                     reinterpret_cast<const std::uint8_t*>(*a), 16));
-      if (std::find(listed.begin(), listed.end(), address) == listed.end()) listed.push_back(address);
-    }
+    for (char** a = h->h_addr_list; *a; ++a) add_once(listed, to_address(family, *a));
     ares_free_hostent(h);
   }
   if (!listed.empty()) {

@@ -222,6 +222,11 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     for (unsigned t = 0; t < n; ++t) impl->threads[t]->log = &impl->log->producer(t);
   }
   impl->acceptors.resize(n);
+  // A listener of another process is not shared (SO_REUSEPORT) or taken
+  // over (a unix socket): each connection would go to one of two policies.
+  const std::string in_use =
+      "something already listens there (another sandgate proxy? two would split the connections between their "
+      "policies)";
   for (std::size_t i = 0; i < config.listeners.size(); ++i) {
     const auto& text = config.listeners[i].address;
     auto parsed = parse_listen(text);
@@ -262,13 +267,14 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
       if (::lstat(parsed->path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) return "--listen " + text + ": the path exists and is not a socket";
         const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        const int rc = probe < 0 ? -1 : ::connect(probe, static_cast<const sockaddr*>(lep.data()), static_cast<socklen_t>(lep.size()));
+        const int rc = probe < 0 ? -1
+                                 : ::connect(probe, static_cast<const sockaddr*>(lep.data()),
+                                             static_cast<socklen_t>(lep.size()));
         const int err = rc == 0 ? 0 : errno;
         if (probe >= 0) ::close(probe);
+        if (err == 0 || err == EAGAIN) return "--listen " + text + ": " + in_use;
         if (err != ECONNREFUSED)
-          return "--listen " + text + ": " +
-                 (err == 0 || err == EAGAIN ? std::string("something already listens there (another sandgate proxy?)")
-                                            : "cannot tell whether the socket is in use: " + std::string(std::strerror(err)));
+          return "--listen " + text + ": cannot tell whether the socket is in use: " + std::strerror(err);
         ::unlink(parsed->path.c_str());
       }
       const Protocol::endpoint ep(lep.data(), lep.size(), 0);
@@ -292,9 +298,7 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
       probe.open(endpoint.protocol(), ec);
       if (!ec) probe.set_option(asio::socket_base::reuse_address(true), ec);  // past TIME_WAIT, not a listener
       if (!ec) probe.bind(endpoint, ec);
-      if (ec == asio::error::address_in_use)
-        return "--listen " + text + ": something already listens there (another sandgate proxy would share the "
-               "port, and each connection would go to one of the two, under its policy)";
+      if (ec == asio::error::address_in_use) return "--listen " + text + ": " + in_use;
       if (ec) return "--listen " + text + ": " + ec.message();
     }
     for (unsigned t = 0; t < n; ++t) {
