@@ -6,8 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include <boost/beast/http/buffer_body.hpp>
-#include <boost/beast/http/parser.hpp>
+#include "head_arena.h"
 
 namespace sandgate::proxy::detail {
 
@@ -15,8 +14,6 @@ namespace sandgate::proxy::detail {
 // other control byte, a bare CR or LF, obs-fold (a line that starts with a
 // space or tab). head runs up to and including the blank line.
 std::string_view check_raw_head(std::string_view head) noexcept;
-
-using RequestParser = boost::beast::http::request_parser<boost::beast::http::buffer_body>;
 
 // Checks the raw bytes, then parses the head into `parser` (which must be
 // fresh, its limits set) and refuses request smuggling and header bombs:

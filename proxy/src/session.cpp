@@ -48,7 +48,6 @@ constexpr http::field hop_by_hop[] = {http::field::connection,    http::field::k
                                       http::field::te,            http::field::trailer,
                                       http::field::upgrade};
 
-template <class Fields>
 void strip_hop_by_hop(Fields& f) {
   // Names listed in Connection are hop-by-hop too. Kept as views into the
   // Connection fields, which therefore go last; then one pass over the
@@ -82,7 +81,7 @@ bool malformed_body(const boost::system::error_code& ec) {
 // Connection field: Beast's keep_alive() reads only the first, so a "close"
 // in a second one would be missed.
 template <bool isRequest, class Body>
-bool keeps_alive(const http::message<isRequest, Body>& m) {
+bool keeps_alive(const http::message<isRequest, Body, Fields>& m) {
   bool close = false, keep_alive = false;
   for (auto [it, end] = m.equal_range(http::field::connection); it != end; ++it)
     for (auto option : http::token_list(it->value())) {
@@ -95,7 +94,7 @@ bool keeps_alive(const http::message<isRequest, Body>& m) {
 // Adds this hop to Via (RFC 9110 7.6.3), naming the version of the message
 // as received, after every Via field it came with, in order.
 template <bool isRequest, class Body>
-void add_via(http::message<isRequest, Body>& m) {
+void add_via(http::message<isRequest, Body, Fields>& m) {
   const std::string_view hop = m.version() == 10 ? "1.0 sandgate" : "1.1 sandgate";
   if (m.count(http::field::via) == 0) {
     m.set(http::field::via, hop);
@@ -392,7 +391,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     if (head_size == 0) co_return false;
     take_policy();
     const std::string_view head(static_cast<const char*>(buf.data().data()), head_size);
-    RequestParser parser;
+    // The request's fields and its answer's come from this arena.
+    const HeadArena heads;
+    const auto owned = make_parser<RequestParser>(heads.allocator());
+    auto& parser = *owned;
     parser.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
     parser.body_limit(boost::none);  // bodies stream through a fixed buffer
     // Until the head parses, the log names what the request line held.
@@ -672,7 +674,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // the 1 KiB Asio recycles (a larger one is a malloc and free per message).
   template <bool isRequest>
   asio::awaitable<boost::system::error_code> relay_body(Socket& in, beast::flat_buffer& inbuf,
-                                                        http::parser<isRequest, http::buffer_body>& p, Socket& out,
+                                                        HeadParser<isRequest>& p, Socket& out,
                                                         bool& complete, std::uint64_t& moved) {
     complete = false;
     moved = 0;
@@ -685,19 +687,19 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // copy of a few hundred bytes: it then leaves in one buffer rather than as
   // one per field, which Beast's serializer views walk several times a write.
   template <bool isRequest>
-  void serialize_head(const http::message<isRequest, http::buffer_body>& msg) {
+  void serialize_head(const http::message<isRequest, http::buffer_body, Fields>& msg) {
     head_.clear();
     const auto first_line = [&] {
       if constexpr (isRequest) return msg.method();
       else return msg.result_int();
     }();
-    const http::fields::writer w(msg.base(), msg.version(), first_line);
+    const Fields::writer w(msg.base(), msg.version(), first_line);
     head_.commit(asio::buffer_copy(head_.prepare(beast::buffer_bytes(w.get())), w.get()));
   }
 
   template <bool isRequest>
   asio::awaitable<boost::system::error_code> relay_sized_body(Socket& in, beast::flat_buffer& inbuf,
-                                                              http::parser<isRequest, http::buffer_body>& p,
+                                                              HeadParser<isRequest>& p,
                                                               Socket& out, bool& complete, std::uint64_t& moved) {
     const std::uint64_t length = p.is_done() ? 0 : *p.content_length();
     auto remaining = length;
@@ -745,9 +747,9 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
 
   template <bool isRequest>
   asio::awaitable<boost::system::error_code> relay_chunked_body(Socket& in, beast::flat_buffer& inbuf,
-                                                                http::parser<isRequest, http::buffer_body>& p,
+                                                                HeadParser<isRequest>& p,
                                                                 Socket& out, bool& complete, std::uint64_t& moved) {
-    http::serializer<isRequest, http::buffer_body> sr{p.get()};
+    http::serializer<isRequest, http::buffer_body, Fields> sr{p.get()};
     auto [hec, hn] = co_await http::async_write_header(out, sr, token);
     if (hec) co_return hec;
     if constexpr (isRequest) {
@@ -808,7 +810,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // chunk line is incomplete, even with body bytes in hand.)
   template <bool isRequest>
   boost::system::error_code take_ready(Socket& in, beast::flat_buffer& inbuf,
-                                       http::parser<isRequest, http::buffer_body>& p) {
+                                       HeadParser<isRequest>& p) {
     boost::system::error_code ec;
     p.eager(true);  // a put parses all it can, not one chunk piece
     while (!p.is_done() && p.get().body().size > 0) {
@@ -837,7 +839,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // acceptable, sets http_target_, requested_ (host:port as asked, for the
   // log) and host_ (the Host the origin gets), and rewrites the target to
   // origin form; else returns why, for a 400.
-  std::string take_http_target(http::request<http::buffer_body>& req) {
+  std::string take_http_target(http::request<http::buffer_body, Fields>& req) {
     auto url = boost::urls::parse_absolute_uri(req.target());
     if (req.target().starts_with("/") || req.target() == "*")
       return "a forward proxy needs an absolute-form target, as GET http://host/path";
@@ -865,10 +867,14 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
     // that names a host, the same host. One that names another destination
     // is a confused-deputy attempt.
     if (const auto host_field = req.find(http::field::host); host_field != req.end()) {
-      auto h = policy::parse_target(host_field->value(), 80);
-      if (!h || h->host != target->host || h->port != target->port)
-        return host_field->value().empty() ? "an empty Host header, though the target names a host"
-                                           : "the Host header names another host than the request target";
+      // (The same bytes as the target's authority, as most clients send,
+      // name the same host: no second parse.)
+      if (host_field->value() != requested_) {
+        auto h = policy::parse_target(host_field->value(), 80);
+        if (!h || h->host != target->host || h->port != target->port)
+          return host_field->value().empty() ? "an empty Host header, though the target names a host"
+                                             : "the Host header names another host than the request target";
+      }
     } else if (req.version() == 11) {
       return "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)";
     }
@@ -982,7 +988,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
           // or a 417 or any final answer instead of a 100) and stopped
           // reading: the client gets that answer, then the connection ends,
           // since what it may still send of the body has nowhere to go.
-          co_await relay_response({asked.head, asked.http11, false}, sent, false);
+          co_await relay_response({asked.head, asked.http11, false}, sent, false, req.get_allocator());
           co_await linger();
           co_return false;
         }
@@ -1002,7 +1008,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
           co_return false;
         }
       } else {
-        answered = co_await relay_response(asked, sent, may_resend);
+        answered = co_await relay_response(asked, sent, may_resend, req.get_allocator());
       }
       if (answered != Answered::again) co_return answered == Answered::keep;
       // The kept connection was closed under it: dial afresh. On failure the
@@ -1077,14 +1083,15 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
 
   enum class Answered : std::uint8_t { close, keep, again };
 
-  // Reads the origin's answer and relays it: keep when the client connection
-  // stays open, again when `may_resend` and the connection ended before any
-  // byte of an answer (the request is to be sent on a new one). `sent`: the
-  // request body's bytes, for the close record.
-  asio::awaitable<Answered> relay_response(Asked asked, std::uint64_t sent, bool may_resend) {
-    std::optional<http::response_parser<http::buffer_body>> rp;
+  // Reads the origin's answer head into rp, passing interim answers on to
+  // the client. Empty when rp holds a final answer's head; else how the
+  // exchange ended (the client has its answer, the close is logged).
+  // (A coroutine of its own: with relay_response's, one frame would be over
+  // the 1 KiB Asio recycles.)
+  asio::awaitable<std::optional<Answered>> read_final_head(ParserPtr<ResponseParser>& rp, Asked asked,
+                                                           std::uint64_t sent, bool may_resend, HeadAllocator heads) {
     for (;;) {
-      rp.emplace();
+      rp = make_parser<ResponseParser>(heads);
       rp->header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
       rp->body_limit(boost::none);
       if (asked.head) rp->skip(true);
@@ -1135,7 +1142,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
                                      "the origin switched protocols (101) though the proxy does not forward Upgrade"));
         co_return Answered::close;
       }
-      if (status >= 200) break;
+      if (status >= 200) co_return std::nullopt;
       // An interim answer (RFC 9110 15.2): forwarded, except to an HTTP/1.0
       // client, which cannot read one.
       if (asked.http11 && !co_await relay_interim(rp->get())) {
@@ -1143,6 +1150,15 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
         co_return Answered::close;
       }
     }
+  }
+
+  // Reads the origin's answer and relays it: keep when the client connection
+  // stays open, again when `may_resend` and the connection ended before any
+  // byte of an answer (the request is to be sent on a new one). `sent`: the
+  // request body's bytes, for the close record; `heads`: the request's arena.
+  asio::awaitable<Answered> relay_response(Asked asked, std::uint64_t sent, bool may_resend, HeadAllocator heads) {
+    ParserPtr<ResponseParser> rp;
+    if (const auto ended = co_await read_final_head(rp, asked, sent, may_resend, heads)) co_return *ended;
     auto& res = rp->get();
     const unsigned status = res.result_int();
     const bool bodiless = asked.head || status == 204 || status == 304;
@@ -1245,7 +1261,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
       }
       // An interim answer: on to the client (which is HTTP/1.1, since it
       // expects). A 100 means: send the body; any other (103) means wait on.
-      http::response_parser<http::buffer_body> interim;
+      // (Rare: its fields come from the heap.)
+      ResponseParser interim;
       interim.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
       auto [ec, n] = co_await http::async_read_header(upstream_, upbuf_, interim, token);
       if (ec || !co_await relay_interim(interim.get())) {
@@ -1263,7 +1280,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   }
 
   // Sends a 1xx answer's head on to the client.
-  asio::awaitable<bool> relay_interim(http::response<http::buffer_body>& res) {
+  asio::awaitable<bool> relay_interim(http::response<http::buffer_body, Fields>& res) {
     strip_hop_by_hop(res);
     add_via(res);
     res.version(11);

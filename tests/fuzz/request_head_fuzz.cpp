@@ -1,5 +1,7 @@
 // The proxy's request-head checks and Beast's parser on arbitrary bytes: no
-// crash, and an accepted head never carries two framings.
+// crash, and an accepted head never carries two framings. The fields come
+// from a HeadArena, as in the proxy (each run reuses the block the last one
+// gave back, poisoned in between under ASan).
 #include <boost/beast/http/field.hpp>
 
 #include <cstddef>
@@ -10,10 +12,13 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view head(reinterpret_cast<const char*>(data), size);
-  sandgate::proxy::detail::RequestParser parser;
+  using namespace sandgate::proxy::detail;
+  const HeadArena heads;
+  const auto owned = make_parser<RequestParser>(heads.allocator());
+  auto& parser = *owned;
   parser.header_limit(16 * 1024);
   parser.body_limit(boost::none);
-  if (sandgate::proxy::detail::parse_request_head(head, 100, parser).empty()) {
+  if (parse_request_head(head, 100, parser).empty()) {
     const auto& req = parser.get();
     const bool cl = req.find(boost::beast::http::field::content_length) != req.end();
     const bool te = req.find(boost::beast::http::field::transfer_encoding) != req.end();

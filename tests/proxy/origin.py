@@ -178,6 +178,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(30)
             self.close_connection = True
             return
+        if self.path.startswith("/manyfields/"):
+            # An answer head of N fields of 100 bytes each.
+            self.send_response(200)
+            for i in range(int(self.path[12:])):
+                self.send_header("X-Field-%d" % i, "%03d" % i + "v" * 97)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            return
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())
             return self.reply(200, text.encode())

@@ -4,6 +4,7 @@
 // (on 127.0.0.2) never saw a connection.
 #include <sys/un.h>
 
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -516,6 +517,31 @@ TEST_F(ProxyTest, KeepAliveServesPipelinedRequests) {
   std::size_t count = 0;
   for (auto at = r.find("HTTP/1.1 200"); at != std::string::npos; at = r.find("HTTP/1.1 200", at + 1)) ++count;
   EXPECT_EQ(count, 3u) << r;
+}
+
+TEST_F(ProxyTest, HeadsLargerThanTheirArenaBlockPassWholeAndInOrder) {
+  // A request head of 90 fields and an answer head of 90 fields, each about
+  // 9 KiB: more than the 4 KiB block a thread keeps per exchange, twice on
+  // one connection (the second exchange reuses the block the first gave back).
+  const int port = start_proxy();
+  const auto value = [](int i) { return std::string(90, static_cast<char>('a' + i % 26)); };
+  std::string fields;
+  for (int i = 0; i < 90; ++i) fields += "X-Asked-" + std::to_string(i) + ": " + value(i) + "\r\n";
+  const std::string both = request("/headers", fields) + request("/manyfields/90", "Connection: close\r\n");
+  const auto r = exchange("127.0.0.1", port, both, std::chrono::seconds(4));
+  ASSERT_EQ(status_line(r), "HTTP/1.1 200 OK") << r.substr(0, 300);
+  std::size_t at = 0;
+  for (int i = 0; i < 90; ++i) {
+    at = r.find("\nX-Asked-" + std::to_string(i) + ": " + value(i) + "\n", at);
+    ASSERT_NE(at, std::string::npos) << "request field " << i << " is missing or out of order";
+  }
+  for (int i = 0; i < 90; ++i) {
+    char number[8];
+    std::snprintf(number, sizeof number, "%03d", i);
+    at = r.find("\r\nX-Field-" + std::to_string(i) + ": " + number + std::string(97, 'v') + "\r\n", at);
+    ASSERT_NE(at, std::string::npos) << "answer field " << i << " is missing or out of order";
+  }
+  EXPECT_TRUE(r.ends_with("\r\n\r\nok")) << r.substr(r.size() - std::min<std::size_t>(r.size(), 200));
 }
 
 TEST_F(ProxyTest, CloseInAnyConnectionFieldEndsTheConnection) {
