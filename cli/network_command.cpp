@@ -111,8 +111,8 @@ void print_table(const std::vector<const netlog::Row*>& rows, const Options& o) 
   const std::vector<std::string> head = {"SANDBOX", "HOST", "RULE", "REASON", "LAST SEEN", "COUNT", "BYTES"};
   std::vector<std::vector<std::string>> cells;
   for (const auto* r : rows)
-    cells.push_back({r->sandbox.empty() ? "-" : r->sandbox, r->target, r->rule, r->reason, short_time(r->last_seen),
-                     std::to_string(r->count), human_bytes(r->bytes)});
+    cells.push_back({r->sandbox.empty() ? "-" : r->sandbox, r->target, r->rule.empty() ? "-" : r->rule, r->reason,
+                     short_time(r->last_seen), std::to_string(r->count), human_bytes(r->bytes)});
   std::vector<std::size_t> width(head.size());
   for (std::size_t c = 0; c < head.size(); ++c) {
     width[c] = o.quiet ? 0 : head[c].size();
@@ -135,7 +135,8 @@ boost::json::object row_json(const netlog::Row& r) {
   o["sandbox"] = r.sandbox;
   o["host"] = r.target;
   o["verdict"] = r.verdict;
-  o["rule"] = r.rule;
+  if (r.rule.empty()) o["rule"] = nullptr;
+  else o["rule"] = r.rule;
   if (!r.rule_where.empty()) o["rule_source"] = r.rule_where;
   o["reason"] = r.reason;
   o["phase"] = r.phase;

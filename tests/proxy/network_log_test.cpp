@@ -3,6 +3,7 @@
 #include <boost/json/parse.hpp>
 
 #include <set>
+#include <sstream>
 
 #include "fixture.h"
 
@@ -116,6 +117,15 @@ TEST_F(NetworkLogTest, EveryRequestHasADecisionAndEveryAllowedOneACloseRecord) {
   EXPECT_TRUE(evil > b && evil < a) << table.out;
   EXPECT_NE(table.out.find("blocked-by-denylist", b), std::string::npos) << table.out;
   EXPECT_GT(table.out.find("origin.test:" + o(), a), a) << table.out;
+  // The malformed request is listed with the blocked, under no rule: the
+  // policy's default did not refuse it.
+  const auto bad = table.out.find("bad-request");
+  ASSERT_TRUE(bad > b && bad < a) << table.out;
+  std::istringstream bad_row(table.out.substr(table.out.rfind('\n', bad) + 1));
+  std::string sandbox, host, rule, reason;
+  bad_row >> sandbox >> host >> rule >> reason;
+  EXPECT_EQ(rule, "-") << table.out;
+  EXPECT_EQ(reason, "bad-request") << table.out;
 
   const auto denied = cli("--verdict deny --json");
   auto v = json::parse(denied.out).as_object();

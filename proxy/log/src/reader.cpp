@@ -332,10 +332,13 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
     if (s.first_time.empty()) s.first_time = std::string(r->time);
     s.last_time.assign(r->time);
     const bool blocked = r->verdict != "allow";
+    // A refusal for another reason than policy (malformed, DNS, connect)
+    // names no rule: the rule that let the name through did not refuse it.
+    const bool error = r->verdict == "error";
     const std::string_view target = r->target.empty() ? r->requested : r->target;
     key.clear();
     key.append(blocked ? "b" : "a").append(r->sandbox).append("\x1f").append(target).append("\x1f");
-    key.append(r->rule_text).append("\x1f").append(r->reason).append("\x1f").append(r->verdict);
+    key.append(error ? "" : r->rule_text).append("\x1f").append(r->reason).append("\x1f").append(r->verdict);
     auto [it, inserted] = groups.try_emplace(key, s.rows.size());
     if (inserted) {
       Row row;
@@ -343,8 +346,8 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
       row.verdict = r->verdict;
       row.sandbox = r->sandbox;
       row.target = target;
-      row.rule = r->rule_text.empty() ? "<default policy>" : std::string(r->rule_text);
-      if (!r->rule_file.empty()) row.rule_where = std::string(r->rule_file) + ":" + std::to_string(r->rule_line);
+      if (!error) row.rule = r->rule_text.empty() ? "<default policy>" : std::string(r->rule_text);
+      if (!error && !r->rule_file.empty()) row.rule_where = std::string(r->rule_file) + ":" + std::to_string(r->rule_line);
       row.rule_action = r->rule_action;
       row.reason = r->reason;
       row.phase = r->phase;

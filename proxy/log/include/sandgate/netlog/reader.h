@@ -106,7 +106,7 @@ struct Row {
   std::string verdict;
   std::string sandbox;
   std::string target;  // host:port as normalized (the requested text when it did not parse)
-  std::string rule;    // rule text, or "<default policy>"
+  std::string rule;    // rule text, or "<default policy>"; empty for an error (no rule refused it)
   std::string rule_where;  // file:line
   std::string rule_action;
   std::string reason;
