@@ -42,9 +42,20 @@ trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; f
 
 # Logging on, as deployed (and as the peers log), into this run's folder.
 taskset -c 1 "$sg" proxy --config "$work/policy.yaml" --listen "127.0.0.1:$port" --threads 1 \
-  --log "$work/log/network.jsonl" --log-key "$work/keys/log.key" &
+  --log "$work/log/network.jsonl" --log-key "$work/keys/log.key" > "$work/proxy.out" &
 pid=$!
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+# Ready when it says it listens; a proxy that did not start (the port taken,
+# say) must not leave the run to whatever else answers on the port.
+for _ in $(seq 100); do
+  grep -q "listening on" "$work/proxy.out" 2>/dev/null && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+if ! grep -q "listening on" "$work/proxy.out" 2>/dev/null || ! kill -0 "$pid" 2>/dev/null; then
+  pid=""
+  echo "peers.sh: sandgate did not start (see above)" >&2
+  exit 1
+fi
 # Results never go into the harness folder (it may be shared and read-only).
 OUT_DIR=${OUT_DIR:-${TMPDIR:-/tmp}/peers-results} EXTRA_PROXY="127.0.0.1:$port" EXTRA_NAME=sandgate \
   EXTRA_PID=$pid "$peers/run.sh"
