@@ -24,6 +24,12 @@ std::string_view check_raw_head(std::string_view head) noexcept {
   return "";
 }
 
+bool bare_lf(std::string_view bytes, std::size_t from) noexcept {
+  for (auto i = bytes.find('\n', from); i != std::string_view::npos; i = bytes.find('\n', i + 1))
+    if (i == 0 || bytes[i - 1] != '\r') return true;
+  return false;
+}
+
 std::string parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser) {
   namespace http = boost::beast::http;
   if (auto why = check_raw_head(head); !why.empty()) return "malformed request: " + std::string(why);

@@ -15,6 +15,10 @@ namespace sandgate::proxy::detail {
 // space or tab). head runs up to and including the blank line.
 std::string_view check_raw_head(std::string_view head) noexcept;
 
+// Whether bytes[from..] hold an LF that no CR comes right before (a line
+// ended by a bare LF: in a head, or in a chunk's size line).
+bool bare_lf(std::string_view bytes, std::size_t from) noexcept;
+
 // Checks the raw bytes, then parses the head into `parser` (which must be
 // fresh, its limits set) and refuses request smuggling and header bombs:
 // several Content-Length fields, Content-Length with Transfer-Encoding, a
