@@ -7,8 +7,8 @@
 
 namespace sandgate::proxy::detail {
 
-// A small request and its answer take about 1.5 KiB of fields; curl's or
-// git's heads, with a few more fields, fit as well.
+// A GET from curl and nginx's answer take about 1.9 KiB here: 1.3 KiB of
+// fields and two parsers of 280 bytes. Heads with twice the fields still fit.
 struct HeadArena::Block {
   static constexpr std::size_t size = 4096;
   alignas(std::max_align_t) std::byte bytes[size];

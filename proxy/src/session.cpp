@@ -265,9 +265,10 @@ asio::awaitable<bool> Session::serve_one(beast::flat_buffer& buf) {
   if (head_size == 0) co_return false;
   take_policy();
   const std::string_view head(static_cast<const char*>(buf.data().data()), head_size);
-  // The request's fields and its answer's come from this arena.
-  const HeadArena heads;
-  const auto owned = make_parser<RequestParser>(heads.allocator());
+  // The request's fields and its answer's come from this arena; a CONNECT
+  // gives it back once its target is read, so that a tunnel holds no block.
+  std::optional<HeadArena> heads(std::in_place);
+  auto owned = make_parser<RequestParser>(heads->allocator());
   auto& parser = *owned;
   parser.header_limit(static_cast<std::uint32_t>(ctx_.limits.head_bytes));
   parser.body_limit(boost::none);  // bodies stream through a fixed buffer
@@ -287,7 +288,10 @@ asio::awaitable<bool> Session::serve_one(beast::flat_buffer& buf) {
   auto& req = parser.get();
   asked_head_ = req.method() == http::verb::head;
   if (req.method() == http::verb::connect) {
-    co_await serve_connect(req.target(), buf);
+    auto target = policy::parse_target(req.target(), std::nullopt);
+    owned.reset();
+    heads.reset();
+    co_await serve_connect(std::move(target), buf);
     co_return false;
   }
   co_return co_await serve_http(parser, buf);
@@ -463,8 +467,7 @@ asio::awaitable<bool> Session::dial(const std::vector<policy::Address>& addrs, s
   co_return false;
 }
 
-asio::awaitable<void> Session::serve_connect(std::string_view authority, beast::flat_buffer& buf) {
-  auto target = policy::parse_target(authority, std::nullopt);
+asio::awaitable<void> Session::serve_connect(ParsedTarget target, beast::flat_buffer& buf) {
   if (!target) {
     co_await bad_request("CONNECT needs host:port: " + std::string(policy::describe(target.error())));
     co_return;

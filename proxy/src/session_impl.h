@@ -154,7 +154,10 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // Tries each allowed address in turn until one connects.
   asio::awaitable<bool> dial(const std::vector<policy::Address>& addrs, std::uint16_t port);
 
-  asio::awaitable<void> serve_connect(std::string_view authority, beast::flat_buffer& buf);
+  // A CONNECT: its target as parsed (a parse error gets the 400), the
+  // decision, the dial, the 200, then the tunnel until either side ends it.
+  using ParsedTarget = boost::system::result<policy::Target, policy::TargetError>;
+  asio::awaitable<void> serve_connect(ParsedTarget target, beast::flat_buffer& buf);
 
   // Writes the (rewritten) header of p's message to `out`, then its body.
   // A Content-Length body is spliced socket to socket after the bytes already
