@@ -80,16 +80,21 @@ void fill(nl::Producer& p, const nl::Source* src, const std::shared_ptr<const sa
 // The I/O thread's cost of logging one decision, the writer draining meanwhile.
 void BM_EnqueueDecision(benchmark::State& state) {
   const auto dir = bench_dir();
-  auto w = *nl::Writer::open(bench_config(dir), 1);
+  // The proxy's ring (--log-queue's default), filled half way between
+  // drains: the slots a request fills are the ones the writer read last.
+  auto config = bench_config(dir);
+  config.queue_slots = nl::WriterConfig{}.queue_slots;
+  auto w = *nl::Writer::open(config, 1);
   const auto* src = w->add_source("agent1", "127.0.0.1:3128");
   const auto set = bench_policy();
   const auto target = *sandgate::policy::parse_target("api.example.com:443", std::nullopt);
   std::uint64_t i = 0;
   auto& p = w->producer(0);
+  const std::uint64_t batch = config.queue_slots / 2;
   for (auto _ : state) {
     fill(p, src, set, target, ++i);
     // Measure the hand-over only: let the writer catch up outside the timing.
-    if ((i & 4095) == 0) {
+    if (i % batch == 0) {
       state.PauseTiming();
       w->wake();  // rather than wait for its flush interval
       while (p.depth() > 0) std::this_thread::yield();
