@@ -59,8 +59,9 @@ Options:
   --resolve-timeout MS     DNS lookup (default 5000)
   --dns-cache MS           reuse a resolved answer at most this long, per thread
                            (default 5000; 0 = off): a DNS answer for its TTL
-                           when shorter, an /etc/hosts answer for all of it;
-                           cached addresses are still checked
+                           when shorter, an /etc/hosts answer and "no such
+                           name" for all of it; cached addresses are still
+                           checked
   --connect-timeout MS     per address dialed (default 10000)
   --idle-timeout MS        keep-alive and body idle (default 60000)
   --continue-timeout MS    an upload with Expect: 100-continue waits this long

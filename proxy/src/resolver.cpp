@@ -102,6 +102,7 @@ struct Dns::Impl {
   struct Entry {
     std::vector<policy::Address> addresses;
     Clock::time_point expires;
+    int status = ARES_SUCCESS;  // else DNS's word that the name has no address (no addresses)
   };
   std::unordered_map<std::string, Entry, NameHash, std::equal_to<>> cache;
   std::unordered_map<std::string, std::unique_ptr<Query>, NameHash, std::equal_to<>> pending;
@@ -147,11 +148,11 @@ struct Dns::Impl {
   }
 
   void remember(const std::string& name, const std::vector<policy::Address>& addresses,
-                std::chrono::milliseconds lifetime) {
+                std::chrono::milliseconds lifetime, int status = ARES_SUCCESS) {
     if (lifetime.count() <= 0) return;
     // Bounded: a full cache starts over rather than growing without limit.
     if (cache.size() >= 10'000) cache.clear();
-    cache.insert_or_assign(name, Entry{addresses, Clock::now() + lifetime});
+    cache.insert_or_assign(name, Entry{addresses, Clock::now() + lifetime, status});
   }
 
   // Every handler waiting here belongs to a session of this thread.
@@ -175,6 +176,11 @@ struct Dns::Impl {
     if (status == ARES_SUCCESS)
       im.remember(q->name, p.addresses,
                   std::min<std::chrono::milliseconds>(std::chrono::seconds(std::max(p.ttl, 0)), im.longest));
+    // A name that does not exist, or has no address, is DNS's answer too
+    // (RFC 2308): kept for --dns-cache, since c-ares does not report the
+    // SOA's lifetime. A failure to get an answer (SERVFAIL, a timeout) is not.
+    else if (status == ARES_ENOTFOUND || status == ARES_ENODATA)
+      im.remember(q->name, {}, im.longest, status);
     for (auto* w : q->waits) {
       if (status == ARES_SUCCESS) *w->out_ = p.addresses;
       im.complete(*w, status == ARES_EDESTRUCTION ? asio::error::operation_aborted : dns_error(status));
@@ -280,7 +286,8 @@ const std::vector<policy::Address>* Dns::cached(std::string_view name) {
   auto& cache = impl_->cache;
   const auto it = cache.find(name);
   if (it == cache.end()) return nullptr;
-  if (Clock::now() < it->second.expires) return &it->second.addresses;
+  if (Clock::now() < it->second.expires)
+    return it->second.status == ARES_SUCCESS ? &it->second.addresses : nullptr;  // (a negative one: start())
   cache.erase(it);
   return nullptr;
 }
@@ -305,6 +312,13 @@ void Dns::start(const std::string& name, Wait& wait, std::vector<policy::Address
     im.remember(name, listed, im.longest);
     out = std::move(listed);
     im.complete(wait, {});
+    return;
+  }
+  // DNS said lately that the name has no address: the same answer, not
+  // another question (an agent retrying a dead name costs one per lifetime).
+  if (auto it = im.cache.find(name);
+      it != im.cache.end() && it->second.status != ARES_SUCCESS && Clock::now() < it->second.expires) {
+    im.complete(wait, dns_error(it->second.status));
     return;
   }
   if (auto it = im.pending.find(name); it != im.pending.end()) {

@@ -37,7 +37,8 @@ class Dns {
   Dns(const Dns&) = delete;
   Dns& operator=(const Dns&) = delete;
 
-  // The cached answer for `name` while its lifetime lasts, or nullptr.
+  // The cached addresses of `name` while their lifetime lasts, or nullptr
+  // (also for a name cached as having none: async_lookup answers that).
   const std::vector<policy::Address>* cached(std::string_view name);
 
   struct Query;  // one name being asked, and who waits for it
@@ -56,7 +57,8 @@ class Dns {
     Query* query_ = nullptr;
   };
 
-  // Looks `name` up, /etc/hosts first, then DNS, and caches the answer.
+  // Looks `name` up, /etc/hosts first, then DNS, and caches the answer (a
+  // name DNS says has no address too, for the longest lifetime).
   // Completes on this thread with an error (category "dns": the message says
   // what failed) or success with the addresses in `out`: IPv4 first, then
   // IPv6, each in the order given. Lookups of one name at a time share one

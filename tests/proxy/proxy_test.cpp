@@ -186,6 +186,39 @@ TEST_F(ProxyTest, DnsAnswersAreReusedForTheirTtlAndNoLonger) {
   EXPECT_EQ(dns.questions("capped.dns.test"), 2u);
 }
 
+TEST_F(ProxyTest, ANameDnsSaysHasNoAddressIsNotAskedAgainWithinTheDnsCache) {
+  DnsServer dns(dir_ / "dns-negative");
+  // missing: NXDOMAIN; bare: the name exists without addresses (NODATA);
+  // broken: SERVFAIL, a failure to answer, which is asked again.
+  dns.set(R"({"bare.dns.test": {}, "broken.dns.test": {"servfail": true}})");
+  write_policy(dns_policy);
+  const int port = start_proxy({"--dns-server", dns.address(), "--dns-cache", "1500", "--threads", "1"});
+  const auto first = std::chrono::steady_clock::now();
+  for (const std::string name : {"missing.dns.test", "bare.dns.test"}) {
+    for (int round = 0; round < 2; ++round) {
+      const auto r = get_via(port, name, o());
+      EXPECT_EQ(status_line(r), "HTTP/1.1 502 Bad Gateway") << r;
+      EXPECT_NE(r.find("X-Proxy-Error: dns-failure"), std::string::npos) << r;
+    }
+    EXPECT_EQ(dns.questions(name), 1u) << name;
+  }
+  EXPECT_EQ(status_line(get_via(port, "broken.dns.test", o())), "HTTP/1.1 502 Bad Gateway");
+  const auto broken_once = dns.questions("broken.dns.test");
+  EXPECT_EQ(status_line(get_via(port, "broken.dns.test", o())), "HTTP/1.1 502 Bad Gateway");
+  EXPECT_GT(dns.questions("broken.dns.test"), broken_once) << "a SERVFAIL was kept";
+
+  // The name appears: within --dns-cache the proxy still says it does not
+  // exist; past it, it asks again and the new answer is served.
+  dns.set(R"({"missing.dns.test": {"A": [["127.0.0.1", 60]]}})");
+  if (std::chrono::steady_clock::now() - first < std::chrono::milliseconds(1300)) {
+    EXPECT_EQ(status_line(get_via(port, "missing.dns.test", o())), "HTTP/1.1 502 Bad Gateway");
+    EXPECT_EQ(dns.questions("missing.dns.test"), 1u);
+  }
+  std::this_thread::sleep_until(first + std::chrono::milliseconds(1700));
+  EXPECT_EQ(status_line(get_via(port, "missing.dns.test", o())), "HTTP/1.1 200 OK");
+  EXPECT_EQ(dns.questions("missing.dns.test"), 2u);
+}
+
 TEST_F(ProxyTest, RequestsForANameBeingLookedUpShareOneQuestion) {
   DnsServer dns(dir_ / "dns-shared");
   dns.set(R"({"slow.dns.test": {"A": [["127.0.0.1", 60]], "delay": 0.3}})");
