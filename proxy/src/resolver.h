@@ -57,8 +57,9 @@ class Dns {
     Query* query_ = nullptr;
   };
 
-  // Looks `name` up, /etc/hosts first, then DNS, and caches the answer (a
-  // name DNS says has no address too, for the longest lifetime).
+  // Looks `name` up: localhost and *.localhost are 127.0.0.1 and ::1 (RFC
+  // 6761), never asked; else /etc/hosts first, then DNS, and caches the
+  // answer (a name DNS says has no address too, for the longest lifetime).
   // Completes on this thread with an error (category "dns": the message says
   // what failed) or success with the addresses in `out`: IPv4 first, then
   // IPv6, each in the order given. Lookups of one name at a time share one

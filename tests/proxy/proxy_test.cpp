@@ -121,15 +121,26 @@ TEST_F(ProxyTest, CurlConnectTunnel) {
 }
 
 TEST_F(ProxyTest, EtcHostsAnswersANameTheHostsFileLacks) {
-  // "localhost" is not in the hosts file: /etc/hosts answers it (no DNS
-  // question), maybe with ::1 first, where nothing listens; the proxy tries
-  // the next checked address. The second request uses the cache.
-  write_policy("version: 1\nmode: deny\nallow_hosts:\n  - localhost:" + o() + "\n");
-  const int port = start_proxy();
+  // The proxy runs in a mount namespace of its own whose /etc/hosts is a
+  // file of the test's. The name is not in --hosts-file: /etc/hosts answers
+  // it (::1 listed first, where nothing listens: IPv4 is dialed first), and
+  // the DNS server, which knows it too, is never asked. The second request
+  // uses the cache.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: a mount namespace";
+  DnsServer dns(dir_ / "dns-etc-hosts");
+  dns.set(R"({"etc-hosts.test": {"A": [["127.0.0.2", 60]]}})");
+  const auto hosts = dir_ / "etc-hosts";
+  std::ofstream(hosts) << "::1 etc-hosts.test\n127.0.0.1 etc-hosts.test\n";
+  write_policy("version: 1\nmode: deny\nallow_hosts:\n  - etc-hosts.test:" + o() + "\n");
+  const int port = start_proxy({"--dns-server", dns.address()}, "127.0.0.1:0",
+                               {"unshare", "-m", "sh", "-c",
+                                "mount --bind " + hosts.string() + " /etc/hosts && exec \"$0\" \"$@\""});
+  ASSERT_GT(port, 0);
   for (int i = 0; i < 2; ++i) {
-    auto r = shell("curl -sS -x http://127.0.0.1:" + std::to_string(port) + " http://localhost:" + o() + "/small");
+    auto r = shell("curl -sS -x http://127.0.0.1:" + std::to_string(port) + " http://etc-hosts.test:" + o() + "/small");
     EXPECT_EQ(r.out, std::string(100, 'x')) << "request " << i;
   }
+  EXPECT_EQ(dns.questions("etc-hosts.test"), 0u);
 }
 
 // The policy for the DNS tests: names under dns.test, resolved by a DNS
@@ -217,6 +228,30 @@ TEST_F(ProxyTest, ANameDnsSaysHasNoAddressIsNotAskedAgainWithinTheDnsCache) {
   std::this_thread::sleep_until(first + std::chrono::milliseconds(1700));
   EXPECT_EQ(status_line(get_via(port, "missing.dns.test", o())), "HTTP/1.1 200 OK");
   EXPECT_EQ(dns.questions("missing.dns.test"), 2u);
+}
+
+TEST_F(ProxyTest, LocalhostNamesAreLoopbackAndNeverAskedOfDns) {
+  // The DNS server would send app.localhost elsewhere (RFC 6761 says: never
+  // ask). Allowed to loopback, the name reaches the origin on 127.0.0.1;
+  // under a policy that keeps loopback blocked, it gets the 403.
+  DnsServer dns(dir_ / "dns-localhost");
+  dns.set(R"({"app.localhost": {"A": [["127.0.0.2", 60]]}, "localhost": {"A": [["127.0.0.2", 60]]}})");
+  const std::string hosts = "version: 1\nmode: deny\nallow_hosts:\n  - localhost\n  - app.localhost\n  - \"**.b.localhost\"\n";
+  write_policy(hosts + "allow_cidrs:\n  - 127.0.0.1/32\n  - ::1/128\n");
+  const int port = start_proxy({"--dns-server", dns.address()});
+  for (const std::string name : {"app.localhost", "localhost", "a.b.localhost"}) {
+    const auto r = get_via(port, name, o());
+    EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << name << "\n" << r;
+    EXPECT_EQ(dns.questions(name), 0u) << name;
+  }
+  proxy_->signal(SIGTERM);
+  EXPECT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
+  write_policy(hosts);
+  const int strict = start_proxy({"--dns-server", dns.address()});
+  const auto r = get_via(strict, "app.localhost", f());
+  EXPECT_EQ(status_line(r), "HTTP/1.1 403 Forbidden") << r;
+  EXPECT_NE(r.find("127.0.0.1"), std::string::npos) << r;
+  EXPECT_EQ(dns.questions("app.localhost"), 0u);
 }
 
 TEST_F(ProxyTest, RequestsForANameBeingLookedUpShareOneQuestion) {
