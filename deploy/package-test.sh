@@ -66,7 +66,10 @@ exposure=$(systemd-analyze security --offline=true --no-pager "$unit" | sed -n '
 echo "exposure level: $exposure"
 awk -v e="$exposure" 'BEGIN { exit !(e != "" && e < 2.0) }' || fail "exposure $exposure is not under 2.0"
 
-# An origin on loopback for the proxied requests.
+# An origin on loopback for the proxied requests. (Its log is made first:
+# the background shell may not have opened it when the loop first reads it,
+# and a failed read would end this script under set -e.)
+: >"$work/origin.log"
 python3 -m http.server 0 --bind 127.0.0.1 --directory /usr/share/doc/sandgate >"$work/origin.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do
