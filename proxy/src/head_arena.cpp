@@ -7,49 +7,62 @@
 
 namespace sandgate::proxy::detail {
 
-// A GET from curl and nginx's answer take about 1.9 KiB here: 1.3 KiB of
-// fields and two parsers of 280 bytes. Heads with twice the fields still fit.
-struct HeadArena::Block {
-  static constexpr std::size_t size = 4096;
-  alignas(std::max_align_t) std::byte bytes[size];
-  std::pmr::monotonic_buffer_resource memory{bytes, size, std::pmr::new_delete_resource()};
-};
-
 namespace {
 
-// Blocks kept for this thread's next exchanges: one is in use per exchange
-// under way, and a burst's worth stays for the next burst.
+// Pages kept for this thread's next exchanges: a session reading a head or
+// an answer holds one or two, and a burst's worth stays for the next burst.
 constexpr std::size_t keep = 64;
 
-std::vector<std::unique_ptr<HeadArena::Block>>& spare_blocks() {
-  thread_local auto spare = [] {
-    std::vector<std::unique_ptr<HeadArena::Block>> v;
-    v.reserve(keep);  // so that giving a block back never allocates
-    return v;
-  }();
-  return spare;
+std::vector<void*>& spare_pages() {
+  thread_local struct Spares {
+    std::vector<void*> pages;
+    Spares() { pages.reserve(keep); }  // so that giving a page back never allocates
+    ~Spares() {
+      for (void* p : pages) ::operator delete(p);
+    }
+  } spares;
+  return spares.pages;
 }
 
 }  // namespace
 
-HeadArena::HeadArena() {
-  auto& spare = spare_blocks();
-  if (spare.empty()) {
-    block_ = new Block;
-  } else {
-    block_ = spare.back().release();
-    spare.pop_back();
-  }
-  ASAN_UNPOISON_MEMORY_REGION(block_->bytes, Block::size);
+void* take_page() {
+  auto& spare = spare_pages();
+  if (spare.empty()) return ::operator new(page_size);
+  void* p = spare.back();
+  spare.pop_back();
+  ASAN_UNPOISON_MEMORY_REGION(p, page_size);
+  return p;
 }
 
+void give_page(void* page) noexcept {
+  auto& spare = spare_pages();
+  if (spare.size() == keep) {
+    ::operator delete(page);
+    return;
+  }
+  // Under ASan, a read of a page after it was given back (a field after
+  // its exchange, say) is reported, as it would be had it come from the
+  // heap. (A no-op otherwise.)
+  ASAN_POISON_MEMORY_REGION(page, page_size);
+  spare.push_back(page);
+}
+
+// A GET from curl and nginx's answer take about 1.9 KiB here: 1.3 KiB of
+// fields and two parsers of 280 bytes. Heads with twice the fields still fit.
+struct HeadArena::Block {
+  static constexpr std::size_t size = (page_size - sizeof(std::pmr::monotonic_buffer_resource)) /
+                                      alignof(std::max_align_t) * alignof(std::max_align_t);
+  alignas(std::max_align_t) std::byte bytes[size];
+  std::pmr::monotonic_buffer_resource memory{bytes, size, std::pmr::new_delete_resource()};
+};
+static_assert(sizeof(HeadArena::Block) <= page_size);
+
+HeadArena::HeadArena() : block_(new (take_page()) Block) {}
+
 HeadArena::~HeadArena() {
-  block_->memory.release();
-  // Under ASan, a field read after its exchange ended is reported, as it
-  // would be had each field come from the heap. (A no-op otherwise.)
-  ASAN_POISON_MEMORY_REGION(block_->bytes, Block::size);
-  std::unique_ptr<Block> block(block_);
-  if (auto& spare = spare_blocks(); spare.size() < keep) spare.push_back(std::move(block));
+  block_->~Block();  // releases what the heads took from the heap
+  give_page(block_);
 }
 
 HeadAllocator HeadArena::allocator() const noexcept { return HeadAllocator(&block_->memory); }

@@ -143,7 +143,7 @@ std::string Session::take_http_target(http::request<http::buffer_body, Fields>& 
   return {};
 }
 
-asio::awaitable<bool> Session::serve_http(RequestParser& parser, beast::flat_buffer& buf) {
+asio::awaitable<bool> Session::serve_http(RequestParser& parser, ReadBuffer& buf) {
   auto& req = parser.get();
   if (auto why = take_http_target(req); !why.empty()) {
     co_await bad_request(why);
@@ -326,6 +326,9 @@ asio::awaitable<std::optional<Session::Answered>> Session::read_final_head(Parse
     stage_ = Stage::answer;
     timed_out_ = false;
     arm(ctx_.limits.idle_timeout);
+    // A page to read into: Beast would start an empty buffer at 512 bytes,
+    // and a small answer would take two reads.
+    upbuf_.reserve(page_size);
     auto [ec, n] = co_await http::async_read_header(upstream_, upbuf_, *rp, token);
     stage_ = Stage::relay;
     if (ec && timed_out_) {
@@ -444,9 +447,12 @@ asio::awaitable<Session::Answered> Session::relay_response(Asked asked, std::uin
     boost::system::error_code ignored;
     upstream_.close(ignored);
   }
-  // An idle keep-alive connection holds a few KiB, not a 16 KiB body's worth.
-  if (upbuf_.capacity() > 4096) upbuf_.shrink_to_fit();
-  if (head_.capacity() > 4096) head_.shrink_to_fit();
+  // The read buffer goes back to the thread: an idle keep-alive connection
+  // holds none. (A stream kept open has nothing in it, as checked above;
+  // what is left of a closed one is nobody's answer.)
+  upbuf_.clear();
+  upbuf_.shrink_to_fit();
+  if (head_.capacity() > 4096) head_.shrink_to_fit();  // a few KiB, not a large head's worth
   co_return keep ? Answered::keep : Answered::close;
 }
 
@@ -458,7 +464,7 @@ asio::awaitable<bool> Session::await_continue() {
     // Enough of the status line ("HTTP/1.1 100") to tell a 1xx from a final answer.
     constexpr std::size_t status_end = 12;
     while (upbuf_.size() < status_end) {
-      auto [ec, n] = co_await upstream_.async_read_some(upbuf_.prepare(4096), token);
+      auto [ec, n] = co_await upstream_.async_read_some(upbuf_.prepare(page_size), token);
       upbuf_.commit(n);
       if (ec && timed_out_ && upbuf_.size() == 0) {
         timed_out_ = false;
@@ -509,7 +515,7 @@ asio::awaitable<bool> Session::relay_interim(http::response<http::buffer_body, F
 }
 
 template <bool isRequest>
-asio::awaitable<boost::system::error_code> Session::relay_body(Socket& in, beast::flat_buffer& inbuf,
+asio::awaitable<boost::system::error_code> Session::relay_body(Socket& in, ReadBuffer& inbuf,
                                                                HeadParser<isRequest>& p, Socket& out, bool& complete,
                                                                std::uint64_t& moved) {
   complete = false;
@@ -531,7 +537,7 @@ void Session::serialize_head(const http::message<isRequest, http::buffer_body, F
 }
 
 template <bool isRequest>
-asio::awaitable<boost::system::error_code> Session::relay_sized_body(Socket& in, beast::flat_buffer& inbuf,
+asio::awaitable<boost::system::error_code> Session::relay_sized_body(Socket& in, ReadBuffer& inbuf,
                                                                      HeadParser<isRequest>& p, Socket& out,
                                                                      bool& complete, std::uint64_t& moved) {
   const std::uint64_t length = p.is_done() ? 0 : *p.content_length();
@@ -579,7 +585,7 @@ asio::awaitable<boost::system::error_code> Session::relay_sized_body(Socket& in,
 }
 
 template <bool isRequest>
-asio::awaitable<boost::system::error_code> Session::relay_chunked_body(Socket& in, beast::flat_buffer& inbuf,
+asio::awaitable<boost::system::error_code> Session::relay_chunked_body(Socket& in, ReadBuffer& inbuf,
                                                                        HeadParser<isRequest>& p, Socket& out,
                                                                        bool& complete, std::uint64_t& moved) {
   http::serializer<isRequest, http::buffer_body, Fields> sr{p.get()};
@@ -630,7 +636,7 @@ asio::awaitable<boost::system::error_code> Session::relay_chunked_body(Socket& i
 }
 
 template <bool isRequest>
-boost::system::error_code Session::take_ready(Socket& in, beast::flat_buffer& inbuf, HeadParser<isRequest>& p) {
+boost::system::error_code Session::take_ready(Socket& in, ReadBuffer& inbuf, HeadParser<isRequest>& p) {
   boost::system::error_code ec;
   p.eager(true);  // a put parses all it can, not one chunk piece
   while (!p.is_done() && p.get().body().size > 0) {

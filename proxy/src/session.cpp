@@ -99,7 +99,7 @@ asio::awaitable<void> Session::watchdog(std::shared_ptr<Session>) {
 
 asio::awaitable<void> Session::run(std::shared_ptr<Session>) {
   take_policy();
-  beast::flat_buffer buf(ctx_.limits.head_bytes);
+  ReadBuffer buf(ctx_.limits.head_bytes);
   while (co_await serve_one(buf)) {
   }
   finish();
@@ -257,7 +257,7 @@ asio::awaitable<void> Session::log_close(std::uint64_t up, std::uint64_t down, n
   ctx_.log->publish();
 }
 
-asio::awaitable<bool> Session::serve_one(beast::flat_buffer& buf) {
+asio::awaitable<bool> Session::serve_one(ReadBuffer& buf) {
   stage_ = Stage::head;
   asked_head_ = false;
   arm(ctx_.limits.head_timeout);
@@ -297,7 +297,7 @@ asio::awaitable<bool> Session::serve_one(beast::flat_buffer& buf) {
   co_return co_await serve_http(parser, buf);
 }
 
-asio::awaitable<std::size_t> Session::read_head(beast::flat_buffer& buf) {
+asio::awaitable<std::size_t> Session::read_head(ReadBuffer& buf) {
   std::size_t searched = 0;
   for (;;) {
     const std::string_view have(static_cast<const char*>(buf.data().data()), buf.size());
@@ -467,7 +467,7 @@ asio::awaitable<bool> Session::dial(const std::vector<policy::Address>& addrs, s
   co_return false;
 }
 
-asio::awaitable<void> Session::serve_connect(ParsedTarget target, beast::flat_buffer& buf) {
+asio::awaitable<void> Session::serve_connect(ParsedTarget target, ReadBuffer& buf) {
   if (!target) {
     co_await bad_request("CONNECT needs host:port: " + std::string(policy::describe(target.error())));
     co_return;

@@ -106,12 +106,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
                                   std::uint16_t http_status);
 
   // Reads and serves one request; false when the connection is done.
-  asio::awaitable<bool> serve_one(beast::flat_buffer& buf);
+  asio::awaitable<bool> serve_one(ReadBuffer& buf);
 
   // Reads until the blank line that ends a head (bytes after it stay in buf,
   // for a body or a pipelined request). Returns the head's size, or 0 when
   // the connection ends: EOF, reset, timeout, or a head over the limit (431).
-  asio::awaitable<std::size_t> read_head(beast::flat_buffer& buf);
+  asio::awaitable<std::size_t> read_head(ReadBuffer& buf);
 
   // Host phase, resolution, address phase. On success `allowed` holds the
   // addresses that passed, in order; otherwise the client has its answer.
@@ -157,7 +157,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // A CONNECT: its target as parsed (a parse error gets the 400), the
   // decision, the dial, the 200, then the tunnel until either side ends it.
   using ParsedTarget = boost::system::result<policy::Target, policy::TargetError>;
-  asio::awaitable<void> serve_connect(ParsedTarget target, beast::flat_buffer& buf);
+  asio::awaitable<void> serve_connect(ParsedTarget target, ReadBuffer& buf);
 
   // Writes the (rewritten) header of p's message to `out`, then its body.
   // A Content-Length body is spliced socket to socket after the bytes already
@@ -167,7 +167,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // Not a coroutine itself: each path is one, so that each frame stays under
   // the 1 KiB Asio recycles (a larger one is a malloc and free per message).
   template <bool isRequest>
-  asio::awaitable<boost::system::error_code> relay_body(Socket& in, beast::flat_buffer& inbuf,
+  asio::awaitable<boost::system::error_code> relay_body(Socket& in, ReadBuffer& inbuf,
                                                         HeadParser<isRequest>& p, Socket& out,
                                                         bool& complete, std::uint64_t& moved);
 
@@ -178,12 +178,12 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   void serialize_head(const http::message<isRequest, http::buffer_body, Fields>& msg);
 
   template <bool isRequest>
-  asio::awaitable<boost::system::error_code> relay_sized_body(Socket& in, beast::flat_buffer& inbuf,
+  asio::awaitable<boost::system::error_code> relay_sized_body(Socket& in, ReadBuffer& inbuf,
                                                               HeadParser<isRequest>& p,
                                                               Socket& out, bool& complete, std::uint64_t& moved);
 
   template <bool isRequest>
-  asio::awaitable<boost::system::error_code> relay_chunked_body(Socket& in, beast::flat_buffer& inbuf,
+  asio::awaitable<boost::system::error_code> relay_chunked_body(Socket& in, ReadBuffer& inbuf,
                                                                 HeadParser<isRequest>& p,
                                                                 Socket& out, bool& complete, std::uint64_t& moved);
 
@@ -193,7 +193,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // has come. (Beast's read_some would wait instead: it reads on while a
   // chunk line is incomplete, even with body bytes in hand.)
   template <bool isRequest>
-  boost::system::error_code take_ready(Socket& in, beast::flat_buffer& inbuf,
+  boost::system::error_code take_ready(Socket& in, ReadBuffer& inbuf,
                                        HeadParser<isRequest>& p);
 
   // Checks an absolute-form request's target and Host header. When they are
@@ -205,7 +205,7 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   // One absolute-form request; true when the client connection stays open.
   // (Its response is a coroutine of its own: one frame for both would be
   // over the 1 KiB Asio recycles.)
-  asio::awaitable<bool> serve_http(RequestParser& parser, beast::flat_buffer& buf);
+  asio::awaitable<bool> serve_http(RequestParser& parser, ReadBuffer& buf);
 
   // RFC 9110 7.6.2: OPTIONS and TRACE count their hops down in
   // Max-Forwards, which goes on one less. At 0 the proxy is the final
@@ -279,8 +279,8 @@ class Session : public std::enable_shared_from_this<Session>, public OpenConnect
   Socket upstream_;
   Dns::Wait dns_wait_;  // a lookup under way
   asio::steady_timer timer_;
-  beast::flat_buffer upbuf_;  // the origin's answer (plain HTTP); its capacity is reused
-  beast::flat_buffer head_;   // a head on its way out (serialize_head)
+  ReadBuffer upbuf_;         // the origin's answer (plain HTTP): a page during an exchange, none between
+  beast::flat_buffer head_;  // a head on its way out (serialize_head)
   // Absolute-form requests: kept between requests so their capacity is reused.
   std::string requested_, origin_form_, host_;
   policy::Target http_target_;
