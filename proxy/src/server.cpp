@@ -312,6 +312,13 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
       if (!ec) a->bind(ep, ec);
       if (!ec) a->listen(asio::socket_base::max_listen_connections, ec);
       if (ec) return "--listen " + text + ": " + ec.message();
+      // The client speaks first (a request head), so the kernel hands a
+      // connection over only once its first bytes are in: one wakeup per
+      // connection, not one for the handshake and one for the head. A
+      // client that stays silent is handed over after about a second, and
+      // its head timeout starts then. (Refused, it costs only that wakeup.)
+      constexpr int defer_accept_s = 1;
+      ::setsockopt(a->native_handle(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_accept_s, sizeof defer_accept_s);
       if (t == 0) {
         // Port 0: every thread binds the port the first one was given.
         const auto local = a->local_endpoint();
