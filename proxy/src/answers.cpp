@@ -1,22 +1,17 @@
 #include "answers.h"
 
+#include <boost/beast/http/status.hpp>
+
 #include <cstdio>
 #include <ctime>
 
 namespace sandgate::proxy::detail {
 namespace {
 
+// The standard reason phrase (RFC 9110 15), from Beast's table.
 std::string_view status_text(int status) {
-  switch (status) {
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-  }
-  return "Error";
+  const auto text = boost::beast::http::obsolete_reason(static_cast<boost::beast::http::status>(status));
+  return {text.data(), text.size()};
 }
 
 std::string respond(int status, std::string_view code, const std::string& body, int retry_after) {

@@ -3,7 +3,15 @@
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/core/string.hpp>
 
+#include <string>
+#include <utility>
+
 namespace sandgate::proxy::detail {
+namespace {
+
+bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+
+}  // namespace
 
 std::string_view check_raw_head(std::string_view head) noexcept {
   bool line_start = true;
@@ -30,12 +38,30 @@ bool bare_lf(std::string_view bytes, std::size_t from) noexcept {
   return false;
 }
 
-std::string parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser) {
+HeadRefusal parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser) {
+  const auto bad = [](std::string why) { return HeadRefusal{400, std::move(why)}; };
   namespace http = boost::beast::http;
-  if (auto why = check_raw_head(head); !why.empty()) return "malformed request: " + std::string(why);
+  if (auto why = check_raw_head(head); !why.empty()) return bad("malformed request: " + std::string(why));
+  // The request line ends in the version, "HTTP/" DIGIT "." DIGIT, and
+  // Beast reads 1.0 and 1.1 only. RFC 9110 2.5: a later minor version is
+  // served as the highest this proxy speaks, 1.1 (and goes on as 1.1);
+  // another major version is not HTTP/1 at all (RFC 9110 15.6.6).
+  const auto line_end = head.find("\r\n");
+  const auto version = line_end >= 8 ? head.substr(line_end - 8, 8) : std::string_view();
+  std::string as_11;  // a copy of the head, only for a later 1.x
+  if (version.starts_with("HTTP/") && is_digit(version[5]) && version[6] == '.' && is_digit(version[7]) &&
+      line_end > 8 && head[line_end - 9] == ' ') {
+    if (version[5] != '1')
+      return {505, std::string(version) + " is not served here: this proxy speaks HTTP/1.1 (for https://, send CONNECT)"};
+    if (version[7] > '1') {
+      as_11 = head;
+      as_11[line_end - 1] = '1';
+      head = as_11;
+    }
+  }
   boost::system::error_code ec;
   parser.put(boost::asio::buffer(head.data(), head.size()), ec);
-  if (ec || !parser.is_header_done()) return "malformed request: " + (ec ? ec.message() : "incomplete head");
+  if (ec || !parser.is_header_done()) return bad("malformed request: " + (ec ? ec.message() : "incomplete head"));
   const auto& req = parser.get();
   std::size_t fields = 0, lengths = 0, encodings = 0, hosts = 0;
   for (const auto& f : req) {
@@ -44,18 +70,17 @@ std::string parse_request_head(std::string_view head, std::size_t max_fields, Re
     encodings += f.name() == http::field::transfer_encoding;
     hosts += f.name() == http::field::host;
   }
-  if (fields > max_fields) return "too many header fields (limit " + std::to_string(max_fields) + ")";
+  if (fields > max_fields) return bad("too many header fields (limit " + std::to_string(max_fields) + ")");
   // RFC 9112 3.2: the proxy checks one Host, and an origin may read another.
-  if (hosts > 1) return "several Host fields";
-  if (lengths > 1) return "several Content-Length fields";
+  if (hosts > 1) return bad("several Host fields");
+  if (lengths > 1) return bad("several Content-Length fields");
   // Beast takes a list of one value repeated ("5, 5"), which RFC 9110 8.6
   // allows a recipient to reject: a hop behind may read it another way.
   if (lengths && req[http::field::content_length].find_first_not_of("0123456789") != std::string_view::npos)
-    return "a Content-Length that is not a single number";
-  if (lengths && encodings) return "both Content-Length and Transfer-Encoding";
+    return bad("a Content-Length that is not a single number");
+  if (lengths && encodings) return bad("both Content-Length and Transfer-Encoding");
   if (encodings > 1 || (encodings && !boost::beast::iequals(req[http::field::transfer_encoding], "chunked")))
-    return "a Transfer-Encoding other than a single final 'chunked'";
-  if (req.version() != 11 && req.version() != 10) return "only HTTP/1.0 and HTTP/1.1 are served";
+    return bad("a Transfer-Encoding other than a single final 'chunked'");
   // RFC 9110 7.6.1: Connection names fields meant for this hop alone, which
   // the proxy removes. Named there, a framing field or Host would reach the
   // origin removed: the body it announced read as the next request.
@@ -63,17 +88,17 @@ std::string parse_request_head(std::string_view head, std::size_t max_fields, Re
     for (const auto option : http::token_list(it->value()))
       for (const auto field : {http::field::content_length, http::field::transfer_encoding, http::field::host})
         if (boost::beast::iequals(option, http::to_string(field)))
-          return "the Connection header lists " + std::string(http::to_string(field)) +
-                 ", a field every hop must read (RFC 9110 7.6.1)";
+          return bad("the Connection header lists " + std::string(http::to_string(field)) +
+                     ", a field every hop must read (RFC 9110 7.6.1)");
   // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
   // framing; a 1.0 parser behind or before us would read its body as the next
   // request.
-  if (encodings && req.version() == 10) return "Transfer-Encoding in an HTTP/1.0 request";
+  if (encodings && req.version() == 10) return bad("Transfer-Encoding in an HTTP/1.0 request");
   // RFC 9110 9.3.6: CONNECT has no content. Bytes after its head are tunnel
   // data, which a hop that honoured the framing field would read as a body.
   if (req.method() == http::verb::connect && (encodings || (lengths && req[http::field::content_length] != "0")))
-    return "a CONNECT request with content (Content-Length or Transfer-Encoding)";
-  return "";
+    return bad("a CONNECT request with content (Content-Length or Transfer-Encoding)");
+  return {};
 }
 
 }  // namespace sandgate::proxy::detail

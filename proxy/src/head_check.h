@@ -19,13 +19,21 @@ std::string_view check_raw_head(std::string_view head) noexcept;
 // ended by a bare LF: in a head, or in a chunk's size line).
 bool bare_lf(std::string_view bytes, std::size_t from) noexcept;
 
+// Why a request head is refused: status 0 when it is acceptable, else 400
+// (malformed, ambiguous, a header bomb) or 505 (an HTTP major version other
+// than 1), and the reason, for the answer's body.
+struct HeadRefusal {
+  int status = 0;
+  std::string why;
+};
+
 // Checks the raw bytes, then parses the head into `parser` (which must be
 // fresh, its limits set) and refuses request smuggling and header bombs:
 // several Content-Length fields, Content-Length with Transfer-Encoding, a
 // Transfer-Encoding other than a single "chunked", several Host fields, more
-// than max_fields fields, an HTTP version other than 1.0 or 1.1, Transfer-Encoding
-// in an HTTP/1.0 request, a CONNECT with content. Returns "" when the head is
-// acceptable, else the reason for a 400.
-std::string parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser);
+// than max_fields fields, Transfer-Encoding in an HTTP/1.0 request, a CONNECT
+// with content. A later HTTP/1 minor version (1.2) is served as 1.1, as RFC
+// 9110 2.5 asks; another major version (2.0) gets 505.
+HeadRefusal parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser);
 
 }  // namespace sandgate::proxy::detail

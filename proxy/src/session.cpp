@@ -279,8 +279,11 @@ asio::awaitable<bool> Session::serve_one(ReadBuffer& buf) {
   const auto method = line.substr(0, std::min(sp1, line.size()));
   begin_audit(method == "CONNECT" ? netlog::ProxyType::connect : netlog::ProxyType::http, method,
               sp1 == std::string_view::npos ? std::string_view() : line.substr(sp1 + 1, sp2 - sp1 - 1));
-  if (auto why = parse_request_head(head, ctx_.limits.header_count, parser); !why.empty()) {
-    co_await bad_request(why);
+  if (auto refused = parse_request_head(head, ctx_.limits.header_count, parser); refused.status == 505) {
+    co_await fail(505, "http-version-not-supported", refused.why);
+    co_return false;
+  } else if (refused.status != 0) {
+    co_await bad_request(refused.why);
     co_return false;
   }
   buf.consume(head_size);

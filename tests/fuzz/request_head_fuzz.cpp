@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto& parser = *owned;
   parser.header_limit(16 * 1024);
   parser.body_limit(boost::none);
-  if (parse_request_head(head, 100, parser).empty()) {
+  if (parse_request_head(head, 100, parser).status == 0) {
     const auto& req = parser.get();
     const bool cl = req.find(boost::beast::http::field::content_length) != req.end();
     const bool te = req.find(boost::beast::http::field::transfer_encoding) != req.end();

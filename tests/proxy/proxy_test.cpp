@@ -55,6 +55,30 @@ TEST_F(ProxyTest, TheOriginGetsTheTargetInTheFormThePolicyChecked) {
   }
 }
 
+TEST_F(ProxyTest, ALaterHttp1MinorVersionIsServedAs11AndAnotherMajorVersionGets505) {
+  // RFC 9110 2.5: a recipient serves a later 1.x as the highest 1.x it
+  // speaks. It goes on as HTTP/1.1.
+  const int port = start_proxy();
+  const auto r = exchange("127.0.0.1", port, request("/headers", "Connection: close\r\n", "GET", "1.2"));
+  EXPECT_EQ(status_line(r), "HTTP/1.1 200 OK") << r;
+  EXPECT_NE(r.find("\r\n\r\nGET /headers HTTP/1.1\n"), std::string::npos) << r;
+  EXPECT_NE(r.find("\nVia: 1.1 sandgate\n"), std::string::npos) << r;
+  // Another major version is not HTTP/1 (RFC 9110 15.6.6): 505, and the
+  // origin sees nothing.
+  for (const std::string version : {"2.0", "3.0", "0.9"}) {
+    SCOPED_TRACE(version);
+    const auto seen = origin_->connections();
+    const auto refused = exchange("127.0.0.1", port, request("/small", "Connection: close\r\n", "GET", version));
+    EXPECT_EQ(status_line(refused), "HTTP/1.1 505 HTTP Version Not Supported") << refused;
+    EXPECT_NE(refused.find("X-Proxy-Error: http-version-not-supported\r\n"), std::string::npos) << refused;
+    EXPECT_NE(refused.find("HTTP/" + version + " is not served here"), std::string::npos) << refused;
+    EXPECT_EQ(origin_->connections(), seen) << "the origin saw a request the proxy refused";
+  }
+  // An HTTP/2 client that assumed the proxy speaks it (the connection preface).
+  const auto preface = exchange("127.0.0.1", port, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+  EXPECT_EQ(status_line(preface), "HTTP/1.1 505 HTTP Version Not Supported") << preface;
+}
+
 TEST_F(ProxyTest, HopByHopFieldsAndThoseConnectionNamesStopAtTheProxy) {
   const int port = start_proxy();
   std::string many = "Connection: close";
@@ -470,7 +494,6 @@ TEST_F(ProxyTest, MalformedAndSmugglingRequestsGet400AndClose) {
       {"bad chunk trailer, a bare LF",
        "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\n\r\n"},
       {"bad chunk end", "POST " + t + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"},
-      {"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"},
       {"TE in HTTP/1.0", "POST " + t + " HTTP/1.0\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
       {"CONNECT with a body", "CONNECT origin.test:" + o() + " HTTP/1.1\r\n" + h + "Content-Length: 5\r\n\r\nhello"},
       {"CONNECT chunked", "CONNECT origin.test:" + o() + " HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
