@@ -47,7 +47,8 @@ HeadRefusal parse_request_head(std::string_view head, std::size_t max_fields, Re
   // served as the highest this proxy speaks, 1.1 (and goes on as 1.1);
   // another major version is not HTTP/1 at all (RFC 9110 15.6.6).
   const auto line_end = head.find("\r\n");
-  const auto version = line_end >= 8 ? head.substr(line_end - 8, 8) : std::string_view();
+  const auto version =
+      line_end != std::string_view::npos && line_end >= 8 ? head.substr(line_end - 8, 8) : std::string_view();
   std::string as_11;  // a copy of the head, only for a later 1.x
   if (version.starts_with("HTTP/") && is_digit(version[5]) && version[6] == '.' && is_digit(version[7]) &&
       line_end > 8 && head[line_end - 9] == ' ') {
