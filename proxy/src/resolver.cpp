@@ -308,6 +308,15 @@ void Dns::start(const std::string& name, Wait& wait, std::vector<policy::Address
     im.complete(wait, {});
     return;
   }
+  // This thread's cache, whose addresses the caller took from cached():
+  // DNS said lately that the name has no address. The same answer, with no
+  // question and no read of /etc/hosts (an agent retrying a dead name costs
+  // one of each per lifetime).
+  if (auto it = im.cache.find(name);
+      it != im.cache.end() && it->second.status != ARES_SUCCESS && Clock::now() < it->second.expires) {
+    im.complete(wait, dns_error(it->second.status));
+    return;
+  }
   // /etc/hosts, read by c-ares (a few microseconds, on a cache miss only).
   std::vector<policy::Address> listed;
   for (const int family : {AF_INET, AF_INET6}) {
@@ -320,13 +329,6 @@ void Dns::start(const std::string& name, Wait& wait, std::vector<policy::Address
     im.remember(name, listed, im.longest);
     out = std::move(listed);
     im.complete(wait, {});
-    return;
-  }
-  // DNS said lately that the name has no address: the same answer, not
-  // another question (an agent retrying a dead name costs one per lifetime).
-  if (auto it = im.cache.find(name);
-      it != im.cache.end() && it->second.status != ARES_SUCCESS && Clock::now() < it->second.expires) {
-    im.complete(wait, dns_error(it->second.status));
     return;
   }
   if (auto it = im.pending.find(name); it != im.pending.end()) {
