@@ -48,11 +48,42 @@ SSL_CTX* hello_context() {
   return ctx;
 }
 
+// RFC 9110 5.6.2: the characters of a token, such as a method.
+bool is_tchar(char c) {
+  constexpr std::string_view others = "!#$%&'*+-.^_`|~";
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         others.find(c) != std::string_view::npos;
+}
+
+// Whether bytes start an HTTP/1 request line (RFC 9112 3): need_more while
+// they could still be one, http once one has ended, allow as soon as they
+// cannot be one (another protocol, or HTTP/2's preface, which is opaque).
+FirstFlight http_request_line(std::string_view bytes) {
+  constexpr std::size_t longest_method = 32;
+  std::size_t i = 0;
+  while (i < bytes.size() && i <= longest_method && is_tchar(bytes[i])) ++i;
+  if (i == bytes.size()) return i <= longest_method ? FirstFlight::need_more : FirstFlight::allow;
+  if (i == 0 || bytes[i] != ' ') return FirstFlight::allow;
+  const auto target = ++i;
+  // The target: visible ASCII. A control byte or a byte above 0x7e is not a
+  // request line (and a client that sent one would be refused anyway).
+  while (i < bytes.size() && bytes[i] > ' ' && bytes[i] < 0x7f) ++i;
+  if (i == bytes.size()) return bytes.size() >= max_first_flight ? FirstFlight::http : FirstFlight::need_more;
+  if (i == target || bytes[i] != ' ') return FirstFlight::allow;
+  constexpr std::string_view version = "HTTP/1.?\r\n";
+  for (std::size_t k = 0; k < version.size(); ++k) {
+    if (++i == bytes.size()) return FirstFlight::need_more;
+    const char want = version[k];
+    if (want == '?' ? !(bytes[i] >= '0' && bytes[i] <= '9') : bytes[i] != want) return FirstFlight::allow;
+  }
+  return FirstFlight::http;
+}
+
 }  // namespace
 
 FirstFlight check_first_flight(std::string_view bytes, std::string_view target_host) {
   if (bytes.empty()) return FirstFlight::need_more;
-  if (static_cast<unsigned char>(bytes[0]) != 0x16) return FirstFlight::allow;  // not a TLS handshake
+  if (static_cast<unsigned char>(bytes[0]) != 0x16) return http_request_line(bytes);  // not a TLS handshake
   if (bytes.size() < 5) return FirstFlight::need_more;
   const std::size_t record = (std::size_t{static_cast<unsigned char>(bytes[3])} << 8) |
                              static_cast<unsigned char>(bytes[4]);

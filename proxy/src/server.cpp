@@ -539,6 +539,11 @@ std::string Server::metrics_text() const {
   metric("sandgate_connections_open", "gauge", "Client connections open now.", open);
   metric("sandgate_connections_total", "counter", "Client connections accepted.", s.connections);
   metric("sandgate_requests_total", "counter", "Requests read (CONNECT and plain HTTP).", s.requests);
+  out += "# HELP sandgate_tunnels_total CONNECT tunnels ended, by how their bytes moved.\n"
+         "# TYPE sandgate_tunnels_total counter\n"
+         "sandgate_tunnels_total{path=\"splice\"} " + std::to_string(s.tunnels_spliced) + "\n"
+         "sandgate_tunnels_total{path=\"buffered\"} " + std::to_string(s.tunnels_buffered) + "\n"
+         "sandgate_tunnels_total{path=\"http\"} " + std::to_string(s.tunnels_http) + "\n";
   out += "# HELP sandgate_decisions_total Decisions by verdict and reason code.\n"
          "# TYPE sandgate_decisions_total counter\n";
   for (std::size_t v = 0; v < detail::verdicts.size(); ++v)
@@ -586,6 +591,7 @@ Stats Server::stats() const {
     s.denied += t->counters.denied.load(std::memory_order_relaxed);
     s.tunnels_spliced += t->counters.spliced.load(std::memory_order_relaxed);
     s.tunnels_buffered += t->counters.buffered.load(std::memory_order_relaxed);
+    s.tunnels_http += t->counters.http.load(std::memory_order_relaxed);
     s.log_waits += t->counters.log_waits.load(std::memory_order_relaxed);
   }
   if (impl_->log) s.log = impl_->log->stats();

@@ -509,16 +509,21 @@ asio::awaitable<void> Session::serve_connect(ParsedTarget target, ReadBuffer& bu
   std::string prefix(static_cast<const char*>(buf.data().data()), buf.size());
   buf.consume(buf.size());
   buf.shrink_to_fit();  // the head buffer is not needed again: the tunnel is the connection's last use
-  const auto result = co_await relay_tunnel(client_, upstream_, std::move(prefix), target->host,
+  const TunnelTarget to{target->host, target->port, ctx_.limits.head_bytes, ctx_.limits.header_count};
+  const auto result = co_await relay_tunnel(client_, upstream_, std::move(prefix), to,
                                             [this] { arm(ctx_.limits.tunnel_idle_timeout); });
-  (result.spliced ? ctx_.counters.spliced : ctx_.counters.buffered).fetch_add(1, std::memory_order_relaxed);
-  if (result.sni_refused) ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
+  (result.http      ? ctx_.counters.http
+   : result.spliced ? ctx_.counters.spliced
+                    : ctx_.counters.buffered)
+      .fetch_add(1, std::memory_order_relaxed);
+  if (result.sni_refused || result.request_refused) ctx_.counters.denied.fetch_add(1, std::memory_order_relaxed);
   auto end = end_;
   if (result.sni_refused) end = netlog::EndReason::sni_mismatch;
+  else if (result.request_refused) end = netlog::EndReason::request_refused;
   else if (end == netlog::EndReason::client_close && timed_out_) end = netlog::EndReason::idle_timeout;
   else if (end == netlog::EndReason::client_close && result.upstream_ended_first)
     end = netlog::EndReason::upstream_close;
-  co_await log_close(result.bytes_up, result.bytes_down, end, 0);
+  co_await log_close(result.bytes_up, result.bytes_down, end, result.refusal_status);
 }
 
 void start_session(Socket client, const asio::generic::stream_protocol::endpoint& peer, ThreadContext& ctx,

@@ -56,7 +56,7 @@ struct ThreadContext {
   std::unique_ptr<Dns> dns;                        // this thread's cache, /etc/hosts and DNS
   ClientCounts* clients = nullptr;                 // shared by all threads (atomics)
   struct Counters {
-    std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0};
+    std::atomic<std::uint64_t> connections{0}, requests{0}, denied{0}, spliced{0}, buffered{0}, http{0};
     std::atomic<std::uint64_t> log_waits{0};  // times a session waited for room in the log queue
   } counters;
   Metrics metrics;  // written by this thread, summed by /metrics

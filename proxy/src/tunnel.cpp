@@ -1,6 +1,7 @@
 #include "tunnel.h"
 
 #include "client_hello.h"
+#include "tunnel_http.h"
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 #include <array>
 #include <cerrno>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <boost/asio/as_tuple.hpp>
@@ -141,44 +143,124 @@ asio::awaitable<void> splice_one_way(Socket& from, Socket& to, Direction& d,
   to.shutdown(asio::socket_base::shutdown_send, ignored);
 }
 
-// The client's first flight goes through a buffer and the SNI check, then
-// the rest of the direction is spliced.
-asio::awaitable<void> check_then_splice(Socket& client, Socket& upstream, std::string buf, std::string_view host,
-                                        Direction& d, bool& refused, const std::function<void()>& on_activity) {
-  FirstFlight verdict = check_first_flight(buf, host);
+// What a tunnel turned out to carry: decided by the client's first flight,
+// or by the origin speaking first.
+enum class Mode : std::uint8_t { undecided, opaque, http };
+
+// What both directions of one tunnel share (one strand: no lock).
+struct Shared {
+  Mode mode = Mode::undecided;
+  std::optional<HttpTunnel> http;  // for Mode::http
+  bool sni_refused = false;
+  bool http_refused = false;  // HTTP/1 from a client after the origin spoke first
+};
+
+// Writes `bytes` (what was read before the splicing starts), then splices
+// the rest of the direction, or half-closes it when `eof` came already.
+asio::awaitable<void> send_then_splice(Socket& from, Socket& to, std::string bytes, bool eof, Direction& d,
+                                       const std::function<void()>& on_activity) {
+  if (!bytes.empty()) {
+    const auto ec = co_await send_all(to, asio::buffer(bytes));
+    if (ec) co_return abort_both(from, to);
+    d.bytes += bytes.size();
+    on_activity();
+    std::string().swap(bytes);  // a tunnel that goes quiet keeps no buffer
+  }
+  if (eof) {
+    boost::system::error_code ignored;
+    to.shutdown(asio::socket_base::shutdown_send, ignored);
+    co_return;
+  }
+  co_await splice_one_way(from, to, d, on_activity);
+}
+
+// After a direction followed as HTTP ended.
+asio::awaitable<void> after_http(HttpTunnel::End end, Socket& from, Socket& to, ReadBuffer& buf, Direction& d,
+                                 const std::function<void()>& on_activity) {
+  switch (end) {
+    case HttpTunnel::End::switched: {
+      // The rest of the buffer is the new protocol's first bytes.
+      std::string rest(static_cast<const char*>(buf.data().data()), buf.size());
+      buf.clear();
+      buf.shrink_to_fit();
+      co_return co_await send_then_splice(from, to, std::move(rest), false, d, on_activity);
+    }
+    case HttpTunnel::End::ended: {
+      boost::system::error_code ignored;
+      to.shutdown(asio::socket_base::shutdown_send, ignored);
+      co_return;
+    }
+    case HttpTunnel::End::refused:
+    case HttpTunnel::End::failed: co_return abort_both(from, to);
+  }
+}
+
+// The client's side. Its first flight goes through a buffer and the SNI
+// check; then the rest of the direction is spliced, or, for HTTP, followed
+// request by request.
+asio::awaitable<void> client_side(Socket& client, Socket& upstream, std::string first, const TunnelTarget& target,
+                                  Shared& shared, Direction& d, const std::function<void()>& on_activity) {
+  FirstFlight verdict = check_first_flight(first, target.host);
   bool eof = false;
   while (verdict == FirstFlight::need_more) {
+    // A tunnel whose client has not spoken yet holds no buffer.
+    if (first.empty()) {
+      auto [ec] = co_await client.async_wait(asio::socket_base::wait_read, token);
+      if (ec) co_return abort_both(client, upstream);
+    }
     // Grow as needed: most first flights (a ClientHello, a request line) fit in 2 KiB.
-    const std::size_t have = buf.size();
-    buf.resize(std::min(max_first_flight, std::max<std::size_t>(2048, have * 2)));
-    auto [ec, n] = co_await client.async_read_some(asio::buffer(buf.data() + have, buf.size() - have), token);
-    buf.resize(have + (ec ? 0 : n));
+    const std::size_t have = first.size();
+    first.resize(std::min(max_first_flight, std::max<std::size_t>(2048, have * 2)));
+    auto [ec, n] = co_await receive_some(client, asio::buffer(first.data() + have, first.size() - have));
+    first.resize(have + (ec ? 0 : n));
     if (ec == asio::error::eof) {
       eof = true;
-      verdict = buf.empty() ? FirstFlight::allow : check_first_flight(buf, host);
+      verdict = first.empty() ? FirstFlight::allow : check_first_flight(first, target.host);
       if (verdict == FirstFlight::need_more) verdict = FirstFlight::refuse;  // a cut-off hello
       break;
     }
     if (ec) co_return abort_both(client, upstream);
-    verdict = check_first_flight(buf, host);
+    verdict = check_first_flight(first, target.host);
   }
   if (verdict == FirstFlight::refuse) {
-    refused = true;
+    shared.sni_refused = true;
     co_return abort_both(client, upstream);
   }
-  if (!buf.empty()) {
-    auto [ec, n] = co_await asio::async_write(upstream, asio::buffer(buf), token);
-    if (ec) co_return abort_both(client, upstream);
-    d.bytes += n;
-    on_activity();
+  if (verdict == FirstFlight::http) {
+    // HTTP after the origin spoke first is not an exchange that can be
+    // followed from its start: deny on doubt.
+    if (shared.mode == Mode::opaque) {
+      shared.http_refused = true;
+      co_return abort_both(client, upstream);
+    }
+    shared.mode = Mode::http;
+    shared.http.emplace(client.get_executor(), target);
+    d.spliced = false;
+    ReadBuffer buf;
+    buf.commit(asio::buffer_copy(buf.prepare(first.size()), asio::buffer(first)));
+    std::string().swap(first);
+    const auto end = co_await shared.http->requests(client, upstream, buf, d.bytes, on_activity);
+    co_return co_await after_http(end, client, upstream, buf, d, on_activity);
   }
-  std::string().swap(buf);  // a tunnel that goes quiet keeps no buffer
-  if (eof) {
-    boost::system::error_code ignored;
-    upstream.shutdown(asio::socket_base::shutdown_send, ignored);
-    co_return;
+  shared.mode = Mode::opaque;
+  co_await send_then_splice(client, upstream, std::move(first), eof, d, on_activity);
+}
+
+// The origin's side: waits for its first bytes, by which time the client's
+// first flight has said whether this is HTTP (an origin that speaks first
+// makes the tunnel opaque).
+asio::awaitable<void> origin_side(Socket& upstream, Socket& client, Shared& shared, Direction& d,
+                                  const std::function<void()>& on_activity) {
+  auto [ec] = co_await upstream.async_wait(asio::socket_base::wait_read, token);
+  if (ec) co_return abort_both(upstream, client);
+  if (shared.mode == Mode::undecided) shared.mode = Mode::opaque;
+  if (shared.mode == Mode::http) {
+    d.spliced = false;
+    ReadBuffer buf;
+    const auto end = co_await shared.http->answers(upstream, client, buf, d.bytes, on_activity);
+    co_return co_await after_http(end, upstream, client, buf, d, on_activity);
   }
-  co_await splice_one_way(client, upstream, d, on_activity);
+  co_await splice_one_way(upstream, client, d, on_activity);
 }
 
 // While a body of known length comes fast, the reader is woken only when
@@ -213,6 +295,37 @@ void set_non_blocking(Socket& s) {
 }
 
 }  // namespace
+
+asio::awaitable<boost::system::error_code> send_all(Socket& out, asio::const_buffer bytes) {
+  const auto* data = static_cast<const char*>(bytes.data());
+  for (std::size_t done = 0; done < bytes.size();) {
+    const ssize_t m = ::send(out.native_handle(), data + done, bytes.size() - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (m > 0) {
+      done += static_cast<std::size_t>(m);
+      continue;
+    }
+    if (m < 0 && errno == EINTR) continue;
+    if (m < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+      co_return boost::system::error_code(errno, boost::system::system_category());
+    auto [ec] = co_await out.async_wait(asio::socket_base::wait_write, token);
+    if (ec) co_return ec;
+  }
+  co_return boost::system::error_code{};
+}
+
+asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> receive_some(Socket& in,
+                                                                                asio::mutable_buffer into) {
+  for (;;) {
+    const ssize_t n = ::recv(in.native_handle(), into.data(), into.size(), MSG_DONTWAIT);
+    if (n > 0) co_return std::tuple(boost::system::error_code{}, static_cast<std::size_t>(n));
+    if (n == 0) co_return std::tuple(boost::system::error_code(asio::error::eof), std::size_t{0});
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      co_return std::tuple(boost::system::error_code(errno, boost::system::system_category()), std::size_t{0});
+    auto [ec] = co_await in.async_wait(asio::socket_base::wait_read, token);
+    if (ec) co_return std::tuple(ec, std::size_t{0});
+  }
+}
 
 void wake_batched_reader(Socket& s) noexcept {
   // Lowering SO_RCVLOWAT signals a waiting reader when bytes are there. The
@@ -289,20 +402,29 @@ asio::awaitable<bool> splice_body(Socket& from, Socket& to, std::uint64_t& bytes
 }
 
 asio::awaitable<TunnelResult> relay_tunnel(Socket& client, Socket& upstream, std::string prefix,
-                                           std::string_view target_host,
+                                           const TunnelTarget& target,
                                            const std::function<void()>& on_activity) {
   // splice needs the fds in non-blocking mode; Asio waits for readiness.
   set_non_blocking(client);
   set_non_blocking(upstream);
   Direction up, down;
-  bool refused = false;
+  Shared shared;
   auto timed = [](asio::awaitable<void> a, Direction& d) -> asio::awaitable<void> {
     co_await std::move(a);
     d.ended = std::chrono::steady_clock::now();
   };
-  co_await (timed(check_then_splice(client, upstream, std::move(prefix), target_host, up, refused, on_activity), up) &&
-            timed(splice_one_way(upstream, client, down, on_activity), down));
-  co_return TunnelResult{up.bytes, down.bytes, up.spliced && down.spliced, refused, down.ended < up.ended};
+  co_await (timed(client_side(client, upstream, std::move(prefix), target, shared, up, on_activity), up) &&
+            timed(origin_side(upstream, client, shared, down, on_activity), down));
+  TunnelResult r;
+  r.bytes_up = up.bytes;
+  r.bytes_down = down.bytes;
+  r.spliced = up.spliced && down.spliced;
+  r.http = shared.mode == Mode::http;
+  r.sni_refused = shared.sni_refused;
+  r.request_refused = shared.http_refused || (shared.http && shared.http->refused());
+  r.refusal_status = shared.http ? shared.http->refusal_status() : 0;
+  r.upstream_ended_first = down.ended < up.ended;
+  co_return r;
 }
 
 }  // namespace sandgate::proxy::detail

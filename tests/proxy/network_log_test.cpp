@@ -192,6 +192,25 @@ TEST_F(NetworkLogTest, TunnelOpenAtShutdownGetsItsCloseRecord) {
   EXPECT_EQ(closes[0].at("end").as_string(), "shutdown");
 }
 
+TEST_F(NetworkLogTest, ARequestRefusedInsideATunnelEndsItsCloseRecord) {
+  const int port = start_proxy();
+  const auto proxy = "http://127.0.0.1:" + std::to_string(port);
+  EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' -p -x " + proxy + " -H 'Host: evil.test' http://origin.test:" +
+                  o() + "/small")
+                .out,
+            "403");
+  stop_proxy();
+  const auto closes = records(log_path(), "close");
+  ASSERT_EQ(closes.size(), 1u);
+  EXPECT_EQ(closes[0].at("end").as_string(), "request-refused");
+  EXPECT_EQ(closes[0].at("status").as_int64(), 403);
+  EXPECT_EQ(closes[0].at("bytes_up").as_int64(), 0) << "the refused request went on";
+  // The tunnel itself was allowed: its decision says so.
+  const auto decisions = records(log_path(), "decision");
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].at("verdict").as_string(), "allow");
+}
+
 TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   start_proxy({"--no-watch"});
   write_policy("version: 1\nmode: deny\nallow_hosts: [\"*.example.com\"]\n");
@@ -246,6 +265,23 @@ TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
   const auto garbage = exchange("127.0.0.1", admin_port, "hello\r\n\r\n");
   EXPECT_TRUE(garbage.starts_with("HTTP/1.1 400")) << garbage;
   EXPECT_NE(garbage.find("GET /metrics"), std::string::npos) << garbage;
+  // Tunnels count once they end, by how their bytes moved: HTTP from curl
+  // (each request checked), and bytes that are neither TLS nor HTTP (spliced).
+  EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' -p -x http://127.0.0.1:" + std::to_string(port) +
+                  " http://origin.test:" + o() + "/small")
+                .out,
+            "200");
+  EXPECT_TRUE(exchange("127.0.0.1", port, "CONNECT origin.test:" + o() + " HTTP/1.1\r\n\r\nhello\r\n\r\n")
+                  .starts_with("HTTP/1.1 200"));
+  std::string tunnels;
+  for (int i = 0; i < 200; ++i) {
+    tunnels = exchange("127.0.0.1", admin_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    if (tunnels.find("sandgate_tunnels_total{path=\"splice\"} 1") != std::string::npos) break;
+    ::usleep(10'000);
+  }
+  EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"splice\"} 1"), std::string::npos) << tunnels;
+  EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"http\"} 1"), std::string::npos) << tunnels;
+  EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"buffered\"} 0"), std::string::npos) << tunnels;
 }
 
 TEST_F(NetworkLogTest, FollowStreamsNewRecordsAcrossRotation) {

@@ -151,6 +151,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\nraw")
             self.close_connection = True
             return
+        if self.path == "/upgrade":
+            # Switches to an echo protocol when asked to (Upgrade), else a
+            # plain answer: what a WebSocket server does.
+            if not self.headers.get("Upgrade"):
+                return self.reply(200, b"no upgrade asked")
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n")
+            self.wfile.flush()
+            while True:
+                data = self.rfile.read1(65536)
+                if not data:
+                    break
+                self.wfile.write(data)
+                self.wfile.flush()
+            self.close_connection = True
+            return
         if self.path.startswith("/coded/"):
             # An answer with the given Transfer-Encoding: a chunked body of
             # "abc" when that ends in chunked, else "abc" ended by closing.

@@ -1168,6 +1168,97 @@ TEST_F(ProxyTest, TlsClientHelloNamingAnotherHostIsRefused) {
   EXPECT_EQ(hello("api.origin.test"), "refused\n");
 }
 
+TEST_F(ProxyTest, PlainHttpInATunnelHasEveryRequestsHostChecked) {
+  // A CONNECT to the allowed origin, then plain HTTP through the tunnel:
+  // each request must name the tunnel's target, as a ClientHello's SNI
+  // must. The origin answers /headers with the request it got, so an
+  // answer naming evil.test would be a request that got through.
+  const int port = start_proxy();
+  const auto p = std::to_string(port);
+  // curl's proxytunnel, with the Host it sends by default and with another.
+  auto r = shell("curl -sS -p -x http://127.0.0.1:" + p + " http://origin.test:" + o() + "/headers");
+  EXPECT_NE(r.out.find("GET /headers HTTP/1.1"), std::string::npos) << r.out;
+  r = shell("curl -sS -i -p -x http://127.0.0.1:" + p + " -H 'Host: evil.test:" + o() + "' http://origin.test:" +
+            o() + "/headers");
+  EXPECT_NE(r.out.find("HTTP/1.1 403 Forbidden"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("X-Proxy-Error: host-mismatch"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("names another host (Host: evil.test:" + o() + ")"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("GET /headers"), std::string::npos) << r.out;
+
+  // Python's http.client on one kept tunnel: a good request, then one per
+  // way of naming another host. Each bad one ends its tunnel.
+  const auto python = [&](const std::string& second) {
+    return shell("python3 -c \"import http.client\n"
+                 "c = http.client.HTTPConnection('127.0.0.1', " + p + ")\n"
+                 "c.set_tunnel('origin.test', " + o() + ")\n"
+                 "c.request('GET', '/headers'); r = c.getresponse()\n"
+                 "print(r.status, r.read().decode().splitlines()[0])\n" + second +
+                 "r = c.getresponse(); body = r.read().decode()\n"
+                 "print(r.status, r.getheader('X-Proxy-Error'), body.splitlines()[0] if r.status == 200 else '')\n\"")
+        .out;
+  };
+  const auto host = [](const std::string& target, const std::string& value) {
+    return "c.putrequest('GET', '" + target + "', skip_host=True); c.putheader('Host', '" + value +
+           "'); c.endheaders()\n";
+  };
+  struct Case {
+    const char* name;
+    std::string second;
+    std::string want;
+  };
+  const std::vector<Case> cases = {
+      {"the same host without its port", host("/headers", "origin.test"), "200 None GET /headers HTTP/1.1"},
+      {"the same host, upper case", host("/headers", "ORIGIN.test:" + o()), "200 None GET /headers HTTP/1.1"},
+      {"another host", host("/headers", "evil.test:" + o()), "403 host-mismatch "},
+      {"another port", host("/headers", "origin.test:1"), "403 host-mismatch "},
+      {"a subdomain", host("/headers", "api.origin.test:" + o()), "403 host-mismatch "},
+      {"no Host", "c.putrequest('GET', '/headers', skip_host=True); c.endheaders()\n", "403 host-mismatch "},
+      {"an absolute-form target naming another host", host("http://evil.test/headers", "origin.test:" + o()),
+       "403 host-mismatch "},
+      {"a CONNECT inside the tunnel", "c.putrequest('CONNECT', 'evil.test:443', skip_host=True); "
+                                      "c.putheader('Host', 'origin.test:" + o() + "'); c.endheaders()\n",
+       "403 host-mismatch "},
+      {"smuggling: two lengths",
+       "c.putrequest('POST', '/headers', skip_host=True); c.putheader('Host', 'origin.test'); "
+       "c.putheader('Content-Length', '1'); c.putheader('Content-Length', '2'); c.endheaders(b'ab')\n",
+       "400 bad-request "},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    EXPECT_EQ(python(c.second), "200 GET /headers HTTP/1.1\n" + c.want + "\n");
+  }
+}
+
+TEST_F(ProxyTest, AnUpgradeInATunnelGoesOpaqueOnlyWhenTheOriginSwitches) {
+  // WebSocket's shape, through a tunnel: after a 101 the bytes are the new
+  // protocol's (an echo here) and are not read as HTTP; an Upgrade the
+  // origin did not take leaves the tunnel HTTP, and checked.
+  const int port = start_proxy();
+  const auto run = [&](const std::string& path) {
+    return shell("python3 -c \"import socket\n"
+                 "s = socket.create_connection(('127.0.0.1', " + std::to_string(port) + "))\n"
+                 "s.sendall(b'CONNECT origin.test:" + o() + " HTTP/1.1\\r\\n\\r\\n')\n"
+                 "assert s.recv(4096).startswith(b'HTTP/1.1 200')\n"
+                 "s.sendall(b'GET " + path + " HTTP/1.1\\r\\nHost: origin.test:" + o() +
+                 "\\r\\nConnection: upgrade\\r\\nUpgrade: echo\\r\\n\\r\\n')\n"
+                 "f = s.makefile('rb')\n"
+                 "status = f.readline().decode().strip(); print(status)\n"
+                 "length = 0\n"
+                 "while True:\n"
+                 "    line = f.readline()\n"
+                 "    if line.lower().startswith(b'content-length:'): length = int(line.split(b':')[1])\n"
+                 "    if line == b'\\r\\n': break\n"
+                 "f.read(length)\n"
+                 "s.sendall(b'GET /headers HTTP/1.1\\r\\nHost: evil.test\\r\\n\\r\\n')\n"
+                 "print(f.readline().decode().strip())\n\"")
+        .out;
+  };
+  // Switched: the request naming evil.test is echo data, and comes back.
+  EXPECT_EQ(run("/upgrade"), "HTTP/1.1 101 Switching Protocols\nGET /headers HTTP/1.1\n");
+  // Not switched (/headers ignores Upgrade): the next request is checked.
+  EXPECT_EQ(run("/headers"), "HTTP/1.1 200 OK\nHTTP/1.1 403 Forbidden\n");
+}
+
 TEST_F(ProxyTest, GitCloneOverHttps) {
   const int port = start_proxy();
   const auto clone = dir_ / ("clone-" + std::to_string(port));

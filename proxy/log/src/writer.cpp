@@ -37,6 +37,7 @@ std::string_view to_string(EndReason r) noexcept {
     case EndReason::reload: return "reload";
     case EndReason::shutdown: return "shutdown";
     case EndReason::sni_mismatch: return "sni-mismatch";
+    case EndReason::request_refused: return "request-refused";
     case EndReason::error: return "error";
   }
   return "error";

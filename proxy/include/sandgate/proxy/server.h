@@ -72,6 +72,7 @@ struct Stats {
   std::uint64_t denied = 0;
   std::uint64_t tunnels_spliced = 0;
   std::uint64_t tunnels_buffered = 0;
+  std::uint64_t tunnels_http = 0;  // followed as HTTP, each request checked
   std::uint64_t log_waits = 0;  // times a connection waited for room in the log queue
   netlog::WriterStats log;
 };

@@ -47,6 +47,7 @@ enum class EndReason : std::uint8_t {
   reload,          // a policy reload denied the open tunnel
   shutdown,        // the proxy stopped while it was open
   sni_mismatch,    // the TLS ClientHello named another host
+  request_refused, // an HTTP request in the tunnel was refused (its Host named another host, say)
   error,           // a read or write failed
 };
 std::string_view to_string(EndReason r) noexcept;
