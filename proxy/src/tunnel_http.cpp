@@ -53,13 +53,6 @@ asio::awaitable<bool> send(Socket& out, ReadBuffer& buf, std::size_t n, std::uin
 
 // Reads what has come, up to `most` bytes, into buf. eof at the end.
 asio::awaitable<boost::system::error_code> read_more(Socket& in, ReadBuffer& buf, std::size_t most) {
-  if (buf.size() == 0) {
-    // Between messages, as a kept connection mostly is: no page is held
-    // while waiting for the next.
-    buf.shrink_to_fit();
-    auto [ec] = co_await in.async_wait(asio::socket_base::wait_read, token);
-    if (ec) co_return ec;
-  }
   const asio::mutable_buffer space = buf.prepare(most);
   const auto [ec, n] = co_await receive_some(in, space);
   buf.commit(n);
