@@ -209,6 +209,16 @@ TEST_F(NetworkLogTest, ARequestRefusedInsideATunnelEndsItsCloseRecord) {
   const auto decisions = records(log_path(), "decision");
   ASSERT_EQ(decisions.size(), 1u);
   EXPECT_EQ(decisions[0].at("verdict").as_string(), "allow");
+  // The reader lists the refusal with the blocked, by its reason.
+  const auto summary = json::parse(cli("--json").out).as_object();
+  const auto& blocked = summary.at("blocked").as_array();
+  ASSERT_EQ(blocked.size(), 1u) << summary;
+  EXPECT_EQ(blocked[0].at("host").as_string(), "origin.test:" + o());
+  EXPECT_EQ(blocked[0].at("reason").as_string(), "request-refused");
+  EXPECT_TRUE(blocked[0].at("rule").is_null());
+  EXPECT_EQ(summary.at("allowed").as_array().size(), 1u) << summary;
+  // suggest proposes no rule: none refused it, and allowing more would not help.
+  EXPECT_NE(cli("suggest").out.find("# nothing was blocked"), std::string::npos);
 }
 
 TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {

@@ -318,9 +318,35 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
     }
     if (r->type == "close") {
       if (auto it = open.find(id_hash(r->id)); it != open.end()) {
-        s.rows[it->second].bytes += r->bytes_up + r->bytes_down;
+        const auto tunnel = it->second;
         open.erase(it);
         if (raw) raw(line);
+        // A tunnel the policy allowed, then closed by the proxy's own check
+        // of what went through it (a ClientHello or an HTTP request naming
+        // another host): a refusal a reader must see among the blocked,
+        // by the check's name, not by a rule (none refused it).
+        if (r->end != "sni-mismatch" && r->end != "request-refused") {
+          s.rows[tunnel].bytes += r->bytes_up + r->bytes_down;
+          continue;
+        }
+        key.clear();
+        key.append("b").append(s.rows[tunnel].sandbox).append("\x1f").append(s.rows[tunnel].target);
+        key.append("\x1f\x1f").append(r->end).append("\x1f").append("error");
+        auto [refused, inserted] = groups.try_emplace(key, s.rows.size());
+        if (inserted) {
+          Row row;
+          row.blocked = true;
+          row.verdict = "error";
+          row.sandbox = s.rows[tunnel].sandbox;
+          row.target = s.rows[tunnel].target;
+          row.reason = r->end;
+          row.phase = "tunnel";
+          s.rows.push_back(std::move(row));
+        }
+        auto& row = s.rows[refused->second];
+        ++row.count;
+        row.last_seen.assign(r->time);
+        row.bytes += r->bytes_up + r->bytes_down;
       }
       continue;
     }

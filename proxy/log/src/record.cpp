@@ -47,6 +47,9 @@ const Record* RecordParser::parse(std::string_view line) {
       case 'd':
         if (k == "decided_address") r.decided_address = str(v);
         break;
+      case 'e':
+        if (k == "end") r.end = str(v);
+        break;
       case 'f':
         if (k == "file") r.file = str(v);
         else if (k == "final" && v.is_bool()) r.final = v.get_bool();

@@ -20,6 +20,7 @@ struct Record {
   std::int64_t rule_line = 0;
   // close
   std::uint64_t bytes_up = 0, bytes_down = 0;
+  std::string_view end;
   // policy
   std::string_view file, sha256;
   // checkpoint
