@@ -2,14 +2,23 @@
 
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/core/string.hpp>
+#include <boost/url/parse.hpp>
 
 #include <string>
 #include <utility>
+
+#include "sandgate/policy/target.h"
 
 namespace sandgate::proxy::detail {
 namespace {
 
 bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+
+// Whether `authority` ("host[:port]") names host:port; no port means `port`.
+bool names(std::string_view authority, std::string_view host, std::uint16_t port) {
+  const auto t = policy::parse_target(authority, port);
+  return t && t->host == host && t->port == port;
+}
 
 }  // namespace
 
@@ -99,6 +108,29 @@ HeadRefusal parse_request_head(std::string_view head, std::size_t max_fields, Re
   // data, which a hop that honoured the framing field would read as a body.
   if (req.method() == http::verb::connect && (encodings || (lengths && req[http::field::content_length] != "0")))
     return bad("a CONNECT request with content (Content-Length or Transfer-Encoding)");
+  return {};
+}
+
+std::string tunnel_request_refusal(const RequestParser::value_type& req, std::string_view host, std::uint16_t port) {
+  namespace http = boost::beast::http;
+  const auto tunnel = [&] {
+    return "a request in the tunnel to " + policy::authority(policy::Target{std::string(host), std::nullopt, port});
+  };
+  if (req.method() == http::verb::connect) return tunnel() + " is a CONNECT; send CONNECT to the proxy itself";
+  const auto field = req.find(http::field::host);
+  if (field == req.end()) return tunnel() + " has no Host header; it must name the tunnel's target";
+  if (!names(field->value(), host, port))
+    return tunnel() + " names another host (Host: " + std::string(field->value()) +
+           "); requests in a tunnel must name its target. Open a tunnel to that host, or send the request to "
+           "the proxy as GET http://HOST/PATH: the policy decides either";
+  // An absolute-form target names a host too, which an origin may prefer
+  // to Host (RFC 9112 3.2.2).
+  const auto t = req.target();
+  if (!t.starts_with("/") && t != "*") {
+    const auto url = boost::urls::parse_absolute_uri(t);
+    if (!url || !url->has_authority() || !names(url->encoded_host_and_port(), host, port))
+      return tunnel() + " has a target that names another host: " + std::string(t);
+  }
   return {};
 }
 

@@ -3,6 +3,7 @@
 // vector. Cost: one pass over the head bytes; no allocation.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -35,5 +36,12 @@ struct HeadRefusal {
 // with content. A later HTTP/1 minor version (1.2) is served as 1.1, as RFC
 // 9110 2.5 asks; another major version (2.0) gets 505.
 HeadRefusal parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser);
+
+// Why an HTTP request may not go through a CONNECT tunnel to host:port (host
+// normalized), or "" when it may: a CONNECT (a tunnel inside the tunnel), no
+// Host, or a Host or an absolute-form target that names another host or
+// port. A Host without a port names the tunnel's. No I/O; allocates only
+// for a refusal.
+std::string tunnel_request_refusal(const RequestParser::value_type& req, std::string_view host, std::uint16_t port);
 
 }  // namespace sandgate::proxy::detail

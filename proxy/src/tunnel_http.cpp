@@ -7,11 +7,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/url/parse.hpp>
 
 #include "answers.h"
 #include "head_check.h"
-#include "sandgate/policy/target.h"
 
 namespace sandgate::proxy::detail {
 namespace {
@@ -144,37 +142,7 @@ asio::awaitable<BodyEnd> forward_message(Socket& in, ReadBuffer& buf, std::size_
   }
 }
 
-// Whether `authority` ("host[:port]") names the target; no port means the
-// tunnel's.
-bool names_target(std::string_view authority, const TunnelTarget& target) {
-  const auto t = policy::parse_target(authority, target.port);
-  return t && t->host == target.host && t->port == target.port;
-}
-
 }  // namespace
-
-std::string tunnel_request_refusal(const http::request<http::buffer_body, Fields>& req, const TunnelTarget& target) {
-  const auto tunnel = [&] {
-    return "a request in the tunnel to " +
-           policy::authority(policy::Target{std::string(target.host), std::nullopt, target.port});
-  };
-  if (req.method() == http::verb::connect) return tunnel() + " is a CONNECT; send CONNECT to the proxy itself";
-  const auto host = req.find(http::field::host);
-  if (host == req.end()) return tunnel() + " has no Host header; it must name the tunnel's target";
-  if (!names_target(host->value(), target))
-    return tunnel() + " names another host (Host: " + std::string(host->value()) +
-           "); requests in a tunnel must name its target. Open a tunnel to that host, or send the request to "
-           "the proxy as GET http://HOST/PATH: the policy decides either";
-  // An absolute-form target names a host too, which an origin may prefer
-  // to Host (RFC 9112 3.2.2).
-  const auto t = req.target();
-  if (!t.starts_with("/") && t != "*") {
-    const auto url = boost::urls::parse_absolute_uri(t);
-    if (!url || !url->has_authority() || !names_target(url->encoded_host_and_port(), target))
-      return tunnel() + " has a target that names another host: " + std::string(t);
-  }
-  return {};
-}
 
 HttpTunnel::HttpTunnel(const Socket::executor_type& ex, const TunnelTarget& target)
     : target_(target), signal_(ex, std::chrono::steady_clock::time_point::max()) {}
@@ -233,7 +201,7 @@ asio::awaitable<HttpTunnel::End> HttpTunnel::requests(Socket& client, Socket& up
       co_return co_await refuse(client, refused.status,
                                 refused.status == 505 ? "http-version-not-supported" : "bad-request", refused.why);
     const auto& req = p->get();
-    if (auto why = tunnel_request_refusal(req, target_); !why.empty())
+    if (auto why = tunnel_request_refusal(req, target_.host, target_.port); !why.empty())
       co_return co_await refuse(client, 403, "host-mismatch", why);
     const bool upgrade = req.find(http::field::upgrade) != req.end();
     asked_[sent_ % max_outstanding] = Asked{req.method() == http::verb::head, upgrade};

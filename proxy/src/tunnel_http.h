@@ -30,13 +30,6 @@
 
 namespace sandgate::proxy::detail {
 
-// Why an HTTP request may not go through a tunnel to `target`, or "" when
-// it may: a CONNECT (a tunnel inside the tunnel), no Host, or a Host or an
-// absolute-form target that names another host or port. A Host without a
-// port names the tunnel's port. No I/O; allocates only for a refusal.
-std::string tunnel_request_refusal(const boost::beast::http::request<boost::beast::http::buffer_body, Fields>& req,
-                                   const TunnelTarget& target);
-
 // The two directions of one tunnel followed as HTTP. Both run on the
 // tunnel's strand and share this object; no lock. Memory: each direction's
 // buffer (a page, more only for a larger head) and, while a head is being

@@ -1,5 +1,7 @@
 // The proxy's request-head checks and Beast's parser on arbitrary bytes: no
-// crash, and an accepted head never carries two framings. The fields come
+// crash, and an accepted head never carries two framings. Then the check of
+// a request inside a tunnel: one it lets through names the tunnel's target
+// in its Host. The fields come
 // from a HeadArena, as in the proxy (each run reuses the block the last one
 // gave back, poisoned in between under ASan).
 #include <boost/beast/http/field.hpp>
@@ -9,6 +11,7 @@
 #include <string_view>
 
 #include "head_check.h"
+#include "sandgate/policy/target.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view head(reinterpret_cast<const char*>(data), size);
@@ -23,6 +26,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const bool cl = req.find(boost::beast::http::field::content_length) != req.end();
     const bool te = req.find(boost::beast::http::field::transfer_encoding) != req.end();
     if (cl && te) __builtin_trap();
+    if (tunnel_request_refusal(req, "origin.test", 80).empty()) {
+      const auto host = req.find(boost::beast::http::field::host);
+      if (host == req.end()) __builtin_trap();
+      const auto named = sandgate::policy::parse_target(host->value(), 80);
+      if (!named || named->host != "origin.test" || named->port != 80) __builtin_trap();
+    }
   }
   return 0;
 }
