@@ -4,6 +4,7 @@
 #include <boost/beast/core/string.hpp>
 #include <boost/url/parse.hpp>
 
+#include <charconv>
 #include <string>
 #include <utility>
 
@@ -16,6 +17,17 @@ bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
 
 // Whether `authority` ("host[:port]") names host:port; no port means `port`.
 bool names(std::string_view authority, std::string_view host, std::uint16_t port) {
+  // The spelling clients send, host or host:port as the tunnel has them,
+  // needs no parse.
+  if (authority.starts_with(host)) {
+    const auto rest = authority.substr(host.size());
+    if (rest.empty()) return true;
+    char digits[8];
+    const auto end = std::to_chars(digits, digits + sizeof digits, port).ptr;
+    if (rest.size() == static_cast<std::size_t>(end - digits) + 1 && rest[0] == ':' &&
+        rest.substr(1) == std::string_view(digits, end))
+      return true;
+  }
   const auto t = policy::parse_target(authority, port);
   return t && t->host == host && t->port == port;
 }

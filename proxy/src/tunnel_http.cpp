@@ -145,11 +145,12 @@ asio::awaitable<BodyEnd> forward_message(Socket& in, ReadBuffer& buf, std::size_
 }  // namespace
 
 HttpTunnel::HttpTunnel(const Socket::executor_type& ex, const TunnelTarget& target)
-    : target_(target), signal_(ex, std::chrono::steady_clock::time_point::max()) {}
+    : target_(target), executor_(ex) {}
 
 asio::awaitable<void> HttpTunnel::wait_for_answers() {
-  signal_.expires_at(std::chrono::steady_clock::time_point::max());
-  co_await signal_.async_wait(token);
+  if (!signal_) signal_.emplace(executor_);
+  signal_->expires_at(std::chrono::steady_clock::time_point::max());
+  co_await signal_->async_wait(token);
 }
 
 asio::awaitable<HttpTunnel::End> HttpTunnel::refuse(Socket& client, int status, std::string_view code,

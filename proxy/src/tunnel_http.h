@@ -18,6 +18,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -74,7 +75,9 @@ class HttpTunnel {
   // The other direction's progress: a wait on a timer that never expires,
   // which the other direction cancels. Callers re-check their condition.
   boost::asio::awaitable<void> wait_for_answers();
-  void wake() noexcept { signal_.cancel(); }
+  void wake() noexcept {
+    if (signal_) signal_->cancel();
+  }
 
   TunnelTarget target_;
   std::array<Asked, max_outstanding> asked_{};
@@ -84,7 +87,10 @@ class HttpTunnel {
   bool answers_over_ = false;  // the origin's side has ended
   bool refused_ = false;
   std::uint16_t refusal_status_ = 0;
-  boost::asio::steady_timer signal_;
+  // Made on the first wait: most tunnels never wait (a timer is a service
+  // lookup under a mutex to make).
+  Socket::executor_type executor_;
+  std::optional<boost::asio::steady_timer> signal_;
 };
 
 }  // namespace sandgate::proxy::detail
