@@ -148,8 +148,9 @@ void Session::finish() {
   ctx_.sessions.erase(this);
   stage_ = Stage::done;
   timer_.cancel();
+  // close(2) sends the FIN (or the reset, for bytes left unread); a
+  // shutdown(2) before it added only a system call.
   boost::system::error_code ignored;
-  client_.shutdown(asio::socket_base::shutdown_both, ignored);
   client_.close(ignored);
   upstream_.close(ignored);
   --ctx_.open_connections;
