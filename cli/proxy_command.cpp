@@ -20,11 +20,15 @@ constexpr std::string_view proxy_usage = R"(usage: sandgate proxy --config POLIC
 Runs the egress proxy: CONNECT tunnels and absolute-form HTTP/1.1 requests,
 each decided by POLICY (YAML, or Docker's proxy-config.json by its .json
 extension). Blocked requests get a 403 that names the rule and how to allow
-it; malformed ones a 400. SIGHUP reloads POLICY (a bad file keeps the last
-good policy), and so does any change to the file unless --no-watch; after
-a reload, open tunnels and plain-HTTP exchanges the new policy denies are
-closed unless --keep-denied-tunnels. SIGTERM stops accepting and lets open
-connections finish.
+it; malformed ones a 400. A tunnel carries only the host it was opened
+for: a TLS ClientHello whose SNI, or a plain HTTP request whose Host, names
+another host ends it (that request gets a 403, host-mismatch).
+
+SIGHUP reloads POLICY (a bad file keeps the last good policy), and so does
+any change to the file unless --no-watch; after a reload, open tunnels and
+plain-HTTP exchanges the new policy denies are closed unless
+--keep-denied-tunnels. SIGTERM stops accepting and lets open connections
+finish.
 
 Every decision and every connection's end is written to the network log
 (JSON Lines, hash-chained; read it with 'sandgate network log'). SIGUSR1
