@@ -24,6 +24,16 @@ std::string respond(int status, std::string_view code, const std::string& body, 
   return out + body;
 }
 
+// The "to allow:" line(s) for a denial of t.
+std::string how_to_allow(const policy::Decision& d, const policy::Target& t, std::string_view sandbox) {
+  const std::string name = sandbox.empty() ? "SANDBOX" : std::string(sandbox);
+  if (d.reason == policy::Reason::blocked_by_default_cidr || d.reason == policy::Reason::dns_mixed_answer)
+    return "to allow: only an exact host:port rule reaches this private or reserved address:\n"
+           "          sandgate network proxy " + name + " --allow-host " + policy::authority(t) + "\n";
+  if (d.reason == policy::Reason::blocked_by_cidr) return "to allow: remove the block_cidrs rule above, or narrow it\n";
+  return "to allow: sandgate network proxy " + name + " --allow-host " + policy::authority(t) + "\n";
+}
+
 }  // namespace
 
 std::string http_date() {
@@ -54,15 +64,36 @@ std::string blocked_answer(const policy::Policy& p, const policy::Decision& d, c
     body += "rule:     <default policy: mode " + std::string(policy::to_string(p.mode())) + ">\n";
   }
   body += "policy:   " + std::string(policy_file) + "\n";
-  const std::string name = sandbox.empty() ? "SANDBOX" : std::string(sandbox);
-  if (d.reason == policy::Reason::blocked_by_default_cidr || d.reason == policy::Reason::dns_mixed_answer)
-    body += "to allow: only an exact host:port rule reaches this private or reserved address:\n"
-            "          sandgate network proxy " + name + " --allow-host " + policy::authority(t) + "\n";
-  else if (d.reason == policy::Reason::blocked_by_cidr)
-    body += "to allow: remove the block_cidrs rule above, or narrow it\n";
-  else
-    body += "to allow: sandgate network proxy " + name + " --allow-host " + policy::authority(t) + "\n";
+  body += how_to_allow(d, t, sandbox);
   return respond(403, policy::to_string(d.reason), body, 0);
+}
+
+std::string tunnel_host_answer(const policy::Policy& p, const policy::Target& tunnel, const policy::Target& named,
+                               std::string_view why, std::string_view sandbox, std::string_view policy_file) {
+  const auto to = policy::authority(named);
+  std::string body = "sandgate refused a request inside a tunnel: it is policy, not a network failure.\n";
+  body += "tunnel:   " + policy::authority(tunnel) + " (allowed)\n";
+  body += "request:  names " + to + "\n";
+  body += "why:      " + std::string(why) + ", else a front end that routes by name would take it there\n";
+  // An address is decided whole; a name by its host phase only (its own
+  // request would resolve it and check every address too).
+  const policy::Address literal[] = {named.address.value_or(policy::Address{})};
+  const auto d = named.address ? p.check(named, literal) : p.check_host(named);
+  const auto* rule = p.rule(d.rule);
+  const std::string by = rule ? std::string(policy::to_string(rule->action)) + " " + rule->text + " (" +
+                                    rule->source.to_string() + ")"
+                              : "<default policy: mode " + std::string(policy::to_string(p.mode())) + ">";
+  if (d.verdict == policy::Verdict::deny) {
+    body += "policy:   " + to + " is blocked (" + std::string(policy::to_string(d.reason)) + ") by " + by + "\n";
+    body += how_to_allow(d, named, sandbox);
+  } else {
+    body += "policy:   " + to + (named.address ? " is allowed, by " + by + "\n"
+                                                   : " passes the host phase, by " + by +
+                                                         "; its addresses are checked when dialed\n");
+  }
+  body += "to reach: open a tunnel to it (CONNECT " + to + "), or send GET http://" + to + "/PATH to the proxy\n";
+  body += "policy file: " + std::string(policy_file) + "\n";
+  return respond(403, "host-mismatch", body, 0);
 }
 
 std::string error_answer(int status, std::string_view code, std::string_view message, int retry_after_seconds) {

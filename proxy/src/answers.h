@@ -16,6 +16,12 @@ namespace sandgate::proxy::detail {
 std::string blocked_answer(const policy::Policy& p, const policy::Decision& d, const policy::Target& t,
                            std::string_view sandbox, std::string_view policy_file);
 
+// 403 for a request inside a CONNECT tunnel that names another host than
+// the tunnel's (X-Proxy-Error: host-mismatch): why, what the policy's host
+// phase says of the host it names, and how to reach that host properly.
+std::string tunnel_host_answer(const policy::Policy& p, const policy::Target& tunnel, const policy::Target& named,
+                               std::string_view why, std::string_view sandbox, std::string_view policy_file);
+
 // The current time as an HTTP Date field value (IMF-fixdate, RFC 9110 5.6.7):
 // the proxy's own answers carry one (6.6.1).
 std::string http_date();

@@ -123,25 +123,29 @@ HeadRefusal parse_request_head(std::string_view head, std::size_t max_fields, Re
   return {};
 }
 
-std::string tunnel_request_refusal(const RequestParser::value_type& req, std::string_view host, std::uint16_t port) {
+TunnelRefusal tunnel_request_refusal(const RequestParser::value_type& req, std::string_view host, std::uint16_t port) {
   namespace http = boost::beast::http;
   const auto tunnel = [&] {
     return "a request in the tunnel to " + policy::authority(policy::Target{std::string(host), std::nullopt, port});
   };
-  if (req.method() == http::verb::connect) return tunnel() + " is a CONNECT; send CONNECT to the proxy itself";
+  if (req.method() == http::verb::connect)
+    return {tunnel() + " is a CONNECT; send CONNECT to the proxy itself", req.target()};
   const auto field = req.find(http::field::host);
-  if (field == req.end()) return tunnel() + " has no Host header; it must name the tunnel's target";
+  if (field == req.end()) return {tunnel() + " has no Host header; it must name the tunnel's target", {}};
   if (!names(field->value(), host, port))
-    return tunnel() + " names another host (Host: " + std::string(field->value()) +
-           "); requests in a tunnel must name its target. Open a tunnel to that host, or send the request to "
-           "the proxy as GET http://HOST/PATH: the policy decides either";
+    return {tunnel() + " names another host (Host: " + std::string(field->value()) +
+                "); requests in a tunnel must name its target",
+            field->value()};
   // An absolute-form target names a host too, which an origin may prefer
   // to Host (RFC 9112 3.2.2).
   const auto t = req.target();
   if (!t.starts_with("/") && t != "*") {
     const auto url = boost::urls::parse_absolute_uri(t);
-    if (!url || !url->has_authority() || !names(url->encoded_host_and_port(), host, port))
-      return tunnel() + " has a target that names another host: " + std::string(t);
+    if (!url || !url->has_authority())
+      return {tunnel() + " has a target that is neither a path nor a URL naming the tunnel's host: " + std::string(t),
+              {}};
+    if (!names(url->encoded_host_and_port(), host, port))
+      return {tunnel() + " has a target that names another host: " + std::string(t), url->encoded_host_and_port()};
   }
   return {};
 }

@@ -38,10 +38,15 @@ struct HeadRefusal {
 HeadRefusal parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser);
 
 // Why an HTTP request may not go through a CONNECT tunnel to host:port (host
-// normalized), or "" when it may: a CONNECT (a tunnel inside the tunnel), no
-// Host, or a Host or an absolute-form target that names another host or
-// port. A Host without a port names the tunnel's. No I/O; allocates only
-// for a refusal.
-std::string tunnel_request_refusal(const RequestParser::value_type& req, std::string_view host, std::uint16_t port);
+// normalized): a CONNECT (a tunnel inside the tunnel), no Host, or a Host or
+// an absolute-form target that names another host or port. A Host without a
+// port names the tunnel's. `why` is empty when the request may go; `named`
+// views the authority in the request that names another host (empty when
+// none does). No I/O; allocates only for a refusal.
+struct TunnelRefusal {
+  std::string why;
+  std::string_view named;
+};
+TunnelRefusal tunnel_request_refusal(const RequestParser::value_type& req, std::string_view host, std::uint16_t port);
 
 }  // namespace sandgate::proxy::detail

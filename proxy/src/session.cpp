@@ -510,7 +510,13 @@ asio::awaitable<void> Session::serve_connect(ParsedTarget target, ReadBuffer& bu
   std::string prefix(static_cast<const char*>(buf.data().data()), buf.size());
   buf.consume(buf.size());
   buf.shrink_to_fit();  // the head buffer is not needed again: the tunnel is the connection's last use
-  const TunnelTarget to{target->host, target->port, ctx_.limits.head_bytes, ctx_.limits.header_count};
+  // (Captures only `this`: no allocation. The session outlives its tunnel,
+  // and policy_ is the one in force when the request comes.)
+  const TunnelTarget to{target->host, target->port, ctx_.limits.head_bytes, ctx_.limits.header_count,
+                        [this](const policy::Target& named, std::string_view why) {
+                          return tunnel_host_answer(*policy_, tunnel_target_, named, why, listener_.sandbox,
+                                                    set_->file);
+                        }};
   const auto result = co_await relay_tunnel(client_, upstream_, std::move(prefix), to,
                                             [this] { arm(ctx_.limits.tunnel_idle_timeout); });
   (result.http      ? ctx_.counters.http

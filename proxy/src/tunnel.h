@@ -11,6 +11,8 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 
+#include "sandgate/policy/target.h"
+
 namespace sandgate::proxy::detail {
 
 using Socket = boost::asio::generic::stream_protocol::socket;
@@ -21,6 +23,10 @@ struct TunnelTarget {
   std::uint16_t port = 0;
   std::size_t head_bytes = 16 * 1024;  // a request head, request line included
   std::size_t header_count = 100;
+  // The 403 for an HTTP request in the tunnel that names another host
+  // (`named`), by the policy in force when it comes; `why` says how it
+  // named it. Unset: a plain refusal.
+  std::function<std::string(const policy::Target& named, std::string_view why)> host_mismatch_answer;
 };
 
 struct TunnelResult {

@@ -10,6 +10,7 @@
 
 #include "answers.h"
 #include "head_check.h"
+#include "sandgate/policy/target.h"
 
 namespace sandgate::proxy::detail {
 namespace {
@@ -154,13 +155,13 @@ asio::awaitable<void> HttpTunnel::wait_for_answers() {
 }
 
 asio::awaitable<HttpTunnel::End> HttpTunnel::refuse(Socket& client, int status, std::string_view code,
-                                                    std::string_view why) {
+                                                    std::string_view why, std::string answer) {
   refused_ = true;
   // The answer goes only where the client reads it as the next one: when
   // every earlier request has had its answer whole. Else the tunnel just
   // closes, as for a refused ClientHello.
   if (answered_ != sent_) co_return End::refused;
-  const auto answer = error_answer(status, code, why);
+  if (answer.empty()) answer = error_answer(status, code, why);
   auto [ec, n] = co_await asio::async_write(client, asio::buffer(answer), token);
   if (ec) co_return End::refused;
   refusal_status_ = static_cast<std::uint16_t>(status);
@@ -202,8 +203,12 @@ asio::awaitable<HttpTunnel::End> HttpTunnel::requests(Socket& client, Socket& up
       co_return co_await refuse(client, refused.status,
                                 refused.status == 505 ? "http-version-not-supported" : "bad-request", refused.why);
     const auto& req = p->get();
-    if (auto why = tunnel_request_refusal(req, target_.host, target_.port); !why.empty())
-      co_return co_await refuse(client, 403, "host-mismatch", why);
+    if (auto refused = tunnel_request_refusal(req, target_.host, target_.port); !refused.why.empty()) {
+      const auto named = policy::parse_target(refused.named, target_.port);
+      std::string answer;
+      if (named && target_.host_mismatch_answer) answer = target_.host_mismatch_answer(*named, refused.why);
+      co_return co_await refuse(client, 403, "host-mismatch", refused.why, std::move(answer));
+    }
     const bool upgrade = req.find(http::field::upgrade) != req.end();
     asked_[sent_ % max_outstanding] = Asked{req.method() == http::verb::head, upgrade};
     const auto number = ++sent_;

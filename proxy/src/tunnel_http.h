@@ -71,7 +71,10 @@ class HttpTunnel {
 
   boost::asio::awaitable<End> follow_answers(Socket& upstream, Socket& client, ReadBuffer& buf, std::uint64_t& bytes,
                                              const std::function<void()>& on_activity);
-  boost::asio::awaitable<End> refuse(Socket& client, int status, std::string_view code, std::string_view why);
+  // `answer`: the whole answer, when the caller made one; else the plain
+  // one for status, code and why.
+  boost::asio::awaitable<End> refuse(Socket& client, int status, std::string_view code, std::string_view why,
+                                     std::string answer = {});
   // The other direction's progress: a wait on a timer that never expires,
   // which the other direction cancels. Callers re-check their condition.
   boost::asio::awaitable<void> wait_for_answers();

@@ -26,7 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const bool cl = req.find(boost::beast::http::field::content_length) != req.end();
     const bool te = req.find(boost::beast::http::field::transfer_encoding) != req.end();
     if (cl && te) __builtin_trap();
-    if (tunnel_request_refusal(req, "origin.test", 80).empty()) {
+    if (tunnel_request_refusal(req, "origin.test", 80).why.empty()) {
       const auto host = req.find(boost::beast::http::field::host);
       if (host == req.end()) __builtin_trap();
       const auto named = sandgate::policy::parse_target(host->value(), 80);

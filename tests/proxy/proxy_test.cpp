@@ -1184,6 +1184,11 @@ TEST_F(ProxyTest, PlainHttpInATunnelHasEveryRequestsHostChecked) {
   EXPECT_NE(r.out.find("X-Proxy-Error: host-mismatch"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("names another host (Host: evil.test:" + o() + ")"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("GET /headers"), std::string::npos) << r.out;
+  // What the policy says of the host it named, and how to reach it properly.
+  EXPECT_NE(r.out.find("policy:   evil.test:" + o() + " is blocked"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("to allow: sandgate network proxy SANDBOX --allow-host evil.test:" + o()), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("to reach: open a tunnel to it (CONNECT evil.test:" + o() + ")"), std::string::npos) << r.out;
 
   // Python's http.client on one kept tunnel: a good request, then one per
   // way of naming another host. Each bad one ends its tunnel.
