@@ -94,7 +94,12 @@ template <bool isRequest>
 asio::awaitable<BodyEnd> forward_message(Socket& in, ReadBuffer& buf, std::size_t head, HeadParser<isRequest>& p,
                                          Socket& out, std::uint64_t& bytes,
                                          const std::function<void()>& on_activity) {
-  if (p.is_done()) co_return co_await send(out, buf, head, bytes, on_activity) ? BodyEnd::done : BodyEnd::failed;
+  if (p.is_done()) {
+    // (Held in a local: GCC 12 miscompiles a co_await in a condition that
+    // is not negated; see send.)
+    const bool sent = co_await send(out, buf, head, bytes, on_activity);
+    co_return sent ? BodyEnd::done : BodyEnd::failed;
+  }
   if (const auto length = p.content_length_remaining(); length && !p.chunked()) {
     const auto now = static_cast<std::size_t>(std::min<std::uint64_t>(*length, buf.size() - head));
     if (!co_await send(out, buf, head + now, bytes, on_activity)) co_return BodyEnd::failed;

@@ -1234,6 +1234,23 @@ TEST_F(ProxyTest, PlainHttpInATunnelHasEveryRequestsHostChecked) {
   }
 }
 
+TEST_F(ProxyTest, ChunkedBodiesThroughAnHttpTunnelArriveWhole) {
+  // A tunnel followed as HTTP passes chunked bodies on as Beast reads their
+  // framing, both ways. Here the writes wait: curl reads the answer at a
+  // limited rate, and the origin reads the upload as it hashes it.
+  const int port = start_proxy();
+  const auto via = "curl -sS -p -x http://127.0.0.1:" + std::to_string(port) + " ";
+  const auto down = shell(via + "--limit-rate 16M http://origin.test:" + o() + "/chunked/16000000 | sha256sum");
+  const auto direct = shell("curl -sS http://127.0.0.1:" + o() + "/chunked/16000000 | sha256sum");
+  EXPECT_EQ(down.out, direct.out);
+  const auto file = dir_ / "tunnel-upload";
+  shell("head -c 24000000 /dev/urandom > " + file.string());
+  const auto up = shell(via + "-X POST -H 'Transfer-Encoding: chunked' --data-binary @" + file.string() +
+                        " http://origin.test:" + o() + "/upload");
+  EXPECT_EQ(up.out.substr(0, 64), shell("sha256sum < " + file.string()).out.substr(0, 64)) << up.out;
+  EXPECT_NE(up.out.find(" 24000000"), std::string::npos) << up.out;
+}
+
 TEST_F(ProxyTest, AnUpgradeInATunnelGoesOpaqueOnlyWhenTheOriginSwitches) {
   // WebSocket's shape, through a tunnel: after a 101 the bytes are the new
   // protocol's (an echo here) and are not read as HTTP; an Upgrade the
