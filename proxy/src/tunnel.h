@@ -21,8 +21,8 @@ using Socket = boost::asio::generic::stream_protocol::socket;
 struct TunnelTarget {
   std::string_view host;  // normalized (policy::Target::host)
   std::uint16_t port = 0;
-  std::size_t head_bytes = 16 * 1024;  // a request head, request line included
-  std::size_t header_count = 100;
+  std::size_t head_bytes = 0;  // Limits::head_bytes: a request head, request line included
+  std::size_t header_count = 0;  // Limits::header_count
   // The 403 for an HTTP request in the tunnel that names another host
   // (`named`), by the policy in force when it comes; `why` says how it
   // named it. Unset: a plain refusal.

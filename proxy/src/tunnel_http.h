@@ -24,7 +24,6 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/beast/http/message.hpp>
 
 #include "head_arena.h"
 #include "tunnel.h"
@@ -44,6 +43,7 @@ class HttpTunnel {
     failed,    // a side failed, or an answer could not be followed: close both
   };
 
+  // `target` outlives this object (the caller holds it for the tunnel).
   HttpTunnel(const Socket::executor_type& ex, const TunnelTarget& target);
 
   // Client to origin. `buf` holds what the client has sent so far (its
@@ -82,7 +82,7 @@ class HttpTunnel {
     if (signal_) signal_->cancel();
   }
 
-  TunnelTarget target_;
+  const TunnelTarget& target_;
   std::array<Asked, max_outstanding> asked_{};
   std::uint64_t sent_ = 0;      // request heads sent on
   std::uint64_t answered_ = 0;  // final answers relayed whole
