@@ -2,10 +2,12 @@
 // chain under tampering, torn tails, rotation (plain and gzip), restarts.
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
+#include <sys/resource.h>
 #include <zlib.h>
 
 #include <boost/json/parse.hpp>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -323,6 +325,53 @@ TEST_F(NetlogTest, RotationBySizeAndGzipSiblingsReadInOrder) {
   ASSERT_FALSE(gap.problems.empty());
   EXPECT_EQ(gap.problems[0].kind, "missing") << describe(gap);
   EXPECT_EQ(gap.problems[0].file, again[2]);
+}
+
+// A full disk (here the file-size limit, RLIMIT_FSIZE): writes fail, the
+// records wait in the writer, are not counted as written, and all reach the
+// file once there is room again.
+TEST_F(NetlogTest, AFullDiskHoldsRecordsBackAndLosesNone) {
+  auto c = config();
+  c.checkpoint_records = 50;
+  constexpr std::uint64_t records = 200;  // about 130 KB, far past the limit
+  constexpr std::uint64_t lines_written = 1 + records + (records + 1) / 50;  // the file record, checkpoints
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto saved_signal = std::signal(SIGXFSZ, SIG_IGN);  // else the write past the limit kills
+  {
+    auto w = Writer::open(c, 1);
+    ASSERT_TRUE(w.has_value()) << w.error();
+    const auto limit = fs::file_size(c.path) + 16 * 1024;
+    rlimit tight = saved;
+    tight.rlim_cur = limit;
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &tight), 0);
+    const auto* src = (*w)->add_source("agent1", "127.0.0.1:3128");
+    for (std::uint64_t i = 0; i < records; ++i) publish((*w)->producer(0), src, i);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while ((*w)->stats().write_errors == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const auto full = (*w)->stats();
+    const auto in_file = lines(c.path);
+    EXPECT_GT(full.write_errors, 0u);
+    EXPECT_LE(fs::file_size(c.path), limit);
+    // What the metrics call written is in the file, whole.
+    EXPECT_LT(full.records, records);
+    EXPECT_LE(full.records, in_file.size());
+
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &saved), 0);
+    while ((*w)->stats().records < lines_written && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_EQ((*w)->stats().records, lines_written);
+  }
+  std::signal(SIGXFSZ, saved_signal);
+  std::set<std::string> hosts;
+  for (const auto& l : lines(c.path)) {
+    const auto v = boost::json::parse(l).as_object();
+    if (v.at("type").as_string() == "decision") hosts.insert(std::string(v.at("target").as_string()));
+  }
+  EXPECT_EQ(hosts.size(), records);
+  const auto r = check();
+  EXPECT_TRUE(r.problems.empty()) << describe(r);
 }
 
 TEST_F(NetlogTest, DropModeCountsAndLogsWhatItLost) {

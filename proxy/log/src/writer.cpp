@@ -358,6 +358,7 @@ struct Writer::Impl {
   std::atomic<bool> dirty{false};  // written since the last fdatasync
   std::mutex fd_mutex;             // the syncer's hold on fd; the chainer changes fd only under it
   detail::LineBuffer out;
+  std::uint64_t unwritten_records = 0;  // lines in out; `records` counts them once all of out is written
   detail::JsonLine json{out};
   RecordHead own_head;
   detail::Sha256 sha;
@@ -374,7 +375,7 @@ struct Writer::Impl {
     hash.update(out.view().substr(start));
     prev = detail::to_hex(hash.finish());
     out.append("\n");
-    records.fetch_add(1, std::memory_order_relaxed);
+    ++unwritten_records;
   }
 
   // A record of the chainer's own (file, checkpoint), formatted whole here.
@@ -473,6 +474,10 @@ struct Writer::Impl {
         break;
       }
       done += static_cast<std::size_t>(n);
+    }
+    if (done == out.size()) {
+      records.fetch_add(unwritten_records, std::memory_order_relaxed);
+      unwritten_records = 0;
     }
     out.consume(done);
     file_bytes += done;
