@@ -50,7 +50,9 @@ Options:
   --since T          only events at or after T: a time (2026-11-27T10:00:00Z)
                      or a duration before now (90s, 15m, 2h, 7d)
   --until T          only events at or before T
-  --verdict V        allow, deny, report or error (repeatable)
+  --verdict V        allow, deny, report or error (repeatable); error includes
+                     tunnels the proxy closed for a ClientHello or a request
+                     naming another host (their decision says allow)
   --host PATTERN     hosts matching a policy pattern (api.example.com,
                      *.example.com, **.example.com:443, re:...)
   --rule TEXT        decided by this rule (as written; "<default policy>")

@@ -217,6 +217,20 @@ TEST_F(NetworkLogTest, ARequestRefusedInsideATunnelEndsItsCloseRecord) {
   EXPECT_EQ(blocked[0].at("reason").as_string(), "request-refused");
   EXPECT_TRUE(blocked[0].at("rule").is_null());
   EXPECT_EQ(summary.at("allowed").as_array().size(), 1u) << summary;
+  // --verdict selects by the outcome: the refusal is an error, the tunnel's
+  // opening an allow.
+  const auto errors = json::parse(cli("--json --verdict error").out).as_object();
+  ASSERT_EQ(errors.at("blocked").as_array().size(), 1u) << errors;
+  EXPECT_EQ(errors.at("blocked").as_array()[0].at("reason").as_string(), "request-refused");
+  EXPECT_TRUE(errors.at("allowed").as_array().empty()) << errors;
+  const auto allowed = json::parse(cli("--json --verdict allow").out).as_object();
+  EXPECT_TRUE(allowed.at("blocked").as_array().empty()) << allowed;
+  EXPECT_EQ(allowed.at("allowed").as_array().size(), 1u) << allowed;
+  EXPECT_TRUE(json::parse(cli("--json --verdict deny").out).as_object().at("blocked").as_array().empty());
+  // --raw --verdict error prints the record that says so: the close.
+  const auto raw = cli("--raw --verdict error").out;
+  EXPECT_NE(raw.find("\"end\":\"request-refused\""), std::string::npos) << raw;
+  EXPECT_EQ(raw.find("\"type\":\"decision\""), std::string::npos) << raw;
   // suggest proposes no rule: none refused it, and allowing more would not help.
   EXPECT_NE(cli("suggest").out.find("# nothing was blocked"), std::string::npos);
 }

@@ -257,12 +257,24 @@ Bounds bounds(const Filter& f) {
   return b;
 }
 
+bool verdict_selected(const Filter& f, std::string_view verdict) {
+  return f.verdicts.empty() || std::find(f.verdicts.begin(), f.verdicts.end(), verdict) != f.verdicts.end();
+}
+
+// A tunnel the policy allowed and the proxy then closed for what went
+// through it (a ClientHello or an HTTP request naming another host), as its
+// close record says: a refusal (verdict error) by the check's name, though
+// its decision says allow.
+bool refused_tunnel(const detail::Record& close) {
+  return close.end == "sni-mismatch" || close.end == "request-refused";
+}
+
+// Every filter but --verdict, which a tunnel's close record can answer
+// after its decision (above).
 bool decision_passes(const detail::Record& r, const Filter& f, const Bounds& b) {
   if (!b.since.empty() && r.time < b.since) return false;
   if (!b.until.empty() && r.time > b.until) return false;
   if (f.has_sandbox && r.sandbox != f.sandbox) return false;
-  if (!f.verdicts.empty() && std::find(f.verdicts.begin(), f.verdicts.end(), r.verdict) == f.verdicts.end())
-    return false;
   if (!f.rule.empty() && (r.rule_text.empty() ? std::string_view("<default policy>") : r.rule_text) != f.rule)
     return false;
   if (f.host) {
@@ -279,7 +291,9 @@ struct Matcher::Impl {
   const Filter& filter;
   Bounds b;
   detail::RecordParser parser;
-  std::unordered_map<std::string, bool> open;  // passed decisions awaiting their close
+  // Passed decisions awaiting their close: true when the decision was
+  // printed, false when only a refusal at its close would be.
+  std::unordered_map<std::string, bool> open;
 };
 
 Matcher::Matcher(const Filter& filter) : impl_(std::make_unique<Impl>(filter)) {}
@@ -288,12 +302,21 @@ Matcher::~Matcher() = default;
 bool Matcher::operator()(std::string_view line) {
   const auto* r = impl_->parser.parse(line);
   if (!r) return false;
+  const auto& f = impl_->filter;
   if (r->type == "decision") {
-    const bool pass = decision_passes(*r, impl_->filter, impl_->b);
+    if (!decision_passes(*r, f, impl_->b)) return false;
+    const bool pass = verdict_selected(f, r->verdict);
     if (pass && r->verdict != "deny" && r->verdict != "error") impl_->open.emplace(r->id, true);
+    else if (!pass && r->verdict == "allow" && verdict_selected(f, "error")) impl_->open.emplace(r->id, false);
     return pass;
   }
-  if (r->type == "close") return impl_->open.erase(std::string(r->id)) > 0;
+  if (r->type == "close") {
+    const auto it = impl_->open.find(std::string(r->id));
+    if (it == impl_->open.end()) return false;
+    const bool printed = it->second;
+    impl_->open.erase(it);
+    return printed || refused_tunnel(*r);
+  }
   return false;
 }
 
@@ -306,6 +329,31 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
   std::unordered_map<std::uint64_t, std::size_t> open;
   const std::hash<std::string_view> id_hash;
   std::string key;
+  // Under a --verdict without allow but with error: allowed tunnels, whose
+  // close may yet make them a refusal -> (sandbox, target).
+  std::unordered_map<std::uint64_t, std::pair<std::string, std::string>> refusable;
+  const bool show_refusals = verdict_selected(filter, "error");
+  // Counts a refused tunnel in the blocked row of its reason.
+  const auto refusal = [&](std::string_view sandbox, std::string_view target, const detail::Record& close) {
+    key.clear();
+    key.append("b").append(sandbox).append("\x1f").append(target);
+    key.append("\x1f\x1f").append(close.end).append("\x1f").append("error");
+    auto [refused, inserted] = groups.try_emplace(key, s.rows.size());
+    if (inserted) {
+      Row row;
+      row.blocked = true;
+      row.verdict = "error";
+      row.sandbox = sandbox;
+      row.target = target;
+      row.reason = close.end;
+      row.phase = "tunnel";
+      s.rows.push_back(std::move(row));
+    }
+    auto& row = s.rows[refused->second];
+    ++row.count;
+    row.last_seen.assign(close.time);
+    row.bytes += close.bytes_up + close.bytes_down;
+  };
   std::string_view line;
   bool terminated = false;
   while (reader.next(line, terminated)) {
@@ -321,38 +369,32 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
         const auto tunnel = it->second;
         open.erase(it);
         if (raw) raw(line);
-        // A tunnel the policy allowed, then closed by the proxy's own check
-        // of what went through it (a ClientHello or an HTTP request naming
-        // another host): a refusal a reader must see among the blocked,
-        // by the check's name, not by a rule (none refused it).
-        if (r->end != "sni-mismatch" && r->end != "request-refused") {
-          s.rows[tunnel].bytes += r->bytes_up + r->bytes_down;
-          continue;
+        // A refusal a reader must see among the blocked, by the check's
+        // name, not by a rule (none refused it); the tunnel also counts
+        // among the allowed.
+        if (refused_tunnel(*r) && show_refusals) refusal(s.rows[tunnel].sandbox, s.rows[tunnel].target, *r);
+        else s.rows[tunnel].bytes += r->bytes_up + r->bytes_down;
+      } else if (auto t = refusable.find(id_hash(r->id)); t != refusable.end()) {
+        if (refused_tunnel(*r)) {
+          ++s.matched;
+          if (raw) raw(line);
+          if (s.first_time.empty()) s.first_time = std::string(r->time);
+          s.last_time.assign(r->time);
+          refusal(t->second.first, t->second.second, *r);
         }
-        key.clear();
-        key.append("b").append(s.rows[tunnel].sandbox).append("\x1f").append(s.rows[tunnel].target);
-        key.append("\x1f\x1f").append(r->end).append("\x1f").append("error");
-        auto [refused, inserted] = groups.try_emplace(key, s.rows.size());
-        if (inserted) {
-          Row row;
-          row.blocked = true;
-          row.verdict = "error";
-          row.sandbox = s.rows[tunnel].sandbox;
-          row.target = s.rows[tunnel].target;
-          row.reason = r->end;
-          row.phase = "tunnel";
-          s.rows.push_back(std::move(row));
-        }
-        auto& row = s.rows[refused->second];
-        ++row.count;
-        row.last_seen.assign(r->time);
-        row.bytes += r->bytes_up + r->bytes_down;
+        refusable.erase(t);
       }
       continue;
     }
     if (r->type != "decision") continue;
     ++s.decisions;
     if (!decision_passes(*r, filter, b)) continue;
+    const std::string_view target = r->target.empty() ? r->requested : r->target;
+    if (!verdict_selected(filter, r->verdict)) {
+      if (r->verdict == "allow" && show_refusals)
+        refusable.try_emplace(id_hash(r->id), std::string(r->sandbox), std::string(target));
+      continue;
+    }
     ++s.matched;
     if (raw) raw(line);
     if (s.first_time.empty()) s.first_time = std::string(r->time);
@@ -361,7 +403,6 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
     // A refusal for another reason than policy (malformed, DNS, connect)
     // names no rule: the rule that let the name through did not refuse it.
     const bool error = r->verdict == "error";
-    const std::string_view target = r->target.empty() ? r->requested : r->target;
     key.clear();
     key.append(blocked ? "b" : "a").append(r->sandbox).append("\x1f").append(target).append("\x1f");
     key.append(error ? "" : r->rule_text).append("\x1f").append(r->reason).append("\x1f").append(r->verdict);
