@@ -59,6 +59,14 @@ bool bare_lf(std::string_view bytes, std::size_t from) noexcept {
   return false;
 }
 
+std::size_t missing_reason_space(std::string_view head) noexcept {
+  constexpr std::size_t at = 12;  // after "HTTP/1.x NNN"
+  if (head.size() < at + 2 || !head.starts_with("HTTP/1.") || head[8] != ' ') return 0;
+  for (std::size_t i = 9; i < at; ++i)
+    if (head[i] < '0' || head[i] > '9') return 0;
+  return head.substr(at, 2) == "\r\n" ? at : 0;
+}
+
 HeadRefusal parse_request_head(std::string_view head, std::size_t max_fields, RequestParser& parser) {
   const auto bad = [](std::string why) { return HeadRefusal{400, std::move(why)}; };
   namespace http = boost::beast::http;

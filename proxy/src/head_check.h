@@ -20,6 +20,13 @@ std::string_view check_raw_head(std::string_view head) noexcept;
 // ended by a bare LF: in a head, or in a chunk's size line).
 bool bare_lf(std::string_view bytes, std::size_t from) noexcept;
 
+// An origin's status line with no space after the code, its reason being
+// empty ("HTTP/1.1 204\r\n"). RFC 9112 4 asks for the space and Beast
+// requires it; curl, browsers and Python take the line without. Returns
+// where the space belongs (right after the code), or 0 when the head does
+// not start with such a line.
+std::size_t missing_reason_space(std::string_view head) noexcept;
+
 // Why a request head is refused: status 0 when it is acceptable, else 400
 // (malformed, ambiguous, a header bomb) or 505 (an HTTP major version other
 // than 1), and the reason, for the answer's body.

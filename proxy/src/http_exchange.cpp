@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstring>
 
 #include "answers.h"
 #include "head_check.h"
@@ -84,6 +85,19 @@ void add_via(http::message<isRequest, Body, Fields>& m) {
   std::string joined;
   for (auto [it, end] = m.equal_range(http::field::via); it != end; ++it) joined.append(it->value()).append(", ");
   m.set(http::field::via, joined.append(hop));
+}
+
+// Puts the space that missing_reason_space finds wanting into the buffered
+// answer, so that its head can be read again. False when none is wanting,
+// or the buffer has no room for it.
+bool mend_status_line(ReadBuffer& b) {
+  const auto at = missing_reason_space({static_cast<const char*>(b.data().data()), b.size()});
+  if (at == 0 || b.size() >= b.max_size()) return false;
+  b.commit(asio::buffer_copy(b.prepare(1), asio::buffer(" ", 1)));
+  auto* bytes = static_cast<char*>(b.data().data());
+  std::memmove(bytes + at + 1, bytes + at, b.size() - 1 - at);
+  bytes[at] = ' ';
+  return true;
 }
 
 }  // namespace
@@ -346,6 +360,8 @@ asio::awaitable<std::optional<Session::Answered>> Session::read_final_head(Parse
       co_await log_close(sent, 0, end_, 0);  // shutdown ended it; the client is gone
       co_return Answered::close;
     }
+    // Nothing of it was taken: read it again with the space in.
+    if (ec == http::error::bad_status && mend_status_line(upbuf_)) continue;
     if (ec && may_resend && upbuf_.size() == 0 &&
         (ec == http::error::end_of_stream || ec == asio::error::connection_reset))
       co_return Answered::again;

@@ -255,14 +255,26 @@ asio::awaitable<HttpTunnel::End> HttpTunnel::follow_answers(Socket& upstream, So
     }
     if (head.status != HeadStatus::ok) co_return End::failed;
     HeadArena heads;
-    auto p = make_parser<ResponseParser>(heads.allocator());
-    p->header_limit(static_cast<std::uint32_t>(answer_head_bytes));
-    p->body_limit(boost::none);
     // An answer nobody asked for (a 408 before a close, say) is read as one to a GET.
     const Asked asked = answered_ < sent_ ? asked_[answered_ % max_outstanding] : Asked{};
-    if (asked.head) p->skip(true);
+    const auto parse = [&](std::string_view text, boost::system::error_code& ec) {
+      auto p = make_parser<ResponseParser>(heads.allocator());
+      p->header_limit(static_cast<std::uint32_t>(answer_head_bytes));
+      p->body_limit(boost::none);
+      if (asked.head) p->skip(true);
+      p->put(asio::buffer(text), ec);
+      return p;
+    };
+    const std::string_view raw(static_cast<const char*>(buf.data().data()), head.size);
     boost::system::error_code ec;
-    p->put(asio::buffer(buf.data().data(), head.size), ec);
+    auto p = parse(raw, ec);
+    if (const auto at = ec == http::error::bad_status ? missing_reason_space(raw) : 0) {
+      // Read a copy with the space in; the answer goes on as it came.
+      std::string mended(raw);
+      mended.insert(at, 1, ' ');
+      ec = {};
+      p = parse(mended, ec);
+    }
     if (ec || !p->is_header_done()) co_return End::failed;
     const int status = p->get().result_int();
     // A switch nobody asked for leaves no way to read what follows.

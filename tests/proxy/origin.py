@@ -184,6 +184,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # Any three digits as the status, valid or not.
             self.wfile.write(b"HTTP/1.1 %s X\r\nContent-Length: 0\r\n\r\n" % self.path[8:11].encode())
             return
+        if self.path == "/noreason":
+            # No space after the code, the reason being empty (RFC 9112 4 wants one).
+            self.wfile.write(b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok")
+            return
         if self.path == "/lengthlist":
             # One length, repeated as a list (RFC 9110 8.6 lets a recipient take it).
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")

@@ -841,6 +841,21 @@ TEST_F(ProxyTest, AStatusOutsideTheValidRangeGets502) {
   EXPECT_EQ(status_line(exchange("127.0.0.1", port, request("/status/599"))), "HTTP/1.1 599 X");
 }
 
+TEST_F(ProxyTest, AStatusLineWithoutTheSpaceBeforeAnEmptyReasonIsRead) {
+  // "HTTP/1.1 200\r\n", as some origins send it: curl, browsers and Python
+  // read it, so a proxy must not make it a 502. Twice on one connection, as
+  // an absolute-form request and through an HTTP tunnel (where it goes on
+  // as it came).
+  const int port = start_proxy();
+  const auto url = " http://origin.test:" + o() + "/noreason";
+  const auto via = "curl -sS -x http://127.0.0.1:" + std::to_string(port);
+  EXPECT_EQ(shell(via + " -w ' %{http_code} %{num_connects}'" + url + url).out, "ok 200 1ok 200 0");
+  EXPECT_EQ(shell(via + " -p -w ' %{http_code} %{num_connects}'" + url + url).out, "ok 200 1ok 200 0");
+  const auto r = exchange("127.0.0.1", port, request("/noreason", "Connection: close\r\n"));
+  EXPECT_TRUE(r.starts_with("HTTP/1.1 200 ")) << r;
+  EXPECT_TRUE(r.ends_with("\r\n\r\nok")) << r;
+}
+
 TEST_F(ProxyTest, AnUploadTheOriginCutsShortStillGetsAnAnswer) {
   // /early413: the origin refuses the upload at its head (a 401 is the same)
   // and closes with the body unread; the client gets that answer, not a
