@@ -333,7 +333,8 @@ Summary summarize(LineReader& reader, const Filter& filter, const std::function<
   // close may yet make them a refusal -> (sandbox, target).
   std::unordered_map<std::uint64_t, std::pair<std::string, std::string>> refusable;
   const bool show_refusals = verdict_selected(filter, "error");
-  // Counts a refused tunnel in the blocked row of its reason.
+  // Counts a refused tunnel in the blocked row of its reason. (sandbox and
+  // target may view a row: they are copied before a row is added.)
   const auto refusal = [&](std::string_view sandbox, std::string_view target, const detail::Record& close) {
     key.clear();
     key.append("b").append(sandbox).append("\x1f").append(target);
