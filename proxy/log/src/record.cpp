@@ -12,15 +12,15 @@ RecordParser::RecordParser() : mr_(buffer_, sizeof buffer_), parser_(json::stora
 const Record* RecordParser::parse(std::string_view line) {
   // One arena, emptied per line: a parse allocates from it, and from the
   // heap only for lines larger than its first block.
-  value_ = json::value();
+  value_.reset();
   mr_.release();
   parser_.reset(json::storage_ptr(&mr_));
   json::error_code ec;
   parser_.write(line.data(), line.size(), ec);
   if (ec) return nullptr;
-  value_ = parser_.release();
-  if (!value_.is_object()) return nullptr;
-  const auto& o = value_.get_object();
+  const auto& doc = value_.emplace(parser_.release());
+  if (!doc.is_object()) return nullptr;
+  const auto& o = doc.get_object();
   Record& r = record_;
   r = Record{};
   // One pass over the members (a lookup per field would rescan the object).

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include <boost/json/monotonic_resource.hpp>
@@ -42,7 +43,9 @@ class RecordParser {
   boost::json::monotonic_resource mr_;
   boost::json::parser parser_;
   Record record_;
-  boost::json::value value_;
+  // The last line's document, in mr_. Emplaced, never assigned: assigning
+  // would copy it into the target's own (heap) storage.
+  std::optional<boost::json::value> value_;
 };
 
 }  // namespace sandgate::netlog::detail
