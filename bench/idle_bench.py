@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What an idle connection costs the proxy: a sandgate proxy (pinned to CPU 1,
 logging on), a loopback origin that accepts and holds connections, and N
-clients that open a CONNECT tunnel, or send one keep-alive GET, and then stay
-silent. The proxy's resident memory before and after, per connection:
+clients that open a CONNECT tunnel (opaque, or carrying one plain GET, so
+followed as HTTP), or send one keep-alive GET, and then stay silent. The proxy's resident memory before and after, per connection:
 
     bench/idle_bench.py [--sandgate BIN] [--count N]   -> a table and one JSON line
 
@@ -114,7 +114,7 @@ try:
         clients = []
         for _ in range(a.count):
             s = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-            if kind == "tunnel":
+            if kind in ("tunnel", "http-tunnel"):
                 s.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target.encode(), target.encode()))
             else:
                 s.sendall(b"GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n" % (target.encode(), target.encode()))
@@ -128,11 +128,20 @@ try:
                 raise SystemExit("idle_bench: the proxy answered %r" % got.split(b"\r\n", 1)[0])
             if kind == "tunnel":
                 s.sendall(b"PING\r\n")  # a first flight (not TLS: nothing to compare), then quiet
+            elif kind == "http-tunnel":
+                # One GET through the tunnel (so it is followed as HTTP), its answer, then quiet.
+                s.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % target.encode())
+                got = b""
+                while not got.endswith(b"ok"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        raise SystemExit("idle_bench: the proxy closed an http-tunnel: %r" % got[:200])
+                    got += chunk
             clients.append(s)
         return clients
 
     results = {}
-    for kind in ("tunnel", "http"):
+    for kind in ("tunnel", "http-tunnel", "http"):
         proxy, proxy_port = start_proxy()
         time.sleep(0.5)
         rss0, anon0, slab0 = status_kib(proxy.pid, "VmRSS"), status_kib(proxy.pid, "RssAnon"), slab_kib()

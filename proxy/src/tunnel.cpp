@@ -313,15 +313,22 @@ asio::awaitable<boost::system::error_code> send_all(Socket& out, asio::const_buf
   co_return boost::system::error_code{};
 }
 
+std::tuple<boost::system::error_code, std::size_t> try_receive(Socket& in, asio::mutable_buffer into) noexcept {
+  for (;;) {
+    const ssize_t n = ::recv(in.native_handle(), into.data(), into.size(), MSG_DONTWAIT);
+    if (n > 0) return {boost::system::error_code{}, static_cast<std::size_t>(n)};
+    if (n == 0) return {asio::error::eof, 0};
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return {asio::error::would_block, 0};
+    return {boost::system::error_code(errno, boost::system::system_category()), 0};
+  }
+}
+
 asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> receive_some(Socket& in,
                                                                                 asio::mutable_buffer into) {
   for (;;) {
-    const ssize_t n = ::recv(in.native_handle(), into.data(), into.size(), MSG_DONTWAIT);
-    if (n > 0) co_return std::tuple(boost::system::error_code{}, static_cast<std::size_t>(n));
-    if (n == 0) co_return std::tuple(boost::system::error_code(asio::error::eof), std::size_t{0});
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      co_return std::tuple(boost::system::error_code(errno, boost::system::system_category()), std::size_t{0});
+    const auto got = try_receive(in, into);
+    if (std::get<0>(got) != asio::error::would_block) co_return got;
     auto [ec] = co_await in.async_wait(asio::socket_base::wait_read, token);
     if (ec) co_return std::tuple(ec, std::size_t{0});
   }

@@ -71,6 +71,10 @@ boost::asio::awaitable<boost::system::error_code> send_all(Socket& out, boost::a
 boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> receive_some(Socket& in,
                                                                                        boost::asio::mutable_buffer into);
 
+// One recv(2) that does not wait: would_block when nothing has come (the
+// caller waits for readability, as receive_some does), eof at the end.
+std::tuple<boost::system::error_code, std::size_t> try_receive(Socket& in, boost::asio::mutable_buffer into) noexcept;
+
 // Wakes a splice_body waiting for a batch of its body on `s`, to take what
 // has come (its low-water mark goes back to one byte).
 void wake_batched_reader(Socket& s) noexcept;

@@ -51,11 +51,21 @@ asio::awaitable<bool> send(Socket& out, ReadBuffer& buf, std::size_t n, std::uin
 }
 
 // Reads what has come, up to `most` bytes, into buf. eof at the end.
+// While nothing has come, an empty buf holds no memory, so a kept tunnel
+// idle between messages costs no buffer; the next read into an empty buf
+// takes a page of the thread's again, a larger one only as it must.
 asio::awaitable<boost::system::error_code> read_more(Socket& in, ReadBuffer& buf, std::size_t most) {
-  const asio::mutable_buffer space = buf.prepare(most);
-  const auto [ec, n] = co_await receive_some(in, space);
-  buf.commit(n);
-  co_return ec;
+  for (;;) {
+    const auto want = buf.capacity() == 0 ? std::min(most, page_size) : most;
+    const auto [ec, n] = try_receive(in, buf.prepare(want));
+    if (ec != asio::error::would_block) {
+      buf.commit(n);
+      co_return ec;
+    }
+    if (buf.size() == 0) buf.shrink_to_fit();
+    auto [wec] = co_await in.async_wait(asio::socket_base::wait_read, token);
+    if (wec) co_return wec;
+  }
 }
 
 enum class HeadStatus : std::uint8_t { ok, ended, too_large, bare_lf, failed };
