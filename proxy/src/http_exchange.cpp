@@ -93,7 +93,8 @@ void add_via(http::message<isRequest, Body, Fields>& m) {
 bool mend_status_line(ReadBuffer& b) {
   const auto at = missing_reason_space({static_cast<const char*>(b.data().data()), b.size()});
   if (at == 0 || b.size() >= b.max_size()) return false;
-  b.commit(asio::buffer_copy(b.prepare(1), asio::buffer(" ", 1)));
+  b.prepare(1);
+  b.commit(1);
   auto* bytes = static_cast<char*>(b.data().data());
   std::memmove(bytes + at + 1, bytes + at, b.size() - 1 - at);
   bytes[at] = ' ';
