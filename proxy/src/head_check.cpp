@@ -18,8 +18,9 @@ bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
 // Whether `authority` ("host[:port]") names host:port; no port means `port`.
 bool names(std::string_view authority, std::string_view host, std::uint16_t port) {
   // The spelling clients send, host or host:port as the tunnel has them,
-  // needs no parse.
-  if (authority.starts_with(host)) {
+  // needs no parse. (Not for an IPv6 address: unbracketed, "::1:80" is
+  // another address to the parse below, not ::1 port 80.)
+  if (authority.starts_with(host) && host.find(':') == std::string_view::npos) {
     const auto rest = authority.substr(host.size());
     if (rest.empty()) return true;
     char digits[8];

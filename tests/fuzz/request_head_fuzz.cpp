@@ -26,11 +26,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const bool cl = req.find(boost::beast::http::field::content_length) != req.end();
     const bool te = req.find(boost::beast::http::field::transfer_encoding) != req.end();
     if (cl && te) __builtin_trap();
-    if (tunnel_request_refusal(req, "origin.test", 80).why.empty()) {
+    // A name and an IPv6 address, which a Host writes in brackets.
+    for (const std::string_view target : {"origin.test", "::1"}) {
+      if (!tunnel_request_refusal(req, target, 80).why.empty()) continue;
       const auto host = req.find(boost::beast::http::field::host);
       if (host == req.end()) __builtin_trap();
       const auto named = sandgate::policy::parse_target(host->value(), 80);
-      if (!named || named->host != "origin.test" || named->port != 80) __builtin_trap();
+      if (!named || named->host != target || named->port != 80) __builtin_trap();
     }
   }
   return 0;
