@@ -55,28 +55,67 @@ bool is_tchar(char c) {
          others.find(c) != std::string_view::npos;
 }
 
-// Whether bytes start an HTTP/1 request line (RFC 9112 3): need_more while
-// they could still be one, http once one has ended, allow as soon as they
-// cannot be one (another protocol, or HTTP/2's preface, which is opaque).
-FirstFlight http_request_line(std::string_view bytes) {
-  constexpr std::size_t longest_method = 32;
-  std::size_t i = 0;
-  while (i < bytes.size() && i <= longest_method && is_tchar(bytes[i])) ++i;
-  if (i == bytes.size()) return i <= longest_method ? FirstFlight::need_more : FirstFlight::allow;
-  if (i == 0 || bytes[i] != ' ') return FirstFlight::allow;
-  const auto target = ++i;
-  // The target: visible ASCII. A control byte or a byte above 0x7e is not a
-  // request line (and a client that sent one would be refused anyway).
-  while (i < bytes.size() && bytes[i] > ' ' && bytes[i] < 0x7f) ++i;
-  if (i == bytes.size()) return bytes.size() >= max_first_flight ? FirstFlight::http : FirstFlight::need_more;
-  if (i == target || bytes[i] != ' ') return FirstFlight::allow;
-  constexpr std::string_view version = "HTTP/1.?\r\n";
-  for (std::size_t k = 0; k < version.size(); ++k) {
-    if (++i == bytes.size()) return FirstFlight::need_more;
-    const char want = version[k];
-    if (want == '?' ? !(bytes[i] >= '0' && bytes[i] <= '9') : bytes[i] != want) return FirstFlight::allow;
+// Bytes some HTTP/1 server takes for the space between a request line's
+// words: SP and HTAB (RFC 9112 3 lets a lenient parser take whitespace),
+// CR, and the rest of what Python's http.server splits its request line on
+// (str.split() of Latin-1: VT, FF, 0x1c-0x1f, 0x85, 0xa0).
+bool is_separator(unsigned char c) {
+  return c == ' ' || (c >= '\t' && c <= '\r' && c != '\n') || (c >= 0x1c && c <= 0x1f) || c == 0x85 ||
+         c == 0xa0;
+}
+
+bool starts_http_version(std::string_view word) {
+  constexpr std::string_view http = "http/";
+  if (word.size() < http.size()) return false;
+  for (std::size_t k = 0; k < http.size(); ++k) {
+    const char c = word[k];
+    if ((c >= 'A' && c <= 'Z' ? static_cast<char>(c | 0x20) : c) != http[k]) return false;
   }
-  return FirstFlight::http;
+  return true;
+}
+
+// Whether bytes start an HTTP/1 request as any server might read it, for the
+// tunnel to follow it and check its Host (tunnel_http.h). The threat is a
+// Host naming another site of the same origin, hidden from a strict
+// reading: a lenient server such as nginx or Python's http.server also
+// takes blank lines before the request line, runs of spaces or tabs between
+// its words, spaces in the target, bytes above 0x7e, a lower-case
+// "http/1.1", any version digits, a bare LF, and an HTTP/0.9 "GET target"
+// followed by fields. So: a method token after any blank lines, a separator,
+// then a first line holding a word that starts with "HTTP/" in any case, or
+// a GET: http, and the follower, reading strictly, refuses whatever is not
+// canonical. need_more until that line has ended; allow as soon as the
+// bytes cannot be one (another protocol, or HTTP/2's preface, which is opaque).
+FirstFlight http_request_line(std::string_view bytes) {
+  // Waiting ends at max_first_flight: a line that long counts as HTTP.
+  const auto wait = bytes.size() >= max_first_flight ? FirstFlight::http : FirstFlight::need_more;
+  constexpr std::size_t longest_method = 32;
+  std::size_t start = 0;
+  while (start < bytes.size() && (bytes[start] == '\n' || is_separator(bytes[start]))) ++start;
+  if (start == bytes.size()) return wait;
+  std::size_t i = start;
+  while (i < bytes.size() && i - start <= longest_method && is_tchar(bytes[i])) ++i;
+  if (i - start > longest_method) return FirstFlight::allow;
+  if (i == bytes.size()) return wait;
+  if (i == start || !is_separator(bytes[i])) return FirstFlight::allow;
+  const auto method = bytes.substr(start, i - start);
+  const auto line_end = bytes.find('\n', i);
+  const auto line = bytes.substr(i, line_end == std::string_view::npos ? std::string_view::npos : line_end - i);
+  // HTTP/2's preface, which must start the bytes: opaque. Wait for all of its line.
+  constexpr std::string_view preface = " * HTTP/2.0\r";
+  if (start == 0 && method == "PRI" && preface.starts_with(line)) {
+    if (line_end == std::string_view::npos) return wait;
+    if (line == preface) return FirstFlight::allow;
+  }
+  bool target = false;
+  for (std::size_t k = 1; k < line.size(); ++k) {
+    if (!is_separator(line[k - 1]) || is_separator(line[k])) continue;  // not a word's start
+    if (target && starts_http_version(line.substr(k))) return FirstFlight::http;
+    target = true;
+  }
+  // A version may still come, or be cut off at the end of the bytes so far.
+  if (line_end == std::string_view::npos) return wait;
+  return method == "GET" && target ? FirstFlight::http : FirstFlight::allow;
 }
 
 }  // namespace

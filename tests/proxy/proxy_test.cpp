@@ -1249,6 +1249,63 @@ TEST_F(ProxyTest, PlainHttpInATunnelHasEveryRequestsHostChecked) {
   }
 }
 
+TEST_F(ProxyTest, ARequestLineOnlyALenientServerReadsIsRefusedInATunnel) {
+  // The test origin is Python's http.server, which reads a request line by
+  // splitting it on any whitespace: each request below reaches it as a GET
+  // of /headers for evil.test unless the tunnel refuses it. Each runs in a
+  // tunnel of its own; what is printed is the answer's status line and
+  // X-Proxy-Error (the proxy's), or the origin's echo of the request.
+  const int port = start_proxy();
+  const auto script = dir_ / "lenient.py";
+  std::ofstream(script) << "import socket, sys\n"
+                           "s = socket.create_connection(('127.0.0.1', " << port << "))\n"
+                           "s.sendall(b'CONNECT origin.test:" << o() << " HTTP/1.1\\r\\n\\r\\n')\n"
+                           "assert s.recv(4096).startswith(b'HTTP/1.1 200')\n"
+                           "s.sendall(eval(sys.argv[1]))\n"
+                           "s.settimeout(5)\n"
+                           "lines = s.makefile('rb').read().decode('latin-1').splitlines()\n"
+                           "said = [f.strip() for f in lines if f.startswith('X-Proxy-Error') or 'Message:' in f]\n"
+                           "print(lines[0] if lines else '(no answer)', *said)\n";
+  const auto send = [&](const std::string& bytes) {
+    return shell("python3 " + script.string() + " \"" + bytes + "\"").out;
+  };
+  struct Case {
+    const char* name;
+    std::string bytes;  // a Python bytes literal
+  };
+  const std::string fields = R"(Host: evil.test\r\nConnection: close\r\n\r\n)";
+  const std::vector<Case> lenient = {
+      {"two spaces before the target", "b'GET  /headers HTTP/1.1\\r\\n" + fields + "'"},
+      {"two spaces before the version", "b'GET /headers  HTTP/1.1\\r\\n" + fields + "'"},
+      {"a space after the version", "b'GET /headers HTTP/1.1 \\r\\n" + fields + "'"},
+      {"a tab for a space", "b'GET\\t/headers HTTP/1.1\\r\\n" + fields + "'"},
+      {"a form feed for a space", "b'GET\\x0c/headers HTTP/1.1\\r\\n" + fields + "'"},
+      {"a space before the method", "b' GET /headers HTTP/1.1\\r\\n" + fields + "'"},
+      {"a blank line first", "b'\\r\\nGET /headers HTTP/1.1\\r\\n" + fields + "'"},
+      {"a bare LF", "b'GET /headers HTTP/1.1\\nHost: evil.test\\nConnection: close\\n\\n'"},
+      {"a lower-case version", "b'GET /headers http/1.1\\r\\n" + fields + "'"},
+      {"odd version digits", "b'GET /headers HTTP/1.01\\r\\n" + fields + "'"},
+      {"no version (HTTP/0.9)", "b'GET /headers\\r\\n" + fields + "'"},
+      {"a control byte in the target", "b'GET /headers\\x01 HTTP/1.1\\r\\n" + fields + "'"},
+  };
+  for (const auto& c : lenient) {
+    SCOPED_TRACE(c.name);
+    EXPECT_EQ(send(c.bytes), "HTTP/1.1 400 Bad Request X-Proxy-Error: bad-request\n");
+  }
+  // A request line with bytes above 0x7e reads strictly, and its Host is checked.
+  EXPECT_EQ(send("b'GET /headers\\xc3\\xa9 HTTP/1.1\\r\\n" + fields + "'"),
+            "HTTP/1.1 403 Forbidden X-Proxy-Error: host-mismatch\n");
+  // What cannot be an HTTP/1 request passes as it is, and the origin answers
+  // it itself (as HTTP/0.9: a page without a head): an SSH banner, a Redis
+  // command, and HTTP/2's preface.
+  EXPECT_EQ(send("b'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\\r\\n\\r\\n'"),
+            "<!DOCTYPE HTML> <p>Message: Bad HTTP/0.9 request type ('SSH-2.0-OpenSSH_9.2p1').</p>\n");
+  EXPECT_EQ(send("b'*1\\r\\n\\$4\\r\\nPING\\r\\n\\r\\n'"),
+            "<!DOCTYPE HTML> <p>Message: Bad request syntax ('*1').</p>\n");
+  EXPECT_EQ(send("b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n'"),
+            "<!DOCTYPE HTML> <p>Message: Invalid HTTP version (2.0).</p>\n");
+}
+
 TEST_F(ProxyTest, ChunkedBodiesThroughAnHttpTunnelArriveWhole) {
   // A tunnel followed as HTTP passes chunked bodies on as Beast reads their
   // framing, both ways. Here the writes wait: curl reads the answer at a
