@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything and passes the tests: installs the dependencies, builds
 # and runs the test suite twice (release, then ASan+UBSan with warnings as
-# errors), checks the Debian package (deploy/package-test.sh), then builds the
+# errors), checks the Debian package (deploy/package-test.sh), runs the
+# threaded components' tests under ThreadSanitizer, then builds the
 # libFuzzer targets and runs each for a short while.
 #   FUZZ_SECONDS=N   seconds per fuzz target (default 20; 0 skips fuzzing)
 set -euo pipefail
@@ -27,6 +28,22 @@ cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DSANDGATE_SANITIZE=ON -DSANDG
 cmake --build build/asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan --output-on-failure -j"$jobs"
+
+echo "== ThreadSanitizer build and the threaded components' tests (proxy, network log)"
+# The proxy runs one event loop per core, with a log writer and reloads
+# across them. A report from any process (the tests start the proxy) is
+# written under build/tsan/reports and fails the stage.
+cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANDGATE_TSAN=ON -DSANDGATE_BENCH=OFF >/dev/null
+cmake --build build/tsan -j"$jobs" --target sandgate sandgate_proxy_test sandgate_netlog_test
+rm -rf build/tsan/reports && mkdir -p build/tsan/reports
+for t in sandgate_proxy_test sandgate_netlog_test; do
+  TSAN_OPTIONS=log_path=$PWD/build/tsan/reports/tsan:second_deadlock_stack=1 build/tsan/tests/$t --gtest_brief=1
+done
+if [ -n "$(ls -A build/tsan/reports)" ]; then
+  cat build/tsan/reports/*
+  echo "ThreadSanitizer reported the above" >&2
+  exit 1
+fi
 
 if [ "$fuzz_seconds" -gt 0 ]; then
   echo "== fuzz targets, ${fuzz_seconds}s each"
