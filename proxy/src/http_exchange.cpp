@@ -109,7 +109,7 @@ std::string Session::take_http_target(http::request<http::buffer_body, Fields>& 
     return "a forward proxy needs an absolute-form target, as GET http://host/path";
   if (!url) return "the request target is not a valid absolute URI, as http://host/path?query";
   if (url->scheme_id() != boost::urls::scheme::http)
-    return "only http:// targets are forwarded; use CONNECT for https";
+    return "only http:// targets are forwarded; https, wss and the rest go through a tunnel (CONNECT host:port)";
   // Boost.URL 1.81 reads "http://1.2.3.4.:80/x" as host 1.2.3.4 and path
   // ".:80/x"; an http URL's path is empty or starts with '/', so anything
   // else is a misparse and refused.
