@@ -36,14 +36,17 @@ echo "== ThreadSanitizer build and the threaded components' tests (proxy, networ
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANDGATE_TSAN=ON -DSANDGATE_BENCH=OFF >/dev/null
 cmake --build build/tsan -j"$jobs" --target sandgate sandgate_proxy_test sandgate_netlog_test
 rm -rf build/tsan/reports && mkdir -p build/tsan/reports
+tsan_failed=0
 for t in sandgate_proxy_test sandgate_netlog_test; do
-  TSAN_OPTIONS=log_path=$PWD/build/tsan/reports/tsan:second_deadlock_stack=1 build/tsan/tests/$t --gtest_brief=1
+  TSAN_OPTIONS=log_path=$PWD/build/tsan/reports/tsan:second_deadlock_stack=1 build/tsan/tests/$t --gtest_brief=1 ||
+    tsan_failed=1
 done
 if [ -n "$(ls -A build/tsan/reports)" ]; then
   cat build/tsan/reports/*
   echo "ThreadSanitizer reported the above" >&2
-  exit 1
+  tsan_failed=1
 fi
+[ "$tsan_failed" = 0 ]
 
 if [ "$fuzz_seconds" -gt 0 ]; then
   echo "== fuzz targets, ${fuzz_seconds}s each"
