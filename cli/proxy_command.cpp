@@ -22,7 +22,9 @@ each decided by POLICY (YAML, or Docker's proxy-config.json by its .json
 extension). Blocked requests get a 403 that names the rule and how to allow
 it; malformed ones a 400. A tunnel carries only the host it was opened
 for: a TLS ClientHello whose SNI, or a plain HTTP request whose Host, names
-another host ends it (that request gets a 403, host-mismatch).
+another host ends it (that request gets a 403, host-mismatch), and so does
+plain HTTP turning into HTTP/2 in cleartext (h2c) or TLS, which would hide
+the hosts of its requests.
 
 SIGHUP reloads POLICY (a bad file keeps the last good policy), and so does
 any change to the file unless --no-watch; after a reload, open tunnels and

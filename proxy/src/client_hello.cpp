@@ -10,6 +10,7 @@
 #include <string>
 
 #include "sandgate/policy/target.h"
+#include "token.h"
 
 namespace sandgate::proxy::detail {
 namespace {
@@ -48,13 +49,6 @@ SSL_CTX* hello_context() {
   return ctx;
 }
 
-// RFC 9110 5.6.2: the characters of a token, such as a method.
-bool is_tchar(char c) {
-  constexpr std::string_view others = "!#$%&'*+-.^_`|~";
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         others.find(c) != std::string_view::npos;
-}
-
 // Bytes some HTTP/1 server takes for the space between a request line's
 // words: SP and HTAB (RFC 9112 3 lets a lenient parser take whitespace),
 // CR, and the rest of what Python's http.server splits its request line on
@@ -84,8 +78,10 @@ bool starts_http_version(std::string_view word) {
 // followed by fields. So: a method token after any blank lines, a separator,
 // then a first line holding a word that starts with "HTTP/" in any case, or
 // a GET: http, and the follower, reading strictly, refuses whatever is not
-// canonical. need_more until that line has ended; allow as soon as the
-// bytes cannot be one (another protocol, or HTTP/2's preface, which is opaque).
+// canonical. HTTP/2's cleartext preface ("PRI * HTTP/2.0") is such a line,
+// and refused too: its requests name their hosts in HPACK, out of sight.
+// need_more until that line has ended; allow as soon as the bytes cannot be
+// one (another protocol).
 FirstFlight http_request_line(std::string_view bytes) {
   // Waiting ends at max_first_flight: a line that long counts as HTTP.
   const auto wait = bytes.size() >= max_first_flight ? FirstFlight::http : FirstFlight::need_more;
@@ -101,12 +97,6 @@ FirstFlight http_request_line(std::string_view bytes) {
   const auto method = bytes.substr(start, i - start);
   const auto line_end = bytes.find('\n', i);
   const auto line = bytes.substr(i, line_end == std::string_view::npos ? std::string_view::npos : line_end - i);
-  // HTTP/2's preface, which must start the bytes: opaque. Wait for all of its line.
-  constexpr std::string_view preface = " * HTTP/2.0\r";
-  if (start == 0 && method == "PRI" && preface.starts_with(line)) {
-    if (line_end == std::string_view::npos) return wait;
-    if (line == preface) return FirstFlight::allow;
-  }
   bool target = false;
   for (std::size_t k = 1; k < line.size(); ++k) {
     if (!is_separator(line[k - 1]) || is_separator(line[k])) continue;  // not a word's start

@@ -22,8 +22,8 @@ inline constexpr std::size_t max_first_flight = 5 + (1 << 14);
 // Decides on the bytes received so far. A request line longer than
 // max_first_flight counts as HTTP (its head limit then refuses it), and so
 // does a request line only a lenient server reads (blank lines before it,
-// runs of spaces, a bare LF, "http/1.1", an HTTP/0.9 GET): the tunnel's
-// strict reading then refuses it. target_host is the normalized host
+// runs of spaces, a bare LF, "http/1.1", an HTTP/0.9 GET, HTTP/2's
+// cleartext preface): the tunnel's strict reading then refuses it. target_host is the normalized host
 // of the CONNECT target. The ClientHello is parsed by OpenSSL (a client-hello
 // callback on a memory BIO), not by hand. Cost: one SSL object per call that
 // sees a complete record; no network I/O.

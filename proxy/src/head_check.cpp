@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "sandgate/policy/target.h"
+#include "token.h"
 
 namespace sandgate::proxy::detail {
 namespace {
@@ -157,6 +158,33 @@ TunnelRefusal tunnel_request_refusal(const RequestParser::value_type& req, std::
       return {tunnel() + " has a target that names another host: " + std::string(t), url->encoded_host_and_port()};
   }
   return {};
+}
+
+bool switches_out_of_sight(std::string_view upgrade) noexcept {
+  const auto lower_is = [](std::string_view word, std::string_view lower) {
+    if (word.size() != lower.size()) return false;
+    for (std::size_t k = 0; k < word.size(); ++k)
+      if ((word[k] >= 'A' && word[k] <= 'Z' ? static_cast<char>(word[k] | 0x20) : word[k]) != lower[k]) return false;
+    return true;
+  };
+  bool named = false;
+  while (!upgrade.empty()) {
+    const auto comma = upgrade.find(',');
+    auto protocol = upgrade.substr(0, comma);
+    upgrade = comma == std::string_view::npos ? std::string_view() : upgrade.substr(comma + 1);
+    while (!protocol.empty() && (protocol.front() == ' ' || protocol.front() == '\t')) protocol.remove_prefix(1);
+    while (!protocol.empty() && (protocol.back() == ' ' || protocol.back() == '\t')) protocol.remove_suffix(1);
+    if (protocol.empty()) continue;
+    named = true;
+    // protocol-name ["/" protocol-version], each a token; anything else is
+    // a protocol nobody can tell.
+    const auto slash = protocol.find('/');
+    const auto name = protocol.substr(0, slash);
+    const auto version = slash == std::string_view::npos ? std::string_view("v") : protocol.substr(slash + 1);
+    if (!is_token(name) || !is_token(version)) return true;
+    if (lower_is(name, "h2c") || lower_is(name, "tls")) return true;
+  }
+  return !named;
 }
 
 }  // namespace sandgate::proxy::detail

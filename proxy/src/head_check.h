@@ -56,4 +56,11 @@ struct TunnelRefusal {
 };
 TunnelRefusal tunnel_request_refusal(const RequestParser::value_type& req, std::string_view host, std::uint16_t port);
 
+// Whether a 101's Upgrade value (RFC 9110 7.8: the protocols switched to)
+// leaves a tunnel carrying requests whose hosts the proxy cannot read:
+// HTTP/2 in cleartext ("h2c"), whose requests name their hosts in HPACK,
+// or TLS ("TLS/1.2", RFC 2817), whose SNI would come after the check. An
+// empty value (no Upgrade: no protocol named) counts too. No allocation.
+bool switches_out_of_sight(std::string_view upgrade) noexcept;
+
 }  // namespace sandgate::proxy::detail

@@ -214,9 +214,13 @@ asio::awaitable<HttpTunnel::End> HttpTunnel::requests(Socket& client, Socket& up
     auto p = make_parser<RequestParser>(heads.allocator());
     p->header_limit(static_cast<std::uint32_t>(target_.head_bytes));
     p->body_limit(boost::none);
-    if (auto refused = parse_request_head(view(buf).substr(0, head.size), target_.header_count, *p); refused.status)
-      co_return co_await refuse(client, refused.status,
-                                refused.status == 505 ? "http-version-not-supported" : "bad-request", refused.why);
+    if (auto refused = parse_request_head(view(buf).substr(0, head.size), target_.header_count, *p); refused.status) {
+      if (refused.status == 505)
+        co_return co_await refuse(client, 505, "http-version-not-supported",
+                                  "HTTP/2 in cleartext (h2c) cannot go through a tunnel: its requests name their hosts "
+                                  "where the proxy cannot check them. Use https (TLS) or HTTP/1.1");
+      co_return co_await refuse(client, refused.status, "bad-request", refused.why);
+    }
     const auto& req = p->get();
     if (auto refused = tunnel_request_refusal(req, target_.host, target_.port); !refused.why.empty()) {
       const auto named = policy::parse_target(refused.named, target_.port);
@@ -289,6 +293,23 @@ asio::awaitable<HttpTunnel::End> HttpTunnel::follow_answers(Socket& upstream, So
     const int status = p->get().result_int();
     // A switch nobody asked for leaves no way to read what follows.
     if (status == 101 && !asked.upgrade) co_return End::failed;
+    // A switch to a protocol whose requests name hosts out of the proxy's
+    // sight (h2c, TLS) would carry them past the Host check: the client gets
+    // a refusal for an answer instead, and the tunnel ends.
+    if (status == 101) {
+      const auto field = p->get().find(http::field::upgrade);
+      const std::string_view upgrade = field == p->get().end() ? std::string_view() : std::string_view(field->value());
+      if (switches_out_of_sight(upgrade)) {
+        ++answered_;
+        // Built before the co_await: GCC 12 overflowed the coroutine frame with
+        // the temporaries of a conditional expression inside it (ASan saw it).
+        std::string why = "the origin switched the tunnel to ";
+        why.append(upgrade.empty() ? std::string_view("an unnamed protocol") : upgrade)
+            .append(", whose requests name hosts the proxy cannot check. Use https (TLS), or HTTP/1.1 without that "
+                    "Upgrade");
+        co_return co_await refuse(client, 403, "upgrade-refused", why);
+      }
+    }
     if (status < 200) {
       if (!co_await send(client, buf, head.size, bytes, on_activity)) co_return End::failed;
       if (status != 101) continue;  // an interim answer; the final one follows

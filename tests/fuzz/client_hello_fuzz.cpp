@@ -57,9 +57,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto prefix = check_first_flight(bytes.substr(0, 1 + data[0] % (size - 1)), "origin.test");
     if (prefix != FirstFlight::need_more && prefix != v) __builtin_trap();
   }
-  // Not TLS, and read by Python as a request: never opaque (but for HTTP/2's preface).
-  if (size > 0 && data[0] != 0x16 && v == FirstFlight::allow && python_reads_http(bytes) &&
-      !bytes.starts_with("PRI * HTTP/2.0\r\n"))
-    __builtin_trap();
+  // Not TLS, and read by Python as a request: never opaque.
+  if (size > 0 && data[0] != 0x16 && v == FirstFlight::allow && python_reads_http(bytes)) __builtin_trap();
   return 0;
 }

@@ -152,11 +152,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if self.path == "/upgrade":
-            # Switches to an echo protocol when asked to (Upgrade), else a
-            # plain answer: what a WebSocket server does.
-            if not self.headers.get("Upgrade"):
+            # Switches to the protocol asked for (Upgrade), which echoes,
+            # else a plain answer: what a WebSocket server does.
+            protocol = self.headers.get("Upgrade")
+            if not protocol:
                 return self.reply(200, b"no upgrade asked")
-            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n")
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: upgrade\r\n\r\n"
+                             % protocol.encode())
             self.wfile.flush()
             while True:
                 data = self.rfile.read1(65536)
