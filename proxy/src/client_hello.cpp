@@ -4,6 +4,8 @@
 #include <openssl/ssl.h>
 #include <openssl/tls1.h>
 
+#include <boost/beast/core/string.hpp>
+
 #include <algorithm>
 #include <memory>
 #include <optional>
@@ -60,12 +62,7 @@ bool is_separator(unsigned char c) {
 
 bool starts_http_version(std::string_view word) {
   constexpr std::string_view http = "http/";
-  if (word.size() < http.size()) return false;
-  for (std::size_t k = 0; k < http.size(); ++k) {
-    const char c = word[k];
-    if ((c >= 'A' && c <= 'Z' ? static_cast<char>(c | 0x20) : c) != http[k]) return false;
-  }
-  return true;
+  return word.size() >= http.size() && boost::beast::iequals(word.substr(0, http.size()), http);
 }
 
 // Whether bytes start an HTTP/1 request as any server might read it, for the

@@ -161,12 +161,6 @@ TunnelRefusal tunnel_request_refusal(const RequestParser::value_type& req, std::
 }
 
 bool switches_out_of_sight(std::string_view upgrade) noexcept {
-  const auto lower_is = [](std::string_view word, std::string_view lower) {
-    if (word.size() != lower.size()) return false;
-    for (std::size_t k = 0; k < word.size(); ++k)
-      if ((word[k] >= 'A' && word[k] <= 'Z' ? static_cast<char>(word[k] | 0x20) : word[k]) != lower[k]) return false;
-    return true;
-  };
   bool named = false;
   while (!upgrade.empty()) {
     const auto comma = upgrade.find(',');
@@ -182,7 +176,7 @@ bool switches_out_of_sight(std::string_view upgrade) noexcept {
     const auto name = protocol.substr(0, slash);
     const auto version = slash == std::string_view::npos ? std::string_view("v") : protocol.substr(slash + 1);
     if (!is_token(name) || !is_token(version)) return true;
-    if (lower_is(name, "h2c") || lower_is(name, "tls")) return true;
+    if (boost::beast::iequals(name, "h2c") || boost::beast::iequals(name, "tls")) return true;
   }
   return !named;
 }

@@ -297,10 +297,9 @@ asio::awaitable<HttpTunnel::End> HttpTunnel::follow_answers(Socket& upstream, So
     // sight (h2c, TLS) would carry them past the Host check: the client gets
     // a refusal for an answer instead, and the tunnel ends.
     if (status == 101) {
-      const auto field = p->get().find(http::field::upgrade);
-      const std::string_view upgrade = field == p->get().end() ? std::string_view() : std::string_view(field->value());
+      const std::string_view upgrade = p->get()[http::field::upgrade];  // "" when absent
       if (switches_out_of_sight(upgrade)) {
-        ++answered_;
+        ++answered_;  // the refusal is this request's answer
         // Built before the co_await: GCC 12 overflowed the coroutine frame with
         // the temporaries of a conditional expression inside it (ASan saw it).
         std::string why = "the origin switched the tunnel to ";
