@@ -4,8 +4,6 @@
 #include <openssl/ssl.h>
 #include <openssl/tls1.h>
 
-#include <boost/beast/core/string.hpp>
-
 #include <algorithm>
 #include <memory>
 #include <optional>
@@ -62,7 +60,7 @@ bool is_separator(unsigned char c) {
 
 bool starts_http_version(std::string_view word) {
   constexpr std::string_view http = "http/";
-  return word.size() >= http.size() && boost::beast::iequals(word.substr(0, http.size()), http);
+  return word.size() >= http.size() && equals_lower(word.substr(0, http.size()), http);
 }
 
 // Whether bytes start an HTTP/1 request as any server might read it, for the

@@ -176,7 +176,7 @@ bool switches_out_of_sight(std::string_view upgrade) noexcept {
     const auto name = protocol.substr(0, slash);
     const auto version = slash == std::string_view::npos ? std::string_view("v") : protocol.substr(slash + 1);
     if (!is_token(name) || !is_token(version)) return true;
-    if (boost::beast::iequals(name, "h2c") || boost::beast::iequals(name, "tls")) return true;
+    if (equals_lower(name, "h2c") || equals_lower(name, "tls")) return true;
   }
   return !named;
 }

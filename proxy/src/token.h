@@ -1,4 +1,5 @@
-// RFC 9110 5.6.2's token characters (methods, field names, protocol names).
+// RFC 9110 5.6.2's tokens (methods, field names, protocol names), which
+// compare without regard to case.
 #pragma once
 
 #include <string_view>
@@ -16,6 +17,16 @@ inline bool is_token(std::string_view s) noexcept {
   if (s.empty()) return false;
   for (const char c : s)
     if (!is_tchar(c)) return false;
+  return true;
+}
+
+// Whether s equals `lower` (lower case) but for the case of ASCII letters.
+// Not boost::beast::iequals: Boost 1.81's reads a byte past both ends when
+// the last characters differ only in case, and s may end a buffer here.
+inline bool equals_lower(std::string_view s, std::string_view lower) noexcept {
+  if (s.size() != lower.size()) return false;
+  for (std::size_t k = 0; k < s.size(); ++k)
+    if ((s[k] >= 'A' && s[k] <= 'Z' ? static_cast<char>(s[k] | 0x20) : s[k]) != lower[k]) return false;
   return true;
 }
 
