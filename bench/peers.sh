@@ -5,7 +5,8 @@
 #
 #   bench/peers.sh PEERS_DIR     (the harness folder: run.sh, conf/)
 # Environment: SANDGATE (binary, default build/release/cli/sandgate),
-# SANDGATE_PORT (default 13129), OUT_DIR (results; default $TMPDIR/peers-results),
+# SANDGATE_PORT (default 13129), SANDGATE_ARGS (more `sandgate proxy` options,
+# e.g. "--busy-poll 50"), OUT_DIR (results; default $TMPDIR/peers-results),
 # and every knob run.sh takes.
 set -euo pipefail
 peers=${1:?usage: bench/peers.sh PEERS_DIR}
@@ -41,8 +42,9 @@ trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; f
 "$sg" policy check "$work/policy.yaml"
 
 # Logging on, as deployed (and as the peers log), into this run's folder.
+read -r -a more <<< "${SANDGATE_ARGS:-}"
 taskset -c 1 "$sg" proxy --config "$work/policy.yaml" --listen "127.0.0.1:$port" --threads 1 \
-  --log "$work/log/network.jsonl" --log-key "$work/keys/log.key" > "$work/proxy.out" &
+  --log "$work/log/network.jsonl" --log-key "$work/keys/log.key" "${more[@]}" > "$work/proxy.out" &
 pid=$!
 # Ready when it says it listens; a proxy that did not start (the port taken,
 # say) must not leave the run to whatever else answers on the port.

@@ -152,6 +152,29 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
   }
 }
 
+// Runs io until it is stopped or out of work. With busy_poll > 0 it keeps
+// polling (epoll_wait with no timeout, timers, posted work) for that long
+// after the last handler ran, and only then sleeps: the next event of a busy
+// connection is then found without the wake-up of a sleeping thread and CPU.
+void run_loop(asio::io_context& io, std::chrono::microseconds busy_poll) {
+  if (busy_poll.count() == 0) {
+    io.run();
+    return;
+  }
+  using clock = std::chrono::steady_clock;
+  auto last_work = clock::now();
+  for (;;) {
+    if (io.poll() > 0) {
+      last_work = clock::now();
+      continue;
+    }
+    if (io.stopped()) return;
+    if (clock::now() - last_work < busy_poll) continue;
+    if (io.run_one() == 0) return;  // slept until the next handler; 0: stopped
+    last_work = clock::now();
+  }
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -468,7 +491,7 @@ void Server::watch_policy() {
 void Server::run() {
   auto& im = *impl_;
   std::vector<std::thread> workers;
-  for (auto& t : im.threads) workers.emplace_back([&io = t->io] { io.run(); });
+  for (auto& t : im.threads) workers.emplace_back([&io = t->io, poll = im.config.busy_poll] { run_loop(io, poll); });
   im.control.run();
   for (auto& w : workers) w.join();
   // Every session has written its records: flush, final checkpoint, close.

@@ -6,6 +6,8 @@
 
 #include <cstdio>
 #include <cstring>
+#include <iterator>
+#include <sstream>
 #include <thread>
 
 #include "fixture.h"
@@ -1727,6 +1729,48 @@ TEST_F(ProxyTest, SigtermExitsCleanly) {
   start_proxy();
   proxy_->signal(SIGTERM);
   EXPECT_EQ(proxy_->wait_exit(std::chrono::seconds(5)), 0);
+}
+
+// CPU time (user and system) a process has used, in clock ticks.
+long cpu_ticks(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));  // after "pid (comm) "
+  std::string field;
+  long ticks = 0;
+  for (int i = 3; fields >> field && i <= 15; ++i)
+    if (i >= 14) ticks += std::stol(field);  // utime, stime
+  return ticks;
+}
+
+TEST_F(ProxyTest, BusyPollingServesThenSleepsWhenTrafficStops) {
+  // A poll far longer than any request: each request's loop polls for 5 ms
+  // after it, and must then sleep.
+  const int port = start_proxy({"--busy-poll", "5000"});
+  for (int i = 0; i < 3; ++i) {
+    auto r = shell("curl -sS -p -x http://127.0.0.1:" + std::to_string(port) + " http://origin.test:" + o() +
+                   "/bytes/100000 | wc -c");
+    EXPECT_EQ(r.out, "100000\n");
+    r = shell("curl -sS -o /dev/null -w '%{http_code}' -x http://127.0.0.1:" + std::to_string(port) +
+              " http://forbidden.test:" + f() + "/");
+    EXPECT_EQ(r.out, "403");
+  }
+  // Idle, its two event loops sleep: polling without end would use 2 s of
+  // CPU in these 2 s; the log's flushes and timers need a few ticks.
+  ::usleep(200'000);
+  const long before = cpu_ticks(proxy_->pid());
+  ::usleep(2'000'000);
+  const long used = cpu_ticks(proxy_->pid()) - before;
+  EXPECT_LT(used * 1000 / ::sysconf(_SC_CLK_TCK), 100) << used << " ticks";
+  proxy_->signal(SIGTERM);
+  EXPECT_EQ(proxy_->wait_exit(std::chrono::seconds(5)), 0);
+  for (const std::string bad : {"-1", "10001", "fast"}) {
+    auto r = shell(std::string(SANDGATE_BIN) + " proxy --config " + policy_.string() +
+                   " --listen 127.0.0.1:0 --busy-poll " + bad);
+    EXPECT_EQ(r.status, 2) << bad;
+    EXPECT_NE(r.out.find("--busy-poll takes microseconds from 0 to 10000, not '" + bad + "'"), std::string::npos)
+        << r.out;
+  }
 }
 
 TEST_F(ProxyTest, AUnixListenerServesAndOnlyAStaleSocketIsReplaced) {
