@@ -10,15 +10,24 @@
 #include <string_view>
 #include <vector>
 
+#include "sandgate/netlog/event.h"
+
 namespace sandgate::proxy::detail {
 
 // The reason codes a decision can carry: the policy's, then the proxy's own.
-inline constexpr std::array<std::string_view, 20> reason_codes = {
+// A code missing here is counted as "other"; the test that compares the
+// metrics with the log finds it.
+inline constexpr std::array<std::string_view, 21> reason_codes = {
     "allowed-by-rule", "allowed-by-default", "allowed-by-cidr", "blocked-by-denylist", "blocked-by-default",
     "blocked-by-cidr", "blocked-by-default-cidr", "dns-mixed-answer", "no-address", "bad-request",
-    "header-too-large", "dns-failure", "dns-timeout", "connect-failed", "connect-timeout", "too-many-tunnels",
-    "too-many-connections", "bad-upstream-response", "upstream-timeout", "other"};
+    "header-too-large", "http-version-not-supported", "dns-failure", "dns-timeout", "connect-failed",
+    "connect-timeout", "too-many-tunnels", "too-many-connections", "bad-upstream-response", "upstream-timeout",
+    "other"};
 inline constexpr std::array<std::string_view, 4> verdicts = {"allow", "deny", "report", "error"};
+// Connections refused when accepted, before any request: no decision record.
+inline constexpr std::array<std::string_view, 2> accept_refusals = {"too-many-connections",
+                                                                    "too-many-client-connections"};
+inline constexpr std::size_t end_reason_count = static_cast<std::size_t>(netlog::EndReason::error) + 1;
 
 std::size_t reason_index(std::string_view code) noexcept;
 std::size_t verdict_index(std::string_view verdict) noexcept;
@@ -38,6 +47,12 @@ struct Metrics {
   Histogram decision_seconds;  // head parsed to verdict (DNS included)
   Histogram connect_seconds;   // dialing the checked addresses
 
+  std::array<std::atomic<std::uint64_t>, end_reason_count> closes{};  // by the close record's end
+  std::array<std::atomic<std::uint64_t>, accept_refusals.size()> refused{};
+
+  void closed(netlog::EndReason end) noexcept {
+    closes[static_cast<std::size_t>(end)].fetch_add(1, std::memory_order_relaxed);
+  }
   void decided(std::string_view verdict, std::string_view reason) noexcept {
     decisions[verdict_index(verdict) * reason_codes.size() + reason_index(reason)].fetch_add(
         1, std::memory_order_relaxed);

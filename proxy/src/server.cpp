@@ -117,6 +117,7 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
       socket.non_blocking(true, ignored);
       socket.write_some(asio::buffer(busy), ignored);
       socket.close(ignored);
+      ctx.metrics.refused[0].fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     std::atomic<std::uint32_t>* slot = nullptr;
@@ -144,6 +145,7 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
           socket.non_blocking(true, ignored);
           socket.write_some(asio::buffer(over), ignored);
           socket.close(ignored);
+          ctx.metrics.refused[1].fetch_add(1, std::memory_order_relaxed);
           continue;
         }
       }
@@ -549,6 +551,12 @@ std::string Server::metrics_text() const {
     out += "# HELP " + std::string(name) + " " + std::string(help) + "\n# TYPE " + std::string(name) + " " +
            std::string(type) + "\n" + std::string(name) + " " + std::to_string(value) + "\n";
   };
+  // A per-thread counter array's element i, summed over the threads.
+  auto total = [&](auto member, std::size_t i) {
+    std::uint64_t n = 0;
+    for (const auto& t : im.threads) n += (t->metrics.*member)[i].load(std::memory_order_relaxed);
+    return n;
+  };
   std::uint64_t open = 0, up = 0, down = 0;
   std::vector<const detail::Histogram*> decision, connect;
   for (const auto& t : im.threads) {
@@ -571,13 +579,22 @@ std::string Server::metrics_text() const {
          "# TYPE sandgate_decisions_total counter\n";
   for (std::size_t v = 0; v < detail::verdicts.size(); ++v)
     for (std::size_t r = 0; r < detail::reason_codes.size(); ++r) {
-      std::uint64_t n = 0;
-      for (const auto& t : im.threads)
-        n += t->metrics.decisions[v * detail::reason_codes.size() + r].load(std::memory_order_relaxed);
+      const auto n = total(&detail::Metrics::decisions, v * detail::reason_codes.size() + r);
       if (n == 0) continue;  // only what happened: the label set stays small
       out += "sandgate_decisions_total{verdict=\"" + std::string(detail::verdicts[v]) + "\",reason=\"" +
              std::string(detail::reason_codes[r]) + "\"} " + std::to_string(n) + "\n";
     }
+  out += "# HELP sandgate_connections_refused_total Connections refused when accepted, before any request "
+         "(no decision record).\n# TYPE sandgate_connections_refused_total counter\n";
+  for (std::size_t r = 0; r < detail::accept_refusals.size(); ++r)
+    out += "sandgate_connections_refused_total{reason=\"" + std::string(detail::accept_refusals[r]) + "\"} " +
+           std::to_string(total(&detail::Metrics::refused, r)) + "\n";
+  out += "# HELP sandgate_closes_total Allowed connections ended, by the end their close record names.\n"
+         "# TYPE sandgate_closes_total counter\n";
+  for (std::size_t e = 0; e < detail::end_reason_count; ++e)
+    if (const auto n = total(&detail::Metrics::closes, e); n > 0)
+      out += "sandgate_closes_total{end=\"" + std::string(netlog::to_string(static_cast<netlog::EndReason>(e))) +
+             "\"} " + std::to_string(n) + "\n";
   out += "# HELP sandgate_bytes_total Bytes relayed for allowed connections.\n"
          "# TYPE sandgate_bytes_total counter\n"
          "sandgate_bytes_total{direction=\"up\"} " + std::to_string(up) + "\n"

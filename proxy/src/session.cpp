@@ -241,6 +241,7 @@ asio::awaitable<void> Session::log_close(std::uint64_t up, std::uint64_t down, n
                                          std::uint16_t http_status) {
   ctx_.metrics.bytes_up.fetch_add(up, std::memory_order_relaxed);
   ctx_.metrics.bytes_down.fetch_add(down, std::memory_order_relaxed);
+  ctx_.metrics.closed(end);
   if (!co_await log_room()) co_return;
   netlog::Event& e = *ctx_.log->claim();
   e.kind = netlog::Event::Kind::close;

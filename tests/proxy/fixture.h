@@ -168,6 +168,22 @@ class ProxyTest : public ::testing::Test {
     return 0;
   }
 
+  // Opens a tunnel to the TLS origin through the proxy on `port`, then makes
+  // a TLS handshake naming `sni` (certificate name not checked): prints
+  // "handshake done" or "refused".
+  std::string tls_hello(int port, const std::string& sni) const {
+    return shell("python3 -c \"import socket, ssl\n"
+                 "s = socket.create_connection(('127.0.0.1', " + std::to_string(port) + "))\n"
+                 "s.sendall(b'CONNECT origin.test:" + std::to_string(tls_->port) + " HTTP/1.1\\r\\n\\r\\n')\n"
+                 "assert s.recv(4096).startswith(b'HTTP/1.1 200')\n"
+                 "c = ssl.create_default_context(cafile='" + cert_.string() + "')\n"
+                 "c.check_hostname = False\n"
+                 "try:\n"
+                 "    c.wrap_socket(s, server_hostname='" + sni + "'); print('handshake done')\n"
+                 "except (ssl.SSLError, OSError) as e: print('refused')\n\"")
+        .out;
+  }
+
   // Each test's own log (the folder is per process) and its key, outside it.
   static fs::path log_path() {
     return dir_ / ("log-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name())) /

@@ -2,6 +2,7 @@
 // it: real proxy binary, real curl, real signals (SIGTERM, SIGUSR1, SIGKILL).
 #include <boost/json/parse.hpp>
 
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -306,6 +307,81 @@ TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
   EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"splice\"} 1"), std::string::npos) << tunnels;
   EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"http\"} 1"), std::string::npos) << tunnels;
   EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"buffered\"} 0"), std::string::npos) << tunnels;
+}
+
+// Prometheus lines `NAME{LABELS} VALUE` of one metric, as label text -> value.
+std::map<std::string, long> metric_values(const std::string& text, const std::string& name) {
+  std::map<std::string, long> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with(name + "{")) {
+      const auto close = line.rfind("} ");
+      out[line.substr(name.size() + 1, close - name.size() - 1)] = std::stol(line.substr(close + 2));
+    }
+  return out;
+}
+
+TEST_F(NetworkLogTest, TheMetricsCountWhatTheLogRecords) {
+  const int port = start_proxy({"--admin", "127.0.0.1:0", "--max-client-connections", "3"});
+  const int admin_port = read_admin_port();
+  ASSERT_GT(admin_port, 0);
+  const auto proxy = "http://127.0.0.1:" + std::to_string(port);
+  auto code = [&](const std::string& args) {
+    return shell("curl -s -o /dev/null -w '%{http_code}' -x " + proxy + " " + args).out;
+  };
+  // One of each outcome a client can cause, each checked by what it got.
+  EXPECT_EQ(code("http://origin.test:" + o() + "/small"), "200");
+  EXPECT_EQ(code("http://origin.test:" + o() + "/small"), "200");
+  EXPECT_EQ(code("http://evil.test/"), "403");
+  EXPECT_EQ(code("-p http://origin.test:" + o() + "/small"), "200");
+  EXPECT_EQ(code("-p -H 'Host: evil.test' http://origin.test:" + o() + "/small"), "403");  // inside the tunnel
+  EXPECT_EQ(status_line(exchange("127.0.0.1", port, "GET /relative HTTP/1.1\r\nHost: x\r\n\r\n")),
+            "HTTP/1.1 400 Bad Request");
+  EXPECT_EQ(status_line(exchange("127.0.0.1", port,
+                                 "GET http://origin.test:" + o() + "/ HTTP/2.0\r\nHost: origin.test:" + o() + "\r\n\r\n")),
+            "HTTP/1.1 505 HTTP Version Not Supported");
+  EXPECT_EQ(status_line(exchange("127.0.0.1", port,
+                                 request("/small", "X-Big: " + std::string(20'000, 'a') + "\r\n"))),
+            "HTTP/1.1 431 Request Header Fields Too Large");
+  // A TLS handshake naming another host in a tunnel to the TLS origin.
+  EXPECT_EQ(tls_hello(port, "evil.test"), "refused\n");
+  // Three tunnels held open; a fourth connection is refused when accepted.
+  std::vector<int> open;
+  for (int i = 0; i < 3; ++i) open.push_back(open_tunnel(port, o()));
+  for (int fd : open) ASSERT_GE(fd, 0);
+  EXPECT_EQ(status_line(exchange("127.0.0.1", port, "")), "HTTP/1.1 429 Too Many Requests");
+  for (int fd : open) ::close(fd);
+
+  // Once every connection has ended, its close is counted.
+  std::string m;
+  for (int i = 0; i < 500; ++i) {
+    m = exchange("127.0.0.1", admin_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    if (m.find("sandgate_connections_open 0\n") != std::string::npos) break;
+    ::usleep(10'000);
+  }
+  ASSERT_NE(m.find("sandgate_connections_open 0\n"), std::string::npos) << m;
+  stop_proxy();
+
+  std::map<std::string, long> decided, ended;
+  for (const auto& r : records(log_path(), "decision"))
+    ++decided["verdict=\"" + std::string(r.at("verdict").as_string()) + "\",reason=\"" +
+              std::string(r.at("reason").as_string()) + "\""];
+  for (const auto& r : records(log_path(), "close")) ++ended["end=\"" + std::string(r.at("end").as_string()) + "\""];
+  EXPECT_EQ(metric_values(m, "sandgate_decisions_total"), decided) << m;
+  EXPECT_EQ(metric_values(m, "sandgate_closes_total"), ended) << m;
+  // Every outcome above is in both, none under "other".
+  for (const std::string reason : {"allowed-by-rule", "blocked-by-denylist", "bad-request",
+                                   "http-version-not-supported", "header-too-large"}) {
+    bool seen = false;
+    for (const auto& [labels, n] : decided) seen |= labels.ends_with("reason=\"" + reason + "\"");
+    EXPECT_TRUE(seen) << reason;
+  }
+  for (const std::string end : {"complete", "client-close", "request-refused", "sni-mismatch"})
+    EXPECT_TRUE(ended.contains("end=\"" + end + "\"")) << end;
+  EXPECT_EQ(m.find("reason=\"other\""), std::string::npos) << m;
+  const auto refused = metric_values(m, "sandgate_connections_refused_total");
+  EXPECT_EQ(refused.at("reason=\"too-many-client-connections\""), 1) << m;
+  EXPECT_EQ(refused.at("reason=\"too-many-connections\""), 0) << m;
 }
 
 TEST_F(NetworkLogTest, FollowStreamsNewRecordsAcrossRotation) {

@@ -1168,21 +1168,9 @@ TEST_F(ProxyTest, CurlHttpsThroughConnect) {
 TEST_F(ProxyTest, TlsClientHelloNamingAnotherHostIsRefused) {
   const int port = start_proxy();
   // CONNECT to the allowed origin, then a TLS handshake whose SNI names another host.
-  const auto hello = [&](const std::string& sni) {
-    return shell("python3 -c \"import socket, ssl\n"
-                 "s = socket.create_connection(('127.0.0.1', " + std::to_string(port) + "))\n"
-                 "s.sendall(b'CONNECT origin.test:" + std::to_string(tls_->port) + " HTTP/1.1\\r\\n\\r\\n')\n"
-                 "assert s.recv(4096).startswith(b'HTTP/1.1 200')\n"
-                 "c = ssl.create_default_context(cafile='" + cert_.string() + "')\n"
-                 "c.check_hostname = False\n"
-                 "try:\n"
-                 "    c.wrap_socket(s, server_hostname='" + sni + "'); print('handshake done')\n"
-                 "except (ssl.SSLError, OSError) as e: print('refused')\n\"")
-        .out;
-  };
-  EXPECT_EQ(hello("origin.test"), "handshake done\n");
-  EXPECT_EQ(hello("evil.test"), "refused\n");
-  EXPECT_EQ(hello("api.origin.test"), "refused\n");
+  EXPECT_EQ(tls_hello(port, "origin.test"), "handshake done\n");
+  EXPECT_EQ(tls_hello(port, "evil.test"), "refused\n");
+  EXPECT_EQ(tls_hello(port, "api.origin.test"), "refused\n");
 }
 
 TEST_F(ProxyTest, PlainHttpInATunnelHasEveryRequestsHostChecked) {
