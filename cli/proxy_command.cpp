@@ -81,7 +81,9 @@ Options:
                            sent anyway (default 1000)
   --tunnel-idle-timeout MS CONNECT tunnel idle (default 300000)
   --drain-timeout MS       on SIGTERM (default 10000)
-  --max-connections N      per thread (default 10000); more get 503
+  --max-connections N      per thread (default 10000, or fewer where the
+                           open-files limit cannot hold them: 3 each); more
+                           get 503
   --max-client-connections N
                            per client address, all threads (default: no limit);
                            more get 429
@@ -285,6 +287,7 @@ int proxy_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate proxy: " << server.error() << "\n";
     return 1;
   }
+  for (const auto& w : (*server)->warnings()) std::cerr << "sandgate proxy: warning: " << w << "\n";
   for (std::size_t i = 0; i < cfg.listeners.size(); ++i)
     std::cout << "sandgate proxy: listening on " << (*server)->bound_address(i)
               << (cfg.listeners[i].sandbox.empty() ? "" : " for sandbox " + cfg.listeners[i].sandbox) << "\n";

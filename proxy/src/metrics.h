@@ -17,12 +17,12 @@ namespace sandgate::proxy::detail {
 // The reason codes a decision can carry: the policy's, then the proxy's own.
 // A code missing here is counted as "other"; the test that compares the
 // metrics with the log finds it.
-inline constexpr std::array<std::string_view, 21> reason_codes = {
+inline constexpr std::array<std::string_view, 22> reason_codes = {
     "allowed-by-rule", "allowed-by-default", "allowed-by-cidr", "blocked-by-denylist", "blocked-by-default",
     "blocked-by-cidr", "blocked-by-default-cidr", "dns-mixed-answer", "no-address", "bad-request",
     "header-too-large", "http-version-not-supported", "dns-failure", "dns-timeout", "connect-failed",
-    "connect-timeout", "too-many-tunnels", "too-many-connections", "bad-upstream-response", "upstream-timeout",
-    "other"};
+    "connect-timeout", "out-of-descriptors", "too-many-tunnels", "too-many-connections", "bad-upstream-response",
+    "upstream-timeout", "other"};
 inline constexpr std::array<std::string_view, 4> verdicts = {"allow", "deny", "report", "error"};
 // Connections refused when accepted, before any request: no decision record.
 inline constexpr std::array<std::string_view, 2> accept_refusals = {"too-many-connections",

@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <netinet/tcp.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -154,6 +155,44 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
   }
 }
 
+// Descriptors one connection may hold: the client's, the origin's, and a
+// share of the pipes that spliced bodies and tunnels borrow while they move
+// bytes. The reserve is for the rest: listeners, the log, epoll, timers, DNS.
+constexpr std::size_t descriptors_per_connection = 3;
+constexpr std::size_t descriptors_reserved = 64;
+constexpr std::size_t default_max_connections = 10'000;
+
+// Raises the open-files soft limit to the hard one (a shell's soft 1024
+// would stop a proxy at a few hundred connections) and returns the
+// connections per thread: `asked`, or when 0 the default cut to what the
+// limit holds. Adds a warning when the limit is what holds it back.
+std::size_t connection_budget(std::size_t asked, unsigned threads, std::vector<std::string>& warnings) {
+  rlimit r{};
+  ::getrlimit(RLIMIT_NOFILE, &r);
+  if (r.rlim_cur < r.rlim_max) {
+    const rlimit raised{r.rlim_max, r.rlim_max};
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) r = raised;
+  }
+  const std::size_t files = r.rlim_cur;
+  const std::size_t fits =
+      files > descriptors_reserved ? (files - descriptors_reserved) / descriptors_per_connection / threads : 0;
+  const std::size_t wanted = asked ? asked : default_max_connections;
+  if (fits >= wanted) return wanted;
+  const std::string limit = "the open-files limit (" + std::to_string(files) + ", RLIMIT_NOFILE)";
+  const std::string per_thread = " per thread (" + std::to_string(threads) + (threads == 1 ? " thread)" : " threads)");
+  const char* raise = "raise it (ulimit -Hn; systemd: LimitNOFILE=)";
+  if (asked) {
+    warnings.push_back("--max-connections " + std::to_string(asked) + ", but " + limit + " holds about " +
+                       std::to_string(fits) + per_thread +
+                       ": past that, new connections wait and requests get 503 (out-of-descriptors); " + raise);
+    return asked;
+  }
+  const std::size_t budget = std::max<std::size_t>(fits, 1);
+  warnings.push_back("at most " + std::to_string(budget) + " connections" + per_thread + " instead of " +
+                     std::to_string(default_max_connections) + ": " + limit + " holds no more; " + raise);
+  return budget;
+}
+
 // Runs io until it is stopped or out of work. With busy_poll > 0 it keeps
 // polling (epoll_wait with no timeout, timers, posted work) for that long
 // after the last handler ran, and only then sleeps: the next event of a busy
@@ -200,6 +239,7 @@ struct Server::Impl {
   asio::executor_work_guard<asio::io_context::executor_type> keep_running = asio::make_work_guard(control);
   std::optional<asio::signal_set> signals;
   std::optional<asio::posix::stream_descriptor> watch;
+  std::vector<std::string> warnings;
 
   void close_acceptors() {
     for (std::size_t t = 0; t < threads.size(); ++t)
@@ -229,6 +269,7 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
   }
   if (config.listeners.empty()) return std::string("no --listen address given");
   const unsigned n = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  config.limits.max_connections = connection_budget(config.limits.max_connections, n, impl->warnings);
   for (unsigned t = 0; t < n; ++t) {
     auto ctx = std::make_unique<detail::ThreadContext>();
     ctx->policy = store->current();
@@ -543,6 +584,7 @@ void Server::stop() {
 
 std::string Server::bound_address(std::size_t i) const { return impl_->bound.at(i); }
 std::string Server::admin_address() const { return impl_->admin_bound; }
+const std::vector<std::string>& Server::warnings() const { return impl_->warnings; }
 
 std::string Server::metrics_text() const {
   const auto& im = *impl_;

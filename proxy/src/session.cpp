@@ -7,6 +7,8 @@
 // Expected ends (EOF, reset, timeout) are outcomes, not errors.
 #include "session_impl.h"
 
+#include <sys/resource.h>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -14,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iostream>
 
 #include "answers.h"
 #include "head_check.h"
@@ -438,6 +441,25 @@ asio::awaitable<void> Session::linger() {
   upbuf_.clear();
 }
 
+namespace {
+
+void warn_out_of_descriptors() {
+  // At most one line every 10 s, from any thread: a burst of refusals
+  // must not become a burst of blocking writes to stderr.
+  static std::atomic<std::int64_t> last_s{0};
+  const std::int64_t now_s =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  auto last = last_s.load(std::memory_order_relaxed);
+  if (now_s - last < 10 || !last_s.compare_exchange_strong(last, now_s, std::memory_order_relaxed)) return;
+  rlimit r{};
+  ::getrlimit(RLIMIT_NOFILE, &r);
+  std::cerr << "sandgate proxy: out of file descriptors (the open-files limit is " << r.rlim_cur
+            << ", RLIMIT_NOFILE): requests get 503 until connections close; lower --max-connections or raise the"
+               " limit (ulimit -Hn; systemd: LimitNOFILE=)\n";
+}
+
+}  // namespace
+
 asio::awaitable<bool> Session::dial(const std::vector<policy::Address>& addrs, std::uint16_t port) {
   stage_ = Stage::dial;
   upbuf_.clear();  // nothing read from an earlier connection is an answer on this one
@@ -450,6 +472,16 @@ asio::awaitable<bool> Session::dial(const std::vector<policy::Address>& addrs, s
     boost::system::error_code ignored;
     upstream_.close(ignored);
     upstream_.open(gep.protocol(), last);
+    if (last == boost::system::errc::too_many_files_open || last == boost::system::errc::too_many_files_open_in_system) {
+      // The proxy's limit, not the destination's fault: another address
+      // would fail alike, and the client may retry once connections close.
+      warn_out_of_descriptors();
+      co_await fail(503, "out-of-descriptors",
+                    "the proxy has no file descriptor free for the connection to the destination (" +
+                        last.message() + "); retry shortly",
+                    1);
+      co_return false;
+    }
     if (last) continue;
     arm(ctx_.limits.connect_timeout);
     timed_out_ = false;

@@ -283,6 +283,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's listen backlog is 5: a burst of connections past it
+    # loses SYNs, each retried only after a second.
+    request_queue_size = 512
 
     def handle_error(self, request, client_address):
         # A peer that closes first (a refused request, a cut body) is what

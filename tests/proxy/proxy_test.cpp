@@ -1761,6 +1761,60 @@ TEST_F(ProxyTest, BusyPollingServesThenSleepsWhenTrafficStops) {
   }
 }
 
+TEST_F(ProxyTest, TheOpenFilesLimitBoundsConnectionsAndRunningOutGets503) {
+  // Started with a soft limit of 100 under a hard one of 200, the proxy
+  // raises its own to 200, which holds (200 - 64 reserved) / 3 = 45
+  // connections per thread: the default 10000 is cut to that, and it says so.
+  auto r = shell("timeout 2 prlimit --nofile=100:200 " + std::string(SANDGATE_BIN) + " proxy --no-log --config " +
+                 policy_.string() + " --listen 127.0.0.1:0 --threads 1");
+  EXPECT_NE(r.out.find("warning: at most 45 connections per thread (1 thread) instead of 10000: the open-files limit "
+                       "(200, RLIMIT_NOFILE) holds no more"),
+            std::string::npos)
+      << r.out;
+  // Asked for more than that: it warns, and once the descriptors run out a
+  // dial gets 503 out-of-descriptors (not a 502 blaming the destination).
+  const int port = start_proxy({"--threads", "1", "--max-connections", "1000"}, "127.0.0.1:0",
+                               {"prlimit", "--nofile=200:200"});
+  ASSERT_GT(port, 0);
+  r = shell("python3 -c \"import socket, collections\n"
+            "seen = collections.Counter(); held = []\n"
+            "for i in range(150):\n"
+            "    s = socket.create_connection(('127.0.0.1', " + std::to_string(port) + ")); s.settimeout(5)\n"
+            "    s.sendall(b'CONNECT origin.test:" + o() + " HTTP/1.1\\r\\n\\r\\n')\n"
+            "    a = s.recv(4096).decode()\n"
+            "    code = [l for l in a.split('\\r\\n') if l.startswith('X-Proxy-Error:') or l.startswith('Retry-After:')]\n"
+            "    seen[' '.join([a.split('\\r\\n')[0]] + code)] += 1\n"
+            "    held.append(s)\n"
+            "for k, v in sorted(seen.items()): print(v, k)\n\"");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"((\d+) HTTP/1.1 200 Connection established\n)"))) << r.out;
+  EXPECT_GE(std::stoi(m[1]), 45) << r.out;
+  ASSERT_TRUE(std::regex_search(
+      r.out, m,
+      std::regex(R"((\d+) HTTP/1.1 503 Service Unavailable X-Proxy-Error: out-of-descriptors Retry-After: 1\n)")))
+      << r.out;
+  const int refused = std::stoi(m[1]);
+  EXPECT_GT(refused, 0);
+  EXPECT_EQ(r.out.find("502"), std::string::npos) << r.out;
+  // The held tunnels closed with the script: the proxy serves again.
+  std::string answer;
+  for (int i = 0; i < 200 && !answer.starts_with("HTTP/1.1 200"); ++i) {
+    answer = exchange("127.0.0.1", port, request("/small"));
+    if (!answer.starts_with("HTTP/1.1 200")) ::usleep(10'000);
+  }
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 200")) << answer;
+  proxy_->signal(SIGTERM);
+  ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(10)), 0);
+  // Each refusal is a decision record with its reason.
+  std::ifstream log(log_path());
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  int logged = 0;
+  for (auto at = text.find("\"reason\":\"out-of-descriptors\""); at != std::string::npos;
+       at = text.find("\"reason\":\"out-of-descriptors\"", at + 1))
+    ++logged;
+  EXPECT_EQ(logged, refused);
+}
+
 TEST_F(ProxyTest, AUnixListenerServesAndOnlyAStaleSocketIsReplaced) {
   const auto path = dir_ / "proxy.sock";
   fs::remove(path);

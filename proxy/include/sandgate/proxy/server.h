@@ -33,7 +33,9 @@ struct Limits {
   std::chrono::milliseconds continue_timeout{1'000};
   std::chrono::milliseconds tunnel_idle_timeout{300'000};
   std::chrono::milliseconds drain_timeout{10'000};    // SIGTERM: time for open connections to finish
-  std::size_t max_connections = 10'000;               // per thread; more get 503
+  // Per thread; more get 503. 0: 10000, or fewer where the open-files limit
+  // (RLIMIT_NOFILE, raised to its hard limit at start) holds fewer.
+  std::size_t max_connections = 0;
   std::size_t max_client_connections = 0;             // per client address, all threads; more get 429 (0 = off)
   // The longest a resolved answer is reused (per thread): a DNS answer for
   // its TTL when that is shorter, an /etc/hosts answer (no TTL) for this
@@ -100,6 +102,9 @@ class Server {
   std::string bound_address(std::size_t i) const;
   // The admin listener's bound address ("" without one).
   std::string admin_address() const;
+  // What the operator should hear of at start, one line each: a connection
+  // limit the open-files limit cannot hold, or one it cut down.
+  const std::vector<std::string>& warnings() const;
   Stats stats() const;
   // The /metrics body: Prometheus text format.
   std::string metrics_text() const;
