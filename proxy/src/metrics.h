@@ -25,8 +25,8 @@ inline constexpr std::array<std::string_view, 22> reason_codes = {
     "upstream-timeout", "other"};
 inline constexpr std::array<std::string_view, 4> verdicts = {"allow", "deny", "report", "error"};
 // Connections refused when accepted, before any request: no decision record.
-inline constexpr std::array<std::string_view, 2> accept_refusals = {"too-many-connections",
-                                                                    "too-many-client-connections"};
+inline constexpr std::array<std::string_view, 3> accept_refusals = {
+    "too-many-connections", "too-many-client-connections", "out-of-descriptors"};
 inline constexpr std::size_t end_reason_count = static_cast<std::size_t>(netlog::EndReason::error) + 1;
 
 std::size_t reason_index(std::string_view code) noexcept;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <netinet/tcp.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -96,6 +97,26 @@ boost::system::result<ParsedListen, std::string> parse_listen(const std::string&
   return out;
 }
 
+// accept(2) found no descriptor free. With the thread's spare one closed,
+// takes the connection, answers 503 and closes it, then takes the spare
+// back: the client is told at once instead of waiting in the listen queue
+// for a descriptor. False when there was no spare to close.
+bool refuse_for_descriptors(int listener, detail::ThreadContext& ctx) {
+  if (ctx.spare_descriptor < 0) return false;
+  ::close(ctx.spare_descriptor);
+  const int fd = ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd >= 0) {
+    const auto busy = detail::error_answer(
+        503, "out-of-descriptors", "the proxy has no file descriptor free for this connection; retry shortly", 1);
+    ::send(fd, busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    ::close(fd);
+    ctx.metrics.refused[2].fetch_add(1, std::memory_order_relaxed);
+    detail::warn_out_of_descriptors();
+  }
+  ctx.spare_descriptor = ::eventfd(0, EFD_CLOEXEC);
+  return fd >= 0;
+}
+
 asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx, const Listener& listener,
                                   const netlog::Source* source, std::atomic<std::size_t>& open_tunnels,
                                   bool is_tcp) {
@@ -104,6 +125,11 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
     Protocol::endpoint peer;
     auto [ec, socket] = co_await acceptor.async_accept(peer, token);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if ((ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system) &&
+        refuse_for_descriptors(acceptor.native_handle(), ctx))
+      continue;
+    // A spare lost to another thread at the moment it was free: take it again.
+    if (ctx.spare_descriptor < 0) ctx.spare_descriptor = ::eventfd(0, EFD_CLOEXEC);
     if (ec) {
       // Out of descriptors or a transient error: back off briefly, keep serving.
       asio::steady_timer t(acceptor.get_executor(), std::chrono::milliseconds(50));
@@ -184,7 +210,7 @@ std::size_t connection_budget(std::size_t asked, unsigned threads, std::vector<s
   if (asked) {
     warnings.push_back("--max-connections " + std::to_string(asked) + ", but " + limit + " holds about " +
                        std::to_string(fits) + per_thread +
-                       ": past that, new connections wait and requests get 503 (out-of-descriptors); " + raise);
+                       ": past that, connections get 503 (out-of-descriptors); " + raise);
     return asked;
   }
   const std::size_t budget = std::max<std::size_t>(fits, 1);
@@ -275,6 +301,7 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     ctx->policy = store->current();
     ctx->hosts = hosts;
     ctx->limits = config.limits;
+    ctx->spare_descriptor = ::eventfd(0, EFD_CLOEXEC);
     auto dns = detail::Dns::create(ctx->io, config.dns_servers, config.limits.dns_cache);
     if (!dns) return dns.error();
     ctx->dns = std::move(*dns);

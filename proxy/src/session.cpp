@@ -441,11 +441,8 @@ asio::awaitable<void> Session::linger() {
   upbuf_.clear();
 }
 
-namespace {
-
 void warn_out_of_descriptors() {
-  // At most one line every 10 s, from any thread: a burst of refusals
-  // must not become a burst of blocking writes to stderr.
+  // A burst of refusals must not become a burst of blocking writes to stderr.
   static std::atomic<std::int64_t> last_s{0};
   const std::int64_t now_s =
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -457,8 +454,6 @@ void warn_out_of_descriptors() {
             << ", RLIMIT_NOFILE): requests get 503 until connections close; lower --max-connections or raise the"
                " limit (ulimit -Hn; systemd: LimitNOFILE=)\n";
 }
-
-}  // namespace
 
 asio::awaitable<bool> Session::dial(const std::vector<policy::Address>& addrs, std::uint16_t port) {
   stage_ = Stage::dial;

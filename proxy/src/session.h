@@ -1,6 +1,8 @@
 // One client connection, from accept to close.
 #pragma once
 
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
 #include <memory>
@@ -60,7 +62,22 @@ struct ThreadContext {
     std::atomic<std::uint64_t> log_waits{0};  // times a session waited for room in the log queue
   } counters;
   Metrics metrics;  // written by this thread, summed by /metrics
+  // A descriptor held in reserve: when accept(2) finds none free, closing it
+  // lets the thread take the connection and answer 503 rather than leave the
+  // client waiting. -1 when it could not be had back (taken again later).
+  int spare_descriptor = -1;
+
+  ThreadContext() = default;
+  ThreadContext(const ThreadContext&) = delete;
+  ThreadContext& operator=(const ThreadContext&) = delete;
+  ~ThreadContext() {
+    if (spare_descriptor >= 0) ::close(spare_descriptor);
+  }
 };
+
+// Says on stderr that the process is out of descriptors, at most every 10 s
+// (from any thread).
+void warn_out_of_descriptors();
 
 // Starts serving one accepted connection; the session keeps itself alive.
 // open_tunnels counts the listener's open tunnels across all threads.
