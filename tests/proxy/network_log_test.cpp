@@ -4,6 +4,7 @@
 
 #include <map>
 #include <set>
+#include <iterator>
 #include <sstream>
 
 #include "fixture.h"
@@ -13,10 +14,15 @@ namespace {
 
 namespace json = boost::json;
 
+// The complete lines of the log: read while the proxy writes, the last may
+// be only partly there.
 std::vector<json::object> records(const fs::path& p, const std::string& type = "") {
   std::ifstream in(p);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.erase(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+  std::istringstream lines(text);
   std::vector<json::object> out;
-  for (std::string l; std::getline(in, l);) {
+  for (std::string l; std::getline(lines, l);) {
     auto v = json::parse(l).as_object();
     if (type.empty() || v.at("type").as_string() == type) out.push_back(std::move(v));
   }
