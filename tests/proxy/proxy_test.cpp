@@ -1762,6 +1762,10 @@ TEST_F(ProxyTest, BusyPollingServesThenSleepsWhenTrafficStops) {
 }
 
 TEST_F(ProxyTest, TheOpenFilesLimitBoundsConnectionsAndRunningOutGets503) {
+#ifdef SANDGATE_UBSAN_VPTR
+  GTEST_SKIP() << "UBSan's vptr check needs a free descriptor (it reads memory through a pipe), so it fails "
+                  "falsely in a proxy out of them; the release build runs this test";
+#endif
   // Started with a soft limit of 100 under a hard one of 200, the proxy
   // raises its own to 200, which holds (200 - 64 reserved) / 3 = 45
   // connections per thread: the default 10000 is cut to that, and it says so.
