@@ -246,10 +246,14 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   start_proxy({"--no-watch"});
   write_policy("version: 1\nmode: deny\nallow_hosts: [\"*.example.com\"]\n");
   proxy_->signal(SIGHUP);
-  for (int i = 0; i < 300 && records(log_path(), "policy").size() < 2; ++i) ::usleep(10'000);
+  // Up to 10 s each: a ThreadSanitizer build on a busy machine once took
+  // over 3 s, and a second SIGHUP sent while the first is pending merges
+  // with it.
+  for (int i = 0; i < 1000 && records(log_path(), "policy").size() < 2; ++i) ::usleep(10'000);
+  ASSERT_EQ(records(log_path(), "policy").size(), 2u) << "the first reload was not logged";
   write_policy("version: 1\nmode: sideways\n");
   proxy_->signal(SIGHUP);
-  for (int i = 0; i < 300 && records(log_path(), "policy").size() < 3; ++i) ::usleep(10'000);
+  for (int i = 0; i < 1000 && records(log_path(), "policy").size() < 3; ++i) ::usleep(10'000);
   stop_proxy();
   const auto p = records(log_path(), "policy");
   ASSERT_EQ(p.size(), 3u);
