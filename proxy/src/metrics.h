@@ -25,7 +25,8 @@ inline constexpr std::array<std::string_view, 22> reason_codes = {
     "upstream-timeout", "other"};
 inline constexpr std::array<std::string_view, 4> verdicts = {"allow", "deny", "report", "error"};
 // Connections refused when accepted, before any request: no decision record.
-inline constexpr std::array<std::string_view, 3> accept_refusals = {
+enum class AcceptRefusal : std::uint8_t { too_many_connections, too_many_client_connections, out_of_descriptors };
+inline constexpr std::array<std::string_view, 3> accept_refusals = {  // by AcceptRefusal
     "too-many-connections", "too-many-client-connections", "out-of-descriptors"};
 inline constexpr std::size_t end_reason_count = static_cast<std::size_t>(netlog::EndReason::error) + 1;
 
@@ -48,8 +49,11 @@ struct Metrics {
   Histogram connect_seconds;   // dialing the checked addresses
 
   std::array<std::atomic<std::uint64_t>, end_reason_count> closes{};  // by the close record's end
-  std::array<std::atomic<std::uint64_t>, accept_refusals.size()> refused{};
+  std::array<std::atomic<std::uint64_t>, accept_refusals.size()> refused{};  // by AcceptRefusal
 
+  void refused_on_accept(AcceptRefusal why) noexcept {
+    refused[static_cast<std::size_t>(why)].fetch_add(1, std::memory_order_relaxed);
+  }
   void closed(netlog::EndReason end) noexcept {
     closes[static_cast<std::size_t>(end)].fetch_add(1, std::memory_order_relaxed);
   }

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <netinet/tcp.h>
-#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -97,23 +96,30 @@ boost::system::result<ParsedListen, std::string> parse_listen(const std::string&
   return out;
 }
 
-// accept(2) found no descriptor free. With the thread's spare one closed,
-// takes the connection, answers 503 and closes it, then takes the spare
-// back: the client is told at once instead of waiting in the listen queue
-// for a descriptor. False when there was no spare to close.
+// A connection refused as it was accepted: a short answer, written without
+// waiting, and counted; the caller closes it.
+void refuse_on_accept(int fd, detail::ThreadContext& ctx, detail::AcceptRefusal why, int status,
+                      std::string_view message) {
+  const auto answer =
+      detail::error_answer(status, detail::accept_refusals[static_cast<std::size_t>(why)], message, 1);
+  ::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  ctx.metrics.refused_on_accept(why);
+}
+
+// accept(2) found no descriptor free. With the thread's spare let go, takes
+// the connection, answers 503 and closes it, then takes the spare back.
+// False when there was no spare to let go.
 bool refuse_for_descriptors(int listener, detail::ThreadContext& ctx) {
-  if (ctx.spare_descriptor < 0) return false;
-  ::close(ctx.spare_descriptor);
+  if (!ctx.spare.held()) return false;
+  ctx.spare.release();
   const int fd = ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (fd >= 0) {
-    const auto busy = detail::error_answer(
-        503, "out-of-descriptors", "the proxy has no file descriptor free for this connection; retry shortly", 1);
-    ::send(fd, busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    refuse_on_accept(fd, ctx, detail::AcceptRefusal::out_of_descriptors, 503,
+                     "the proxy has no file descriptor free for this connection; retry shortly");
     ::close(fd);
-    ctx.metrics.refused[2].fetch_add(1, std::memory_order_relaxed);
     detail::warn_out_of_descriptors();
   }
-  ctx.spare_descriptor = ::eventfd(0, EFD_CLOEXEC);
+  ctx.spare.take();
   return fd >= 0;
 }
 
@@ -125,11 +131,8 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
     Protocol::endpoint peer;
     auto [ec, socket] = co_await acceptor.async_accept(peer, token);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-    if ((ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system) &&
-        refuse_for_descriptors(acceptor.native_handle(), ctx))
-      continue;
-    // A spare lost to another thread at the moment it was free: take it again.
-    if (ctx.spare_descriptor < 0) ctx.spare_descriptor = ::eventfd(0, EFD_CLOEXEC);
+    if (detail::out_of_descriptors(ec) && refuse_for_descriptors(acceptor.native_handle(), ctx)) continue;
+    ctx.spare.take();  // one lost to another thread at the moment it was free
     if (ec) {
       // Out of descriptors or a transient error: back off briefly, keep serving.
       asio::steady_timer t(acceptor.get_executor(), std::chrono::milliseconds(50));
@@ -137,14 +140,10 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
       continue;
     }
     if (ctx.open_connections.load(std::memory_order_relaxed) >= ctx.limits.max_connections) {
-      // Over the limit: a short answer, written without waiting, then close.
-      const auto busy = detail::error_answer(503, "too-many-connections",
-                                             "the proxy is at its connection limit; retry shortly", 1);
+      refuse_on_accept(socket.native_handle(), ctx, detail::AcceptRefusal::too_many_connections, 503,
+                       "the proxy is at its connection limit; retry shortly");
       boost::system::error_code ignored;
-      socket.non_blocking(true, ignored);
-      socket.write_some(asio::buffer(busy), ignored);
       socket.close(ignored);
-      ctx.metrics.refused[0].fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     std::atomic<std::uint32_t>* slot = nullptr;
@@ -163,16 +162,11 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
         slot = &ctx.clients->open[h % detail::ClientCounts::buckets];
         if (slot->fetch_add(1, std::memory_order_relaxed) >= ctx.limits.max_client_connections) {
           slot->fetch_sub(1, std::memory_order_relaxed);
-          const auto over = detail::error_answer(
-              429, "too-many-client-connections",
-              "this client has " + std::to_string(ctx.limits.max_client_connections) +
-                  " connections open, its limit; close one or retry shortly",
-              1);
+          refuse_on_accept(socket.native_handle(), ctx, detail::AcceptRefusal::too_many_client_connections, 429,
+                           "this client has " + std::to_string(ctx.limits.max_client_connections) +
+                               " connections open, its limit; close one or retry shortly");
           boost::system::error_code ignored;
-          socket.non_blocking(true, ignored);
-          socket.write_some(asio::buffer(over), ignored);
           socket.close(ignored);
-          ctx.metrics.refused[1].fetch_add(1, std::memory_order_relaxed);
           continue;
         }
       }
@@ -301,7 +295,6 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     ctx->policy = store->current();
     ctx->hosts = hosts;
     ctx->limits = config.limits;
-    ctx->spare_descriptor = ::eventfd(0, EFD_CLOEXEC);
     auto dns = detail::Dns::create(ctx->io, config.dns_servers, config.limits.dns_cache);
     if (!dns) return dns.error();
     ctx->dns = std::move(*dns);

@@ -467,7 +467,7 @@ asio::awaitable<bool> Session::dial(const std::vector<policy::Address>& addrs, s
     boost::system::error_code ignored;
     upstream_.close(ignored);
     upstream_.open(gep.protocol(), last);
-    if (last == boost::system::errc::too_many_files_open || last == boost::system::errc::too_many_files_open_in_system) {
+    if (out_of_descriptors(last)) {
       // The proxy's limit, not the destination's fault: another address
       // would fail alike, and the client may retry once connections close.
       warn_out_of_descriptors();

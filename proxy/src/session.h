@@ -1,6 +1,7 @@
 // One client connection, from accept to close.
 #pragma once
 
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <array>
@@ -42,6 +43,29 @@ struct ClientCounts {
   std::array<std::atomic<std::uint32_t>, buckets> open{};
 };
 
+// One descriptor held in reserve (an eventfd): when accept(2) finds none
+// free, letting it go lets the thread take the connection and answer 503
+// rather than leave the client waiting in the listen queue.
+class SpareDescriptor {
+ public:
+  SpareDescriptor() { take(); }
+  ~SpareDescriptor() { release(); }
+  SpareDescriptor(const SpareDescriptor&) = delete;
+  SpareDescriptor& operator=(const SpareDescriptor&) = delete;
+  bool held() const noexcept { return fd_ >= 0; }
+  // Takes one if none is held (it may fail while descriptors are short).
+  void take() noexcept {
+    if (fd_ < 0) fd_ = ::eventfd(0, EFD_CLOEXEC);
+  }
+  void release() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
 // Shared by the sessions of one thread (one io_context): nothing here is
 // written by two threads, except the relaxed counters the Server sums.
 struct ThreadContext {
@@ -62,18 +86,13 @@ struct ThreadContext {
     std::atomic<std::uint64_t> log_waits{0};  // times a session waited for room in the log queue
   } counters;
   Metrics metrics;  // written by this thread, summed by /metrics
-  // A descriptor held in reserve: when accept(2) finds none free, closing it
-  // lets the thread take the connection and answer 503 rather than leave the
-  // client waiting. -1 when it could not be had back (taken again later).
-  int spare_descriptor = -1;
-
-  ThreadContext() = default;
-  ThreadContext(const ThreadContext&) = delete;
-  ThreadContext& operator=(const ThreadContext&) = delete;
-  ~ThreadContext() {
-    if (spare_descriptor >= 0) ::close(spare_descriptor);
-  }
+  SpareDescriptor spare;
 };
+
+// Whether an error says the process (or system) has no descriptor free.
+inline bool out_of_descriptors(const boost::system::error_code& ec) noexcept {
+  return ec == boost::system::errc::too_many_files_open || ec == boost::system::errc::too_many_files_open_in_system;
+}
 
 // Says on stderr that the process is out of descriptors, at most every 10 s
 // (from any thread).

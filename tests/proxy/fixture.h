@@ -168,6 +168,17 @@ class ProxyTest : public ::testing::Test {
     return 0;
   }
 
+  // GET /small through the proxy on `port`, on a new connection each try,
+  // until one is answered 200 (or about 2 s pass); returns the last answer.
+  std::string get_until_ok(int port) const {
+    std::string answer;
+    for (int i = 0; i < 200 && !answer.starts_with("HTTP/1.1 200"); ++i) {
+      answer = exchange("127.0.0.1", port, request("/small"));
+      if (!answer.starts_with("HTTP/1.1 200")) ::usleep(10'000);
+    }
+    return answer;
+  }
+
   // Opens a tunnel to the TLS origin through the proxy on `port`, then makes
   // a TLS handshake naming `sni` (certificate name not checked): prints
   // "handshake done" or "refused".

@@ -44,6 +44,17 @@ class NetworkLogTest : public ProxyTest {
     ASSERT_EQ(proxy_->wait_exit(std::chrono::seconds(15)), 0);
     proxy_.reset();
   }
+  // /metrics from the admin listener, scraped until it holds `wanted` (or
+  // about 5 s pass); returns the last body.
+  std::string scrape_until(int admin_port, const std::string& wanted) {
+    std::string m;
+    for (int i = 0; i < 500; ++i) {
+      m = exchange("127.0.0.1", admin_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+      if (m.find(wanted) != std::string::npos) break;
+      ::usleep(10'000);
+    }
+    return m;
+  }
   testing::Run cli(const std::string& args) {
     return shell(std::string(SANDGATE_BIN) + " network log " + args + " --log " + log_path().string());
   }
@@ -308,12 +319,7 @@ TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
             "200");
   EXPECT_TRUE(exchange("127.0.0.1", port, "CONNECT origin.test:" + o() + " HTTP/1.1\r\n\r\nhello\r\n\r\n")
                   .starts_with("HTTP/1.1 200"));
-  std::string tunnels;
-  for (int i = 0; i < 200; ++i) {
-    tunnels = exchange("127.0.0.1", admin_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    if (tunnels.find("sandgate_tunnels_total{path=\"splice\"} 1") != std::string::npos) break;
-    ::usleep(10'000);
-  }
+  const auto tunnels = scrape_until(admin_port, "sandgate_tunnels_total{path=\"splice\"} 1");
   EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"splice\"} 1"), std::string::npos) << tunnels;
   EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"http\"} 1"), std::string::npos) << tunnels;
   EXPECT_NE(tunnels.find("sandgate_tunnels_total{path=\"buffered\"} 0"), std::string::npos) << tunnels;
@@ -363,12 +369,7 @@ TEST_F(NetworkLogTest, TheMetricsCountWhatTheLogRecords) {
   for (int fd : open) ::close(fd);
 
   // Once every connection has ended, its close is counted.
-  std::string m;
-  for (int i = 0; i < 500; ++i) {
-    m = exchange("127.0.0.1", admin_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    if (m.find("sandgate_connections_open 0\n") != std::string::npos) break;
-    ::usleep(10'000);
-  }
+  const auto m = scrape_until(admin_port, "sandgate_connections_open 0\n");
   ASSERT_NE(m.find("sandgate_connections_open 0\n"), std::string::npos) << m;
   stop_proxy();
 

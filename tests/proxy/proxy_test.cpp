@@ -1476,11 +1476,7 @@ TEST_F(ProxyTest, ConnectionFloodGets503AndServiceGoesOn) {
   EXPECT_EQ(busy, 40);
   for (int fd : fds) ::close(fd);
   // Once the flood is gone, service resumes.
-  std::string r;
-  for (int i = 0; i < 200 && !r.starts_with("HTTP/1.1 200"); ++i) {
-    r = exchange("127.0.0.1", port, request("/small"));
-    ::usleep(10'000);
-  }
+  const auto r = get_until_ok(port);
   EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
 }
 
@@ -1705,11 +1701,7 @@ TEST_F(ProxyTest, PerClientConnectionLimitAnswers429) {
   EXPECT_EQ(status_line(over), "HTTP/1.1 429 Too Many Requests") << over;
   EXPECT_NE(over.find("X-Proxy-Error: too-many-client-connections"), std::string::npos) << over;
   for (int fd : open) ::close(fd);
-  std::string r;
-  for (int i = 0; i < 200 && !r.starts_with("HTTP/1.1 200"); ++i) {
-    r = exchange("127.0.0.1", port, request("/small"));
-    if (!r.starts_with("HTTP/1.1 200")) ::usleep(10'000);
-  }
+  const auto r = get_until_ok(port);
   EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
 }
 
@@ -1806,11 +1798,7 @@ TEST_F(ProxyTest, TheOpenFilesLimitBoundsConnectionsAndRunningOutGets503) {
   EXPECT_EQ(r.out.find("502"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("Traceback"), std::string::npos) << r.out;  // a client left waiting times out
   // The held tunnels closed with the script: the proxy serves again.
-  std::string answer;
-  for (int i = 0; i < 200 && !answer.starts_with("HTTP/1.1 200"); ++i) {
-    answer = exchange("127.0.0.1", port, request("/small"));
-    if (!answer.starts_with("HTTP/1.1 200")) ::usleep(10'000);
-  }
+  const auto answer = get_until_ok(port);
   EXPECT_TRUE(answer.starts_with("HTTP/1.1 200")) << answer;
   const auto metrics = exchange("127.0.0.1", admin_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
   ASSERT_TRUE(std::regex_search(
