@@ -3,7 +3,10 @@
 #include <ares.h>
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -11,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <climits>
 #include <mutex>
 
@@ -32,6 +36,9 @@ class DnsCategory : public boost::system::error_category {
 const DnsCategory dns_category;
 
 boost::system::error_code dns_error(int status) { return {status, dns_category}; }
+
+// The process (or system) has no descriptor free: errno's EMFILE or ENFILE.
+bool out_of_descriptors(int error) { return error == EMFILE || error == ENFILE; }
 
 // An address as the C APIs hold it: 4 bytes (AF_INET) or 16, network order.
 policy::Address to_address(int family, const void* bytes) {
@@ -107,6 +114,10 @@ struct Dns::Impl {
   std::unordered_map<std::string, Entry, NameHash, std::equal_to<>> cache;
   std::unordered_map<std::string, std::unique_ptr<Query>, NameHash, std::equal_to<>> pending;
   std::atomic<std::uint64_t> questions{0};  // written by this thread, read by /metrics
+  // EMFILE or ENFILE when c-ares's last socket(2) failed for want of a
+  // descriptor, else 0. A lookup that fails meanwhile fails for that: the
+  // proxy's limit (503), not DNS's fault (502).
+  int socket_error = 0;
 
   // A socket c-ares opened, watched by the reactor for what c-ares wants.
   struct Socket {
@@ -181,11 +192,36 @@ struct Dns::Impl {
     // SOA's lifetime. A failure to get an answer (SERVFAIL, a timeout) is not.
     else if (status == ARES_ENOTFOUND || status == ARES_ENODATA)
       im.remember(q->name, {}, im.longest, status);
+    boost::system::error_code ec = dns_error(status);
+    if (status == ARES_EDESTRUCTION) ec = asio::error::operation_aborted;
+    else if (status != ARES_SUCCESS && im.socket_error) ec.assign(im.socket_error, boost::system::system_category());
     for (auto* w : q->waits) {
       if (status == ARES_SUCCESS) *w->out_ = p.addresses;
-      im.complete(*w, status == ARES_EDESTRUCTION ? asio::error::operation_aborted : dns_error(status));
+      im.complete(*w, ec);
     }
   }
+
+  // c-ares's socket calls, made through these only to learn when socket(2)
+  // fails for want of a descriptor (c-ares reports that as "Could not
+  // contact DNS servers").
+  static ares_socket_t open_socket(int domain, int type, int protocol, void* data) {
+    const int fd = ::socket(domain, type, protocol);
+    static_cast<Impl*>(data)->socket_error = fd < 0 && out_of_descriptors(errno) ? errno : 0;
+    return fd < 0 ? ARES_SOCKET_BAD : fd;
+  }
+  static int close_socket(ares_socket_t fd, void*) { return ::close(fd); }
+  static int connect_socket(ares_socket_t fd, const sockaddr* to, ares_socklen_t length, void*) {
+    return ::connect(fd, to, length);
+  }
+  static ares_ssize_t receive(ares_socket_t fd, void* buffer, std::size_t size, int flags, sockaddr* from,
+                              ares_socklen_t* length, void*) {
+    return ::recvfrom(fd, buffer, size, flags, from, length);
+  }
+  static ares_ssize_t send(ares_socket_t fd, const iovec* parts, int count, void*) {
+    return ::writev(fd, parts, count);
+  }
+  static constexpr ares_socket_functions socket_functions{&open_socket, &close_socket, &connect_socket, &receive,
+                                                          &send};
 
   static void on_socket_state(void* data, ares_socket_t fd, int readable, int writable) {
     auto& im = *static_cast<Impl*>(data);
@@ -267,6 +303,7 @@ std::string Dns::Impl::open_channel(const std::string& servers) {
   if (const int s = ares_init_options(&c, &o, ARES_OPT_LOOKUPS | ARES_OPT_SOCK_STATE_CB); s != ARES_SUCCESS)
     return std::string("cannot set up DNS: ") + ares_strerror(s);
   dns.reset(c);
+  ares_set_socket_functions(c, &socket_functions, this);
   if (own_servers) {
     std::string csv;
     if (auto e = server_list(servers, csv); !e.empty())
@@ -321,7 +358,13 @@ void Dns::start(const std::string& name, Wait& wait, std::vector<policy::Address
   std::vector<policy::Address> listed;
   for (const int family : {AF_INET, AF_INET6}) {
     hostent* h = nullptr;
-    if (ares_gethostbyname_file(im.dns.get(), name.c_str(), family, &h) != ARES_SUCCESS || !h) continue;
+    const int status = ares_gethostbyname_file(im.dns.get(), name.c_str(), family, &h);
+    // Unread for want of a descriptor: not "not listed", and DNS could not be asked either.
+    if (status == ARES_EFILE && out_of_descriptors(errno)) {
+      im.complete(wait, {errno, boost::system::system_category()});
+      return;
+    }
+    if (status != ARES_SUCCESS || !h) continue;
     for (char** a = h->h_addr_list; *a; ++a) add_once(listed, to_address(family, *a));
     ares_free_hostent(h);
   }

@@ -358,6 +358,14 @@ asio::awaitable<bool> Session::decide(const policy::Target& target, std::vector<
     const auto asked = Clock::now();
     auto [ec] = co_await ctx_.dns->async_lookup(target.host, dns_wait_, allowed, token);
     audit_.dns_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - asked).count();
+    if (out_of_descriptors(ec)) {
+      warn_out_of_descriptors();
+      co_await fail(503, "out-of-descriptors",
+                    "the proxy has no file descriptor free to look up " + target.host + " (" + ec.message() +
+                        "); retry shortly",
+                    1);
+      co_return false;
+    }
     if (ec) {
       // Built before the co_await: GCC 12 destroys a conditional's temporaries twice across one.
       std::string why = "cannot resolve " + target.host + ": ";

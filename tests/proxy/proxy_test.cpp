@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iterator>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -1816,6 +1817,39 @@ TEST_F(ProxyTest, TheOpenFilesLimitBoundsConnectionsAndRunningOutGets503) {
        at = text.find("\"reason\":\"out-of-descriptors\"", at + 1))
     ++logged;
   EXPECT_EQ(logged + refused_on_accept, refused) << logged << " logged, " << refused_on_accept << " on accept";
+}
+
+TEST_F(ProxyTest, ALookupWithNoDescriptorLeftGets503NotADnsFailure) {
+#ifdef SANDGATE_UBSAN_VPTR
+  GTEST_SKIP() << "UBSan's vptr check needs a free descriptor (see above)";
+#endif
+  // The proxy's soft limit is lowered, while it idles, to leave exactly one
+  // descriptor number free: the accept takes it, and the lookup can neither
+  // read /etc/hosts nor open a socket to DNS. That is the proxy's limit, not
+  // a name that failed to resolve.
+  DnsServer dns(dir_ / "dns-descriptors");
+  dns.set(R"({"fresh.dns.test": {"A": [["127.0.0.1", 60]]}})");
+  write_policy(dns_policy);
+  const int port = start_proxy({"--dns-server", dns.address(), "--threads", "1"});
+  ASSERT_GT(port, 0);
+  const auto pid = std::to_string(proxy_->pid());
+  std::set<int> used;
+  for (const auto& e : fs::directory_iterator("/proc/" + pid + "/fd")) used.insert(std::stoi(e.path().filename()));
+  int free_seen = 0, limit = 0;
+  for (int n = 0; free_seen < 2; ++n)
+    if (!used.contains(n) && ++free_seen == 2) limit = n;  // below it, one number is free
+  const auto soft = shell("prlimit --pid " + pid + " --nofile --output SOFT --noheadings").out;
+  ASSERT_EQ(shell("prlimit --pid " + pid + " --nofile=" + std::to_string(limit) + ":").status, 0);
+  const auto r = get_via(port, "fresh.dns.test", o());
+  EXPECT_EQ(status_line(r), "HTTP/1.1 503 Service Unavailable") << r;
+  EXPECT_NE(r.find("X-Proxy-Error: out-of-descriptors"), std::string::npos) << r;
+  EXPECT_NE(r.find("Retry-After: 1"), std::string::npos) << r;
+  EXPECT_NE(r.find("no file descriptor free to look up fresh.dns.test"), std::string::npos) << r;
+  EXPECT_EQ(dns.questions("fresh.dns.test"), 0u);
+  // With descriptors again, the same name resolves: the failure was not cached.
+  ASSERT_EQ(shell("prlimit --pid " + pid + " --nofile=" + std::to_string(std::stoll(soft)) + ":").status, 0) << soft;
+  EXPECT_EQ(status_line(get_via(port, "fresh.dns.test", o())), "HTTP/1.1 200 OK");
+  EXPECT_EQ(dns.questions("fresh.dns.test"), 1u);
 }
 
 TEST_F(ProxyTest, AUnixListenerServesAndOnlyAStaleSocketIsReplaced) {
