@@ -2,11 +2,18 @@
 // chain under tampering, torn tails, rotation (plain and gzip), restarts.
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <boost/json/parse.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -291,6 +298,49 @@ TEST_F(NetlogTest, RestartContinuesTheChainAndSequence) {
   EXPECT_EQ(r.first_seq, 1u);
   EXPECT_EQ(r.last_seq, r.records);
   EXPECT_TRUE(r.notes.empty());  // both runs stopped cleanly
+}
+
+TEST_F(NetlogTest, SyncedPagesLeaveThePageCache) {
+  struct statfs fs_info {};
+  ASSERT_EQ(::statfs(dir_.c_str(), &fs_info), 0);
+  if (fs_info.f_type == TMPFS_MAGIC) GTEST_SKIP() << "on tmpfs the page cache is the file";
+  // Once fsync'd, the log's full pages are dropped from the page cache: a
+  // busy log would otherwise fill it, and each write would land in newly
+  // allocated pages.
+  auto c = config();
+  c.fsync_interval = std::chrono::milliseconds(50);
+  c.max_file_bytes = 0;
+  c.checkpoint_records = 50;  // what check() holds a log to
+  auto w = Writer::open(c, 1);
+  ASSERT_TRUE(w.has_value()) << w.error();
+  const auto* src = (*w)->add_source("agent1", "127.0.0.1:3128");
+  for (std::uint64_t i = 0; i < 10'000; ++i) publish((*w)->producer(0), src, i);
+  // Written (flush 20 ms) and synced (50 ms) by now, with the writer still open.
+  std::uint64_t resident = 0, pages = 0;
+  for (int i = 0; i < 50; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const int fd = ::open(c.path.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    struct stat st {};
+    ::fstat(fd, &st);
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    pages = (static_cast<std::size_t>(st.st_size) + page - 1) / page;
+    void* map = ::mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    ASSERT_NE(map, MAP_FAILED);
+    std::vector<unsigned char> in_core(pages);
+    ASSERT_EQ(::mincore(map, st.st_size, in_core.data()), 0);
+    ::munmap(map, st.st_size);
+    resident = static_cast<std::uint64_t>(std::count_if(in_core.begin(), in_core.end(), [](unsigned char b) { return b & 1; }));
+    if (resident <= 1) break;
+  }
+  EXPECT_GT(pages, 1000u);
+  EXPECT_LE(resident, 1u) << "of " << pages << " pages";  // the last, partly written one may stay
+  w->reset();
+  // Read back from the disk, the log is whole.
+  const auto r = check();
+  EXPECT_TRUE(r.problems.empty()) << describe(r);
+  EXPECT_GT(r.records, 10'000u);  // the decisions, and the file and checkpoint records
 }
 
 TEST_F(NetlogTest, RotationBySizeAndGzipSiblingsReadInOrder) {
