@@ -348,6 +348,7 @@ int run_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate run: proxy: " << server.error() << "\n";
     return 1;
   }
+  for (const auto& w : (*server)->warnings()) std::cerr << "sandgate run: proxy: warning: " << w << "\n";
   std::thread proxy_thread([&s = **server] { s.run(); });
   struct StopProxy {
     proxy::Server& s;

@@ -181,11 +181,15 @@ asio::awaitable<void> accept_loop(Acceptor& acceptor, detail::ThreadContext& ctx
 constexpr std::size_t descriptors_per_connection = 3;
 constexpr std::size_t descriptors_reserved = 64;
 constexpr std::size_t default_max_connections = 10'000;
+// A default cut to at least this many per thread is said nowhere: every
+// start would warn on a machine whose hard limit is merely not huge.
+constexpr std::size_t quiet_budget = 1'000;
 
 // Raises the open-files soft limit to the hard one (a shell's soft 1024
 // would stop a proxy at a few hundred connections) and returns the
 // connections per thread: `asked`, or when 0 the default cut to what the
-// limit holds. Adds a warning when the limit is what holds it back.
+// limit holds. Adds a warning when `asked` does not fit, or the default
+// had to be cut below quiet_budget.
 std::size_t connection_budget(std::size_t asked, unsigned threads, std::vector<std::string>& warnings) {
   rlimit r{};
   ::getrlimit(RLIMIT_NOFILE, &r);
@@ -208,6 +212,7 @@ std::size_t connection_budget(std::size_t asked, unsigned threads, std::vector<s
     return asked;
   }
   const std::size_t budget = std::max<std::size_t>(fits, 1);
+  if (budget >= quiet_budget) return budget;
   warnings.push_back("at most " + std::to_string(budget) + " connections" + per_thread + " instead of " +
                      std::to_string(default_max_connections) + ": " + limit + " holds no more; " + raise);
   return budget;

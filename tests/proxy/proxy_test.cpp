@@ -1768,6 +1768,12 @@ TEST_F(ProxyTest, TheOpenFilesLimitBoundsConnectionsAndRunningOutGets503) {
                        "(200, RLIMIT_NOFILE) holds no more"),
             std::string::npos)
       << r.out;
+  // A cut that still leaves 1000 or more per thread is not worth a warning
+  // at every start: (4000 - 64) / 3 = 1312.
+  r = shell("timeout 2 prlimit --nofile=4000:4000 " + std::string(SANDGATE_BIN) + " proxy --no-log --config " +
+            policy_.string() + " --listen 127.0.0.1:0 --threads 1");
+  EXPECT_NE(r.out.find("listening on"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("connections per thread"), std::string::npos) << r.out;
   // Asked for more than that: it warns, and once the descriptors run out
   // each connection gets 503 out-of-descriptors at once (not a 502 blaming
   // the destination, not a wait in the listen queue): from the dial when

@@ -103,7 +103,7 @@ class Server {
   // The admin listener's bound address ("" without one).
   std::string admin_address() const;
   // What the operator should hear of at start, one line each: a connection
-  // limit the open-files limit cannot hold, or one it cut down.
+  // limit the open-files limit cannot hold, or a default it cut below 1000.
   const std::vector<std::string>& warnings() const;
   Stats stats() const;
   // The /metrics body: Prometheus text format.
