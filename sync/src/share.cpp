@@ -190,6 +190,7 @@ boost::system::result<std::unique_ptr<Share>, std::string> Share::start(const Sh
         ::_exit(126);
       }
     }
+    ::close_range(4, ~0U, 0);  // its socket is 3; nothing else of this process goes with it (see machine.cpp)
     ::execv(argv[0], const_cast<char* const*>(argv.data()));
     constexpr char msg[] = "sandgate: cannot run virtiofsd\n";
     (void)!::write(2, msg, sizeof msg - 1);

@@ -9,6 +9,7 @@
 
 #include <csignal>
 #include <fstream>
+#include <set>
 
 #include "sandbox_fixture.h"
 
@@ -207,6 +208,21 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   const long virtiofsd = static_cast<long>(state.at("virtiofsd_pid").as_int64());
   const long supervisor = static_cast<long>(state.at("pid").as_int64());
   EXPECT_TRUE(pid_alive(qemu) && pid_alive(virtiofsd) && pid_alive(supervisor));
+  // QEMU and virtiofsd share no socket with the supervisor: they inherited
+  // none of its descriptors (the proxy's listener among them).
+  const auto sockets = [](long pid) {
+    std::set<std::string> found;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+      const auto target = fs::read_symlink(e.path(), ec).string();
+      if (!ec && target.starts_with("socket:")) found.insert(target);
+    }
+    return found;
+  };
+  const auto own = sockets(supervisor);
+  EXPECT_FALSE(own.empty());
+  for (const long helper : {qemu, virtiofsd})
+    for (const auto& s : sockets(helper)) EXPECT_FALSE(own.contains(s)) << helper << " holds the supervisor's " << s;
 
   // exec: status, streams apart, stdin, env, cwd; two at once.
   auto e = cli(h, "exec life sh -c 'echo out; echo err >&2; exit 5' 2>/dev/null; exit $?");

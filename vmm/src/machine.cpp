@@ -57,6 +57,10 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
     (void)!::write(2, msg, sizeof msg - 1);
     ::_exit(126);
   }
+  // Nothing else of this process goes with it: the caller's descriptors
+  // without O_CLOEXEC (Asio opens sockets without it) include the proxy's
+  // listener, which QEMU would otherwise hold open.
+  ::close_range(3, ~0U, 0);
   ::execvp(args[0], args.data());
   constexpr char msg[] = "sandgate: cannot run the program (is it installed?)\n";
   (void)!::write(2, msg, sizeof msg - 1);
