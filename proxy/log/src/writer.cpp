@@ -19,7 +19,9 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "chain.h"
@@ -107,6 +109,7 @@ struct Batch {
   detail::JsonLine json{text};
   std::vector<std::uint32_t> ends;  // where each body ends in text
   std::vector<std::unique_ptr<detail::Sha256>> hashes;  // hashes[i] has absorbed body i; reused
+  std::size_t chained = 0;  // bodies the chainer has taken (fewer than count() while it waits for a file)
   static constexpr std::size_t soft_limit = 256 << 10;
 
   std::size_t count() const noexcept { return ends.size(); }
@@ -114,6 +117,7 @@ struct Batch {
   void clear() noexcept {
     text.consume(text.size());
     ends.clear();
+    chained = 0;
   }
 };
 
@@ -368,6 +372,38 @@ struct Writer::Impl {
   static constexpr std::size_t write_chunk = 256 << 10;
   static constexpr std::size_t max_unwritten = 8 << 20;
 
+  // A file that did not open at a rotation or reopen (its folder removed, no
+  // descriptor free, ...): tried again every second. Meanwhile nothing is
+  // chained, so the file still starts with its `file` record once it opens,
+  // and the records back up into the batches and rings (back-pressure).
+  struct PendingOpen {
+    std::string reason, previous_file;
+    std::chrono::steady_clock::time_point next_try;
+  };
+  std::optional<PendingOpen> pending_open;
+  std::unique_ptr<Batch> held;  // a batch part chained when the file closed; goes on first
+
+  // What stderr was last told of the file (opening or writing it failing),
+  // and when: said once as it starts and ends, and each minute it lasts.
+  std::string problem;
+  std::chrono::steady_clock::time_point problem_said;
+
+  void report_problem(const std::string& what) {
+    const auto now = std::chrono::steady_clock::now();
+    if (what == problem && now - problem_said < std::chrono::minutes(1)) return;
+    problem = what;
+    problem_said = now;
+    std::cerr << "sandgate: network log: " << what
+              << "; its records are held and it is tried again shortly (new connections wait once the"
+                 " writer's buffers are full)\n";
+  }
+  void report_recovery() {
+    if (problem.empty()) return;
+    std::cerr << "sandgate: network log: " << config.path
+              << " is written again, and what was held meanwhile is in it\n";
+    problem.clear();
+  }
+
   // Appends `,"seq":N,"prev":"<hex>"}` and the newline to out, and moves the
   // chain on to the hash of the line `hash` has absorbed up to the tail.
   void close_record(detail::Sha256& hash) {
@@ -391,9 +427,15 @@ struct Writer::Impl {
     close_record(sha);
   }
 
-  void chain_batch(Batch& b) {
-    std::uint32_t begin = 0;
-    for (std::size_t i = 0; i < b.count(); ++i) {
+  // Chains b's records into out; false when a rotation's new file did not
+  // open, with b.chained saying where to go on once it does.
+  bool chain_batch(Batch& b) {
+    std::uint32_t begin = b.chained ? b.ends[b.chained - 1] : 0;
+    for (std::size_t i = b.chained; i < b.count(); ++i) {
+      if (fd < 0 && !stop.load()) {
+        b.chained = i;
+        return false;
+      }
       const auto end = b.ends[i];
       out.append(b.text.view().substr(begin, end - begin));
       close_record(*b.hashes[i]);
@@ -406,6 +448,8 @@ struct Writer::Impl {
       if (out.size() >= write_chunk && fd >= 0) flush();
       if (config.max_file_bytes && fd >= 0 && file_bytes + out.size() >= config.max_file_bytes) rotate("rotate");
     }
+    b.chained = b.count();
+    return true;
   }
 
   void emit_file_record(std::string_view reason, std::string_view previous_file, bool previous_torn) {
@@ -435,6 +479,12 @@ struct Writer::Impl {
 
   boost::system::result<void, std::string> open_file(std::string_view reason, std::string_view previous_file,
                                                      bool previous_torn) {
+    // The folder too: one removed while the proxy runs comes back at the next rotation or reopen.
+    if (const auto dir = std::filesystem::path(config.path).parent_path(); !dir.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(dir, ec);
+      if (ec) return "cannot create the log folder " + dir.string() + ": " + ec.message();
+    }
     const int f = ::open(config.path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (f < 0) return "cannot open the log " + config.path + ": " + std::strerror(errno);
     // One writer per log: a second proxy on the same file would fork the chain.
@@ -475,6 +525,7 @@ struct Writer::Impl {
         // the batches and then the rings fill meanwhile and hold back new
         // connections.
         write_errors.fetch_add(1, std::memory_order_relaxed);
+        report_problem("cannot write " + config.path + ": " + std::strerror(errno));
         break;
       }
       done += static_cast<std::size_t>(n);
@@ -482,6 +533,7 @@ struct Writer::Impl {
     if (done == out.size()) {
       records.fetch_add(unwritten_records, std::memory_order_relaxed);
       unwritten_records = 0;
+      report_recovery();
     }
     out.consume(done);
     file_bytes += done;
@@ -494,14 +546,26 @@ struct Writer::Impl {
     close_file(false);
     const auto previous = detail::rotate_siblings(config.path);
     rotations.fetch_add(1, std::memory_order_relaxed);
-    if (auto r = open_file(reason, previous, false); !r) write_errors.fetch_add(1, std::memory_order_relaxed);
+    open_or_hold(reason, previous);
   }
 
   void reopen_file() {
     // logrotate has renamed the file we hold; finish it and start a new one.
     close_file(false);
     rotations.fetch_add(1, std::memory_order_relaxed);
-    if (auto r = open_file("reopen", "", false); !r) write_errors.fetch_add(1, std::memory_order_relaxed);
+    open_or_hold("reopen", "");
+  }
+
+  void open_or_hold(std::string_view reason, std::string_view previous_file) {
+    if (auto r = open_file(reason, previous_file, false); !r) {
+      write_errors.fetch_add(1, std::memory_order_relaxed);
+      report_problem(r.error());
+      pending_open = PendingOpen{std::string(reason), std::string(previous_file),
+                                 std::chrono::steady_clock::now() + std::chrono::seconds(1)};
+      return;
+    }
+    pending_open.reset();
+    if (out.empty()) report_recovery();  // else once what is held is written
   }
 
   void run_chainer() {
@@ -515,7 +579,7 @@ struct Writer::Impl {
         // the batches, then the rings fill and hold back new connections.
         // At a stop, take them anyway: the rings are drained once more and
         // what cannot be written is lost, rather than hang the exit.
-        const auto may_take = [&] { return out.size() < max_unwritten || stop.load(); };
+        const auto may_take = [&] { return !held && ((out.size() < max_unwritten && fd >= 0) || stop.load()); };
         to_chainer.wait_for(lock, config.flush_interval, [&] {
           return reopen.load() || (may_take() && (!full_batches.empty() || formatter_done));
         });
@@ -523,22 +587,31 @@ struct Writer::Impl {
           b = std::move(full_batches.front());
           full_batches.pop_front();
         }
-        done = formatter_done && full_batches.empty() && !b;
+        done = formatter_done && full_batches.empty() && !b && !held;
       }
       if (reopen.exchange(false)) reopen_file();
+      if (pending_open && (steady_clock::now() >= pending_open->next_try || stop.load())) {
+        const auto p = std::move(*pending_open);
+        open_or_hold(p.reason, p.previous_file);
+      }
+      if (!b && held && (fd >= 0 || stop.load())) b = std::move(held);
+      if (b && !chain_batch(*b)) held = std::move(b);
       if (b) {
-        chain_batch(*b);
         b->clear();
         std::lock_guard lock(batch_mutex);
         free_batches.push_back(std::move(b));
         to_formatter.notify_one();
       }
       if (done) {
+        if (fd < 0 && unwritten_records > 0)
+          std::cerr << "sandgate: network log: " << unwritten_records << " records could not be written to "
+                    << config.path << " before the stop (" << problem << ")\n";
         close_file(true);
         return;
       }
       const auto now = steady_clock::now();
-      if (since_checkpoint > 0 && now - last_checkpoint >= config.checkpoint_interval) emit_checkpoint(false);
+      if (fd >= 0 && since_checkpoint > 0 && now - last_checkpoint >= config.checkpoint_interval)
+        emit_checkpoint(false);
       if (!out.empty() && fd >= 0) flush();
       // Writes failed for a while and the buffer grew: give that back.
       if (out.empty() && out.capacity() > (2u << 20)) out.shrink(1 << 20);
@@ -602,12 +675,7 @@ Writer::~Writer() {
 boost::system::result<std::unique_ptr<Writer>, std::string> Writer::open(WriterConfig config, unsigned producers) {
   auto impl = std::make_unique<Impl>();
   if (config.path.empty()) return std::string("no log path given");
-  const auto dir = std::filesystem::path(config.path).parent_path();
-  if (!dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) return "cannot create the log folder " + dir.string() + ": " + ec.message();
-  }
+  const auto dir = std::filesystem::path(config.path).parent_path();  // made by open_file
   if (!config.key_file.empty()) {
     if (auto e = load_or_create_key(config.key_file, dir.empty() ? "." : dir.string(), impl->key); !e.empty())
       return e;
