@@ -26,11 +26,11 @@ another host ends it (that request gets a 403, host-mismatch), and so does
 plain HTTP turning into HTTP/2 in cleartext (h2c) or TLS, which would hide
 the hosts of its requests.
 
-SIGHUP reloads POLICY (a bad file keeps the last good policy), and so does
-any change to the file unless --no-watch; after a reload, open tunnels and
-plain-HTTP exchanges the new policy denies are closed unless
---keep-denied-tunnels. SIGTERM stops accepting and lets open connections
-finish.
+SIGHUP reloads POLICY and the --hosts-file (a bad file keeps the last good
+one), and so does any change to POLICY unless --no-watch; after a reload,
+open tunnels and plain-HTTP exchanges the new policy denies are closed
+unless --keep-denied-tunnels. SIGTERM stops accepting and lets open
+connections finish.
 
 Every decision and every connection's end is written to the network log
 (JSON Lines, hash-chained; read it with 'sandgate network log'). SIGUSR1

@@ -472,6 +472,16 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
 
 void Server::reload() {
   auto& im = *impl_;
+  // The hosts file first, on its own: a bad policy does not hold back a good
+  // hosts file, nor the reverse. Each thread takes it for its next lookup.
+  if (!im.config.hosts_file.empty()) {
+    if (auto h = detail::HostsFile::load(im.config.hosts_file); !h) {
+      std::cerr << "sandgate proxy: " << h.error() << "; the last good hosts file stays in force\n";
+    } else {
+      auto hosts = std::make_shared<const detail::HostsFile>(std::move(*h));
+      for (auto& t : im.threads) asio::post(t->io, [ctx = t.get(), hosts] { ctx->hosts = hosts; });
+    }
+  }
   auto r = im.store->reload();
   if (!r) {
     for (const auto& d : r.error()) std::cerr << d.to_string() << "\n";

@@ -1046,6 +1046,34 @@ TEST_F(ProxyTest, ReloadOnSighupKeepsLastGoodPolicy) {
   EXPECT_NE(exchange("127.0.0.1", port, req).find("X-Proxy-Error: blocked-by-denylist"), std::string::npos);
 }
 
+TEST_F(ProxyTest, SighupRereadsTheHostsFileAndKeepsTheLastGoodOne) {
+  // moving.wild.test is allowed by name; where it goes is the hosts file's
+  // say. Pinned again to 127.0.0.2 (loopback the policy blocks), the next
+  // request after SIGHUP is refused there, and the forbidden origin on
+  // that address sees nothing.
+  const auto hosts = dir_ / "hosts-reloaded";
+  std::ofstream(hosts) << "127.0.0.1 moving.wild.test\n";
+  const int port = start_proxy({"--hosts-file", hosts.string()});
+  EXPECT_EQ(status_line(get_via(port, "moving.wild.test", o())), "HTTP/1.1 200 OK");
+  std::ofstream(hosts) << "127.0.0.2 moving.wild.test\n";
+  proxy_->signal(SIGHUP);
+  std::string r;
+  for (int i = 0; i < 200 && status_line(r) != "HTTP/1.1 403 Forbidden"; ++i) {
+    ::usleep(10'000);
+    r = get_via(port, "moving.wild.test", f());
+  }
+  EXPECT_EQ(status_line(r), "HTTP/1.1 403 Forbidden") << r;
+  EXPECT_NE(r.find("127.0.0.2"), std::string::npos) << r;
+  // A file that does not load changes nothing, in part or in whole.
+  std::ofstream(hosts) << "127.0.0.1 moving.wild.test\nnot-an-address other.test\n";
+  proxy_->signal(SIGHUP);
+  ::usleep(300'000);
+  r = get_via(port, "moving.wild.test", f());
+  EXPECT_EQ(status_line(r), "HTTP/1.1 403 Forbidden") << r;
+  EXPECT_NE(r.find("127.0.0.2"), std::string::npos) << r;
+  EXPECT_EQ(forbidden_->connections(), forbidden_before_);
+}
+
 TEST_F(ProxyTest, AReloadDecidesTheNextRequestOnAKeptConnection) {
   // Each request is decided by the policy in force when its head arrives: a
   // connection kept alive across a reload keeps no allowance the reload took.
