@@ -49,7 +49,8 @@ Options:
                            and DNS
   --dns-server ADDR[,...]  ask these DNS servers (IP, IP:PORT, [IPv6]:PORT)
                            instead of those in /etc/resolv.conf
-  --admin HOST:PORT        serve GET /metrics (Prometheus) and /healthz there
+  --admin HOST:PORT        serve GET /metrics (Prometheus), /healthz and /readyz
+                           there
   --threads N              event loops (default: one per core)
   --busy-poll US           after work, an event loop polls this many
                            microseconds before it sleeps (default 0: sleeps

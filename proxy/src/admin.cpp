@@ -42,11 +42,11 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
   const auto path = target.substr(0, target.find('?'));
   if (ec) {
     res.result(http::status::bad_request);
-    res.body() = "not an HTTP request: " + ec.message() + "; try GET /metrics or GET /healthz\n";
+    res.body() = "not an HTTP request: " + ec.message() + "; try GET /metrics, /healthz or /readyz\n";
   } else if (req.method() != http::verb::get && req.method() != http::verb::head) {
     res.result(http::status::method_not_allowed);
     res.set(http::field::allow, "GET, HEAD");
-    res.body() = "GET /metrics or GET /healthz\n";
+    res.body() = "GET /metrics, /healthz or /readyz\n";
   } else if (path == "/metrics") {
     res.result(http::status::ok);
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
@@ -55,9 +55,13 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
     const bool ok = handlers.healthy();
     res.result(ok ? http::status::ok : http::status::service_unavailable);
     res.body() = ok ? "ok\n" : "stopping\n";
+  } else if (path == "/readyz") {
+    const auto why = handlers.unready();
+    res.result(why.empty() ? http::status::ok : http::status::service_unavailable);
+    res.body() = why.empty() ? "ready\n" : why + "\n";
   } else {
     res.result(http::status::not_found);
-    res.body() = "not found: GET /metrics or GET /healthz\n";
+    res.body() = "not found: GET /metrics, /healthz or /readyz\n";
   }
   res.set(http::field::date, http_date());
   res.prepare_payload();

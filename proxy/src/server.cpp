@@ -462,6 +462,14 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
   if (auto& im = *server->impl_; im.admin) {
     im.admin_handlers.metrics = [s = server.get()] { return s->metrics_text(); };
     im.admin_handlers.healthy = [&im] { return !im.stopping.load(); };
+    // Not the liveness check: a restart would not mend the disk, and would
+    // lose the records the writer holds.
+    im.admin_handlers.unready = [&im]() -> std::string {
+      if (im.stopping.load()) return "stopping";
+      if (const auto problem = im.log ? im.log->problem() : std::string(); !problem.empty())
+        return "the network log is not being written (" + problem + "): new connections wait for it";
+      return {};
+    };
     asio::co_spawn(im.control, detail::serve_admin(*im.admin, im.admin_handlers), asio::detached);
   }
   // Loading the policy (YAML nodes, rule compilation) freed megabytes that
@@ -691,6 +699,8 @@ std::string Server::metrics_text() const {
          s.log_waits);
   metric("sandgate_log_write_errors_total", "counter", "Failed writes to the log file (retried).",
          s.log.write_errors);
+  metric("sandgate_log_failing", "gauge", "Whether the log file cannot be opened or written now (its records held).",
+         im.log && !im.log->problem().empty() ? 1 : 0);
   out += "# HELP sandgate_reloads_total Policy reloads by result.\n# TYPE sandgate_reloads_total counter\n"
          "sandgate_reloads_total{result=\"ok\"} " + std::to_string(im.reloads_ok.load()) + "\n"
          "sandgate_reloads_total{result=\"error\"} " + std::to_string(im.reloads_failed.load()) + "\n";

@@ -57,10 +57,12 @@ TEST_F(Manifests, TheGatewayHasProbesResourcesAndLeastPrivilege) {
   std::map<std::string, int> ports;
   for (const auto& p : c["ports"]) ports[p["name"].as<std::string>()] = p["containerPort"].as<int>();
   ASSERT_TRUE(ports.count("admin"));
-  for (const auto* probe : {"readinessProbe", "livenessProbe"}) {
-    EXPECT_EQ(c[probe]["httpGet"]["path"].as<std::string>(), "/healthz") << probe;
+  // Ready: not draining and the log being written; alive: the process
+  // serves (a restart would lose the records a stuck log holds).
+  EXPECT_EQ(c["readinessProbe"]["httpGet"]["path"].as<std::string>(), "/readyz");
+  EXPECT_EQ(c["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/healthz");
+  for (const auto* probe : {"readinessProbe", "livenessProbe"})
     EXPECT_EQ(c[probe]["httpGet"]["port"].as<std::string>(), "admin") << probe;
-  }
   for (const auto* kind : {"requests", "limits"})
     for (const auto* what : {"cpu", "memory"}) EXPECT_TRUE(c["resources"][kind][what]) << kind << " " << what;
   EXPECT_TRUE(c["securityContext"]["readOnlyRootFilesystem"].as<bool>());

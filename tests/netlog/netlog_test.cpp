@@ -468,9 +468,11 @@ TEST_F(NetlogTest, AFileThatCannotBeReopenedHoldsRecordsUntilItCan) {
     for (std::uint64_t i = 10; i < 30; ++i) publish((*w)->producer(0), src, i);
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // past a retry: still no way
     const auto held = (*w)->stats().records;
+    EXPECT_NE((*w)->problem().find("cannot create the log folder"), std::string::npos) << (*w)->problem();
     fs::remove(folder);
     // The file record, 20 decisions and the checkpoint that closed the old file.
     EXPECT_TRUE(wait_until([&] { return (*w)->stats().records >= held + 21; }));
+    EXPECT_EQ((*w)->problem(), "");
   }
   const auto said = ::testing::internal::GetCapturedStderr();
   EXPECT_NE(said.find("network log: cannot create the log folder " + folder.string()), std::string::npos) << said;

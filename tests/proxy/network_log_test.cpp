@@ -199,6 +199,43 @@ TEST_F(NetworkLogTest, SigusrReopensForLogrotateAndTheChainSpansBothFiles) {
   EXPECT_NE(r.out.find("checked 2 files"), std::string::npos) << r.out;
 }
 
+TEST_F(NetworkLogTest, ALogThatCannotBeWrittenMakesTheProxyUnreadyNotDead) {
+  // The log's folder moved away and a file put in its place: at SIGUSR1
+  // the new log cannot be made. /readyz says so (503, with the reason), the
+  // liveness check stays 200, and /metrics shows it; requests meanwhile are
+  // served and their records held. With the way clear again, all is well
+  // and the held decision is in the new file.
+  const int port = start_proxy({"--admin", "127.0.0.1:0"});
+  const int admin_port = read_admin_port();
+  ASSERT_GT(admin_port, 0);
+  const auto get = [&](const std::string& path) {
+    return exchange("127.0.0.1", admin_port, "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n");
+  };
+  const auto failing = [](int v) { return "\nsandgate_log_failing " + std::to_string(v) + "\n"; };
+  EXPECT_TRUE(get("/readyz").starts_with("HTTP/1.1 200")) << get("/readyz");
+  const auto folder = log_path().parent_path();
+  const auto moved = folder.string() + ".moved";
+  fs::rename(folder, moved);
+  std::ofstream(folder) << "in the way\n";
+  proxy_->signal(SIGUSR1);
+  EXPECT_NE(scrape_until(admin_port, failing(1)).find(failing(1)), std::string::npos);
+  const auto unready = get("/readyz");
+  EXPECT_TRUE(unready.starts_with("HTTP/1.1 503")) << unready;
+  EXPECT_NE(unready.find("the network log is not being written (cannot create the log folder"), std::string::npos)
+      << unready;
+  EXPECT_TRUE(get("/healthz").starts_with("HTTP/1.1 200"));
+  EXPECT_TRUE(exchange("127.0.0.1", port, request("/small")).starts_with("HTTP/1.1 200"));
+  fs::remove(folder);
+  EXPECT_NE(scrape_until(admin_port, failing(0)).find(failing(0)), std::string::npos);
+  EXPECT_TRUE(get("/readyz").starts_with("HTTP/1.1 200")) << get("/readyz");
+  stop_proxy();
+  const auto fresh = records(log_path());
+  ASSERT_FALSE(fresh.empty());
+  EXPECT_EQ(fresh.front().at("type").as_string(), "file");
+  EXPECT_EQ(fresh.front().at("reason").as_string(), "reopen");
+  EXPECT_EQ(records(log_path(), "decision").size(), 1u);
+}
+
 TEST_F(NetworkLogTest, TunnelOpenAtShutdownGetsItsCloseRecord) {
   const int port = start_proxy({"--drain-timeout", "200"});
   const int fd = open_tunnel(port, o());

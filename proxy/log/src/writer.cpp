@@ -383,14 +383,20 @@ struct Writer::Impl {
   std::optional<PendingOpen> pending_open;
   std::unique_ptr<Batch> held;  // a batch part chained when the file closed; goes on first
 
-  // What stderr was last told of the file (opening or writing it failing),
-  // and when: said once as it starts and ends, and each minute it lasts.
-  std::string problem;
+  // What fails with the file (opening or writing it), for stderr: said as
+  // it starts and ends, and each minute it lasts; and for Writer::problem.
+  std::string problem;  // chainer thread
   std::chrono::steady_clock::time_point problem_said;
+  mutable std::mutex problem_mutex;
+  std::string problem_shared;  // guarded by problem_mutex
 
   void report_problem(const std::string& what) {
     const auto now = std::chrono::steady_clock::now();
     if (what == problem && now - problem_said < std::chrono::minutes(1)) return;
+    if (what != problem) {
+      std::lock_guard lock(problem_mutex);
+      problem_shared = what;
+    }
     problem = what;
     problem_said = now;
     std::cerr << "sandgate: network log: " << what
@@ -402,6 +408,8 @@ struct Writer::Impl {
     std::cerr << "sandgate: network log: " << config.path
               << " is written again, and what was held meanwhile is in it\n";
     problem.clear();
+    std::lock_guard lock(problem_mutex);
+    problem_shared.clear();
   }
 
   // Appends `,"seq":N,"prev":"<hex>"}` and the newline to out, and moves the
@@ -791,6 +799,11 @@ WriterStats Writer::stats() const noexcept {
     s.queue_depth += p->depth();
   }
   return s;
+}
+
+std::string Writer::problem() const {
+  std::lock_guard lock(impl_->problem_mutex);
+  return impl_->problem_shared;
 }
 
 const std::string& Writer::run_id() const noexcept { return impl_->run_id; }

@@ -116,6 +116,9 @@ class Writer {
   void wake() noexcept;
 
   WriterStats stats() const noexcept;
+  // Why the file is not being written right now (opening or writing it
+  // fails: its records are held), or "" while it is. Any thread; takes a lock.
+  std::string problem() const;
   const std::string& run_id() const noexcept;
   const std::string& path() const noexcept;
 
