@@ -9,7 +9,11 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include <memory>
+#include <tuple>
+
 #include "answers.h"
+#include "descriptors.h"
 
 namespace sandgate::proxy::detail {
 namespace {
@@ -76,11 +80,27 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
 }  // namespace
 
 asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& handlers) {
+  // A proxy out of descriptors is when its metrics are wanted most: one is
+  // kept for a scrape, and taken back once that scrape is answered.
+  auto spare = std::make_shared<SpareDescriptor>();
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(token);
     if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
-    if (ec) continue;
-    asio::co_spawn(acceptor.get_executor(), answer_one(std::move(socket), handlers), asio::detached);
+    if (out_of_descriptors(ec) && spare->held()) {
+      spare->release();
+      std::tie(ec, socket) = co_await acceptor.async_accept(token);
+    }
+    if (ec) {
+      // Out of descriptors with the spare in use, or a transient error: the
+      // connection waits in the listen queue; accepting again at once would
+      // spin on the same error.
+      spare->take();
+      asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+      co_await pause.async_wait(token);
+      continue;
+    }
+    asio::co_spawn(acceptor.get_executor(), answer_one(std::move(socket), handlers),
+                   [spare](std::exception_ptr) { spare->take(); });
   }
 }
 

@@ -18,6 +18,7 @@
 #include <climits>
 #include <mutex>
 
+#include "descriptors.h"
 #include "sandgate/policy/target.h"
 
 namespace sandgate::proxy::detail {
@@ -36,9 +37,6 @@ class DnsCategory : public boost::system::error_category {
 const DnsCategory dns_category;
 
 boost::system::error_code dns_error(int status) { return {status, dns_category}; }
-
-// The process (or system) has no descriptor free: errno's EMFILE or ENFILE.
-bool out_of_descriptors(int error) { return error == EMFILE || error == ENFILE; }
 
 // An address as the C APIs hold it: 4 bytes (AF_INET) or 16, network order.
 policy::Address to_address(int family, const void* bytes) {

@@ -1,9 +1,6 @@
 // One client connection, from accept to close.
 #pragma once
 
-#include <sys/eventfd.h>
-#include <unistd.h>
-
 #include <array>
 #include <atomic>
 #include <memory>
@@ -16,6 +13,7 @@
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "descriptors.h"
 #include "metrics.h"
 #include "hosts_file.h"
 #include "resolver.h"
@@ -43,29 +41,6 @@ struct ClientCounts {
   std::array<std::atomic<std::uint32_t>, buckets> open{};
 };
 
-// One descriptor held in reserve (an eventfd): when accept(2) finds none
-// free, letting it go lets the thread take the connection and answer 503
-// rather than leave the client waiting in the listen queue.
-class SpareDescriptor {
- public:
-  SpareDescriptor() { take(); }
-  ~SpareDescriptor() { release(); }
-  SpareDescriptor(const SpareDescriptor&) = delete;
-  SpareDescriptor& operator=(const SpareDescriptor&) = delete;
-  bool held() const noexcept { return fd_ >= 0; }
-  // Takes one if none is held (it may fail while descriptors are short).
-  void take() noexcept {
-    if (fd_ < 0) fd_ = ::eventfd(0, EFD_CLOEXEC);
-  }
-  void release() noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
-
 // Shared by the sessions of one thread (one io_context): nothing here is
 // written by two threads, except the relaxed counters the Server sums.
 struct ThreadContext {
@@ -88,15 +63,6 @@ struct ThreadContext {
   Metrics metrics;  // written by this thread, summed by /metrics
   SpareDescriptor spare;
 };
-
-// Whether an error says the process (or system) has no descriptor free.
-inline bool out_of_descriptors(const boost::system::error_code& ec) noexcept {
-  return ec == boost::system::errc::too_many_files_open || ec == boost::system::errc::too_many_files_open_in_system;
-}
-
-// Says on stderr that the process is out of descriptors, at most every 10 s
-// (from any thread).
-void warn_out_of_descriptors();
 
 // Starts serving one accepted connection; the session keeps itself alive.
 // open_tunnels counts the listener's open tunnels across all threads.
