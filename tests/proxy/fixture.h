@@ -18,8 +18,11 @@ namespace sandgate {
 
 namespace fs = std::filesystem;
 using testing::connect_tcp;
+using testing::cpu_ticks;
 using testing::exchange;
+using testing::leave_descriptors;
 using testing::Process;
+using testing::restore_descriptors;
 using testing::shell;
 
 inline std::string read_file(const fs::path& p) {
@@ -194,27 +197,6 @@ class ProxyTest : public ::testing::Test {
                  "    c.wrap_socket(s, server_hostname='" + sni + "'); print('handshake done')\n"
                  "except (ssl.SSLError, OSError) as e: print('refused')\n\"")
         .out;
-  }
-
-  // Lowers the soft open-files limit of process `pid` so that exactly `left`
-  // descriptor numbers below it are free; returns the soft limit it had.
-  static std::string leave_descriptors(int pid, int left) {
-    const auto p = std::to_string(pid);
-    std::set<int> used;
-    for (const auto& e : fs::directory_iterator("/proc/" + p + "/fd")) used.insert(std::stoi(e.path().filename()));
-    int limit = 0;
-    for (int n = 0, free = 0;; ++n)
-      if (!used.contains(n) && free++ == left) {
-        limit = n;
-        break;
-      }
-    const auto soft =
-        std::to_string(std::stoll(shell("prlimit --pid " + p + " --nofile --output SOFT --noheadings").out));
-    EXPECT_EQ(shell("prlimit --pid " + p + " --nofile=" + std::to_string(limit) + ":").status, 0);
-    return soft;
-  }
-  static void restore_descriptors(int pid, const std::string& soft) {
-    EXPECT_EQ(shell("prlimit --pid " + std::to_string(pid) + " --nofile=" + soft + ":").status, 0);
   }
 
   // Each test's own log (the folder is per process) and its key, outside it.

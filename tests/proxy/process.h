@@ -14,6 +14,11 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -166,6 +171,40 @@ inline Run shell(const std::string& cmd) {
   while (std::size_t n = std::fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
   const int st = ::pclose(p);
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+// Lowers the soft open-files limit of process `pid` so that exactly `left`
+// descriptor numbers below it are free; returns the soft limit it had, for
+// restore_descriptors ("" if prlimit failed).
+inline std::string leave_descriptors(int pid, int left) {
+  const auto p = std::to_string(pid);
+  std::set<int> used;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + p + "/fd"))
+    used.insert(std::stoi(e.path().filename()));
+  int limit = 0;
+  for (int n = 0, free = 0;; ++n)
+    if (!used.contains(n) && free++ == left) {
+      limit = n;
+      break;
+    }
+  const auto soft =
+      std::to_string(std::stoll(shell("prlimit --pid " + p + " --nofile --output SOFT --noheadings").out));
+  return shell("prlimit --pid " + p + " --nofile=" + std::to_string(limit) + ":").status == 0 ? soft : "";
+}
+inline bool restore_descriptors(int pid, const std::string& soft) {
+  return shell("prlimit --pid " + std::to_string(pid) + " --nofile=" + soft + ":").status == 0;
+}
+
+// CPU time process `pid` has used, in clock ticks (user and system).
+inline long cpu_ticks(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));  // after "pid (comm) "
+  std::string f;
+  long ticks = 0;
+  for (int i = 3; fields >> f && i <= 15; ++i)
+    if (i >= 14) ticks += std::stol(f);  // utime, stime
+  return ticks;
 }
 
 }  // namespace sandgate::testing

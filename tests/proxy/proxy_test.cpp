@@ -1740,18 +1740,6 @@ TEST_F(ProxyTest, SigtermExitsCleanly) {
   EXPECT_EQ(proxy_->wait_exit(std::chrono::seconds(5)), 0);
 }
 
-// CPU time (user and system) a process has used, in clock ticks.
-long cpu_ticks(int pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  std::istringstream fields(stat.substr(stat.rfind(')') + 2));  // after "pid (comm) "
-  std::string field;
-  long ticks = 0;
-  for (int i = 3; fields >> field && i <= 15; ++i)
-    if (i >= 14) ticks += std::stol(field);  // utime, stime
-  return ticks;
-}
-
 TEST_F(ProxyTest, BusyPollingServesThenSleepsWhenTrafficStops) {
   // A poll far longer than any request: each request's loop polls for 5 ms
   // after it, and must then sleep.
@@ -1867,6 +1855,7 @@ TEST_F(ProxyTest, ALookupWithNoDescriptorLeftGets503NotADnsFailure) {
   const int port = start_proxy({"--dns-server", dns.address(), "--threads", "1"});
   ASSERT_GT(port, 0);
   const auto soft = leave_descriptors(proxy_->pid(), 1);
+  ASSERT_FALSE(soft.empty());
   const auto r = get_via(port, "fresh.dns.test", o());
   EXPECT_EQ(status_line(r), "HTTP/1.1 503 Service Unavailable") << r;
   EXPECT_NE(r.find("X-Proxy-Error: out-of-descriptors"), std::string::npos) << r;
@@ -1874,7 +1863,7 @@ TEST_F(ProxyTest, ALookupWithNoDescriptorLeftGets503NotADnsFailure) {
   EXPECT_NE(r.find("no file descriptor free to look up fresh.dns.test"), std::string::npos) << r;
   EXPECT_EQ(dns.questions("fresh.dns.test"), 0u);
   // With descriptors again, the same name resolves: the failure was not cached.
-  restore_descriptors(proxy_->pid(), soft);
+  EXPECT_TRUE(restore_descriptors(proxy_->pid(), soft));
   EXPECT_EQ(status_line(get_via(port, "fresh.dns.test", o())), "HTTP/1.1 200 OK");
   EXPECT_EQ(dns.questions("fresh.dns.test"), 1u);
 }
@@ -1893,27 +1882,20 @@ TEST_F(ProxyTest, TheAdminListenerAnswersWithNoDescriptorLeftAndDoesNotSpin) {
   ASSERT_GT(admin_port, 0);
   const int pid = proxy_->pid();
   const auto soft = leave_descriptors(pid, 0);
+  ASSERT_FALSE(soft.empty());
   for (int i = 0; i < 3; ++i) {
     const auto m = exchange("127.0.0.1", admin_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_TRUE(m.starts_with("HTTP/1.1 200")) << m;
     EXPECT_NE(m.find("sandgate_connections_open"), std::string::npos);
   }
-  const auto cpu_ticks = [pid] {
-    std::istringstream stat(read_file("/proc/" + std::to_string(pid) + "/stat"));
-    std::string field;
-    long ticks = 0;
-    for (int i = 1; stat >> field && i <= 15; ++i)
-      if (i >= 14) ticks += std::stol(field);
-    return ticks;
-  };
   const int silent = connect_tcp("127.0.0.1", admin_port);  // holds the spare, sending nothing
   const int waiting = connect_tcp("127.0.0.1", admin_port);
   const std::string ask = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(::send(waiting, ask.data(), ask.size(), MSG_NOSIGNAL), static_cast<ssize_t>(ask.size()));
-  const auto before = cpu_ticks();
+  const auto before = cpu_ticks(pid);
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  EXPECT_LT(cpu_ticks() - before, 20) << "the admin listener spins while it cannot accept";
-  restore_descriptors(pid, soft);
+  EXPECT_LT(cpu_ticks(pid) - before, 20) << "the admin listener spins while it cannot accept";
+  EXPECT_TRUE(restore_descriptors(pid, soft));
   ::close(silent);
   EXPECT_TRUE(read_until_close(waiting).starts_with("HTTP/1.1 200"));
   ::close(waiting);

@@ -223,6 +223,21 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   EXPECT_FALSE(own.empty());
   for (const long helper : {qemu, virtiofsd})
     for (const auto& s : sockets(helper)) EXPECT_FALSE(own.contains(s)) << helper << " holds the supervisor's " << s;
+  // Out of descriptors, the supervisor does not spin on its control socket:
+  // an exec waits, and runs once there are descriptors again.
+  {
+    const auto soft = testing::leave_descriptors(static_cast<int>(supervisor), 0);
+    ASSERT_FALSE(soft.empty());
+    const auto out = ws_ / "exec-waited.out";
+    shell("(SANDGATE_HOME='" + h + "' " + SANDGATE_BIN + " exec life echo waited > " + out.string() + " 2>&1 &)");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const auto before = testing::cpu_ticks(static_cast<int>(supervisor));
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    EXPECT_LT(testing::cpu_ticks(static_cast<int>(supervisor)) - before, 20) << "the supervisor spins on accept";
+    EXPECT_TRUE(testing::restore_descriptors(static_cast<int>(supervisor), soft));
+    for (int i = 0; i < 100 && read_file(out).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(read_file(out), "waited\n");
+  }
 
   // exec: status, streams apart, stdin, env, cwd; two at once.
   auto e = cli(h, "exec life sh -c 'echo out; echo err >&2; exit 5' 2>/dev/null; exit $?");

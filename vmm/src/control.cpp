@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -72,15 +73,21 @@ ControlEnd serve_control(int listen_fd, int agent_fd, const std::function<bool()
     ::close(fd);
     clients.erase(fd);
   };
+  // Out of descriptors, the listener stays readable and accept(2) keeps
+  // failing: it is left out of the poll for a while rather than spun on.
+  auto accept_again = std::chrono::steady_clock::time_point::min();
   for (;;) {
     if (!vm_alive()) return ControlEnd::vm_exited;
-    std::vector<pollfd> fds = {{listen_fd, POLLIN, 0}, {agent_fd, POLLIN, 0}};
+    const short listen_for = std::chrono::steady_clock::now() >= accept_again ? POLLIN : 0;
+    std::vector<pollfd> fds = {{listen_fd, listen_for, 0}, {agent_fd, POLLIN, 0}};
     for (auto& [fd, c] : clients) fds.push_back({fd, POLLIN, 0});
     if (::poll(fds.data(), fds.size(), 200) < 0 && errno != EINTR) return ControlEnd::agent_lost;
     if (fds[0].revents & POLLIN) {
       // Invariant: each accepted fd is closed by drop_client or at the end of this function.
       const int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
       if (c >= 0) clients[c].fd = c;
+      else if (errno == EMFILE || errno == ENFILE)
+        accept_again = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
     }
     if (fds[1].revents) {
       char buf[64 * 1024];
