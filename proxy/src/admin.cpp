@@ -13,7 +13,6 @@
 #include <tuple>
 
 #include "answers.h"
-#include "descriptors.h"
 
 namespace sandgate::proxy::detail {
 namespace {
@@ -79,11 +78,19 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
 
 }  // namespace
 
-asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& handlers) {
-  // A proxy out of descriptors is when its metrics are wanted most: one is
-  // kept for a scrape, and taken back once that scrape is answered.
-  auto spare = std::make_shared<SpareDescriptor>();
+asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& handlers,
+                                  std::shared_ptr<SpareDescriptor> spare) {
+  // Connections at once: each holds a descriptor the proxy's clients could
+  // use, for up to the five seconds a request may take. Past this many the
+  // next ones wait in the listen queue.
+  constexpr int most_open = 16;
+  auto open = std::make_shared<int>(0);  // this (the control) thread's only
   for (;;) {
+    if (*open >= most_open) {
+      asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+      co_await pause.async_wait(token);
+      continue;
+    }
     auto [ec, socket] = co_await acceptor.async_accept(token);
     if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
     if (out_of_descriptors(ec) && spare->held()) {
@@ -99,8 +106,12 @@ asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& 
       co_await pause.async_wait(token);
       continue;
     }
+    ++*open;
     asio::co_spawn(acceptor.get_executor(), answer_one(std::move(socket), handlers),
-                   [spare](std::exception_ptr) { spare->take(); });
+                   [spare, open](std::exception_ptr) {
+                     --*open;
+                     spare->take();
+                   });
   }
 }
 

@@ -1,14 +1,16 @@
 // The admin listener: GET /metrics (Prometheus text), GET /healthz and
-// GET /readyz.
-// Separate from the proxy listeners, on the server's control thread; one
-// request per connection, bounded and timed.
+// GET /readyz. Separate from the proxy listeners, on the server's control
+// thread; one request per connection, bounded and timed, at most 16 at once.
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+
+#include "descriptors.h"
 
 namespace sandgate::proxy::detail {
 
@@ -20,6 +22,10 @@ struct AdminHandlers {
   std::function<std::string()> unready;
 };
 
-boost::asio::awaitable<void> serve_admin(boost::asio::ip::tcp::acceptor& acceptor, const AdminHandlers& handlers);
+// `spare`: a descriptor kept free, so that a proxy out of them still
+// answers a scrape (when its metrics are wanted most); made by the caller,
+// before any connection can take the last one.
+boost::asio::awaitable<void> serve_admin(boost::asio::ip::tcp::acceptor& acceptor, const AdminHandlers& handlers,
+                                         std::shared_ptr<SpareDescriptor> spare);
 
 }  // namespace sandgate::proxy::detail

@@ -470,7 +470,9 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
         return "the network log is not being written (" + problem + "): new connections wait for it";
       return {};
     };
-    asio::co_spawn(im.control, detail::serve_admin(*im.admin, im.admin_handlers), asio::detached);
+    asio::co_spawn(im.control,
+                   detail::serve_admin(*im.admin, im.admin_handlers, std::make_shared<detail::SpareDescriptor>()),
+                   asio::detached);
   }
   // Loading the policy (YAML nodes, rule compilation) freed megabytes that
   // malloc would otherwise keep: hand them back before serving.

@@ -1901,6 +1901,32 @@ TEST_F(ProxyTest, TheAdminListenerAnswersWithNoDescriptorLeftAndDoesNotSpin) {
   ::close(waiting);
 }
 
+TEST_F(ProxyTest, TheAdminListenerHoldsAtMostSixteenConnections) {
+  // Silent connections to the admin listener each hold a descriptor for up
+  // to 5 s: past 16 the next waits in the listen queue, and is answered as
+  // soon as one of them goes. The proxy's own clients are not affected.
+  const int port = start_proxy({"--admin", "127.0.0.1:0"});
+  ASSERT_GT(port, 0);
+  const int admin_port = read_admin_port();
+  ASSERT_GT(admin_port, 0);
+  std::vector<int> silent;
+  for (int i = 0; i < 16; ++i) silent.push_back(connect_tcp("127.0.0.1", admin_port));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // all accepted
+  const int waiting = connect_tcp("127.0.0.1", admin_port);
+  const std::string ask = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(waiting, ask.data(), ask.size(), MSG_NOSIGNAL), static_cast<ssize_t>(ask.size()));
+  pollfd p{waiting, POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 500), 0) << "answered past the limit";
+  EXPECT_TRUE(exchange("127.0.0.1", port, request("/small")).starts_with("HTTP/1.1 200"));
+  ::close(silent.back());
+  silent.pop_back();
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_TRUE(read_until_close(waiting).starts_with("HTTP/1.1 200"));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(2));
+  ::close(waiting);
+  for (const int fd : silent) ::close(fd);
+}
+
 TEST_F(ProxyTest, AUnixListenerServesAndOnlyAStaleSocketIsReplaced) {
   const auto path = dir_ / "proxy.sock";
   fs::remove(path);
