@@ -19,7 +19,6 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -383,6 +382,14 @@ struct Writer::Impl {
   std::optional<PendingOpen> pending_open;
   std::unique_ptr<Batch> held;  // a batch part chained when the file closed; goes on first
 
+  // One line on stderr, in one write(2): no stream state that a failed
+  // write (a full disk under a redirected stderr) would leave set, silencing
+  // every later line, and no interleaving with the proxy's threads.
+  static void say(const std::string& what) {
+    const std::string line = "sandgate: network log: " + what + "\n";
+    (void)!::write(2, line.data(), line.size());
+  }
+
   // What fails with the file (opening or writing it), for stderr: said as
   // it starts and ends, and each minute it lasts; and for Writer::problem.
   std::string problem;  // chainer thread
@@ -399,14 +406,12 @@ struct Writer::Impl {
     }
     problem = what;
     problem_said = now;
-    std::cerr << "sandgate: network log: " << what
-              << "; its records are held and it is tried again shortly (new connections wait once the"
-                 " writer's buffers are full)\n";
+    say(what + "; its records are held and it is tried again shortly (new connections wait once the writer's"
+               " buffers are full)");
   }
   void report_recovery() {
     if (problem.empty()) return;
-    std::cerr << "sandgate: network log: " << config.path
-              << " is written again, and what was held meanwhile is in it\n";
+    say(config.path + " is written again, and what was held meanwhile is in it");
     problem.clear();
     std::lock_guard lock(problem_mutex);
     problem_shared.clear();
@@ -612,8 +617,8 @@ struct Writer::Impl {
       }
       if (done) {
         if (fd < 0 && unwritten_records > 0)
-          std::cerr << "sandgate: network log: " << unwritten_records << " records could not be written to "
-                    << config.path << " before the stop (" << problem << ")\n";
+          say(std::to_string(unwritten_records) + " records could not be written to " + config.path +
+              " before the stop (" + problem + ")");
         close_file(true);
         return;
       }
