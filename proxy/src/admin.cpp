@@ -86,32 +86,29 @@ asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& 
   constexpr int most_open = 16;
   auto open = std::make_shared<int>(0);  // this (the control) thread's only
   for (;;) {
-    if (*open >= most_open) {
-      asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
-      co_await pause.async_wait(token);
-      continue;
-    }
-    auto [ec, socket] = co_await acceptor.async_accept(token);
-    if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
-    if (out_of_descriptors(ec) && spare->held()) {
-      spare->release();
-      std::tie(ec, socket) = co_await acceptor.async_accept(token);
-    }
-    if (ec) {
-      // Out of descriptors with the spare in use, or a transient error: the
-      // connection waits in the listen queue; accepting again at once would
-      // spin on the same error.
+    if (*open < most_open) {
+      auto [ec, socket] = co_await acceptor.async_accept(token);
+      if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
+      if (out_of_descriptors(ec) && spare->held()) {
+        spare->release();
+        std::tie(ec, socket) = co_await acceptor.async_accept(token);
+      }
+      if (!ec) {
+        ++*open;
+        asio::co_spawn(acceptor.get_executor(), answer_one(std::move(socket), handlers),
+                       [spare, open](std::exception_ptr) {
+                         --*open;
+                         spare->take();
+                       });
+        continue;
+      }
       spare->take();
-      asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
-      co_await pause.async_wait(token);
-      continue;
     }
-    ++*open;
-    asio::co_spawn(acceptor.get_executor(), answer_one(std::move(socket), handlers),
-                   [spare, open](std::exception_ptr) {
-                     --*open;
-                     spare->take();
-                   });
+    // At the bound, or out of descriptors with the spare in use, or a
+    // transient error: the connections wait in the listen queue; accepting
+    // again at once would spin.
+    asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+    co_await pause.async_wait(token);
   }
 }
 

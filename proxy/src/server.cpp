@@ -185,6 +185,13 @@ constexpr std::size_t default_max_connections = 10'000;
 // start would warn on a machine whose hard limit is merely not huge.
 constexpr std::size_t quiet_budget = 1'000;
 
+// The --hosts-file, shared by the threads (at start, and at each reload).
+boost::system::result<std::shared_ptr<const detail::HostsFile>, std::string> load_hosts(const std::string& path) {
+  auto h = detail::HostsFile::load(path);
+  if (!h) return h.error();
+  return std::make_shared<const detail::HostsFile>(std::move(*h));
+}
+
 // Raises the open-files soft limit to the hard one (a shell's soft 1024
 // would stop a proxy at a few hundred connections) and returns the
 // connections per thread: `asked`, or when 0 the default cut to what the
@@ -288,9 +295,9 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
   auto impl = std::make_unique<Impl>();
   std::shared_ptr<const detail::HostsFile> hosts;
   if (!config.hosts_file.empty()) {
-    auto h = detail::HostsFile::load(config.hosts_file);
+    auto h = load_hosts(config.hosts_file);
     if (!h) return h.error();
-    hosts = std::make_shared<const detail::HostsFile>(std::move(*h));
+    hosts = *h;
   }
   if (config.listeners.empty()) return std::string("no --listen address given");
   const unsigned n = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -485,12 +492,10 @@ void Server::reload() {
   // The hosts file first, on its own: a bad policy does not hold back a good
   // hosts file, nor the reverse. Each thread takes it for its next lookup.
   if (!im.config.hosts_file.empty()) {
-    if (auto h = detail::HostsFile::load(im.config.hosts_file); !h) {
+    if (auto h = load_hosts(im.config.hosts_file); !h)
       std::cerr << "sandgate proxy: " << h.error() << "; the last good hosts file stays in force\n";
-    } else {
-      auto hosts = std::make_shared<const detail::HostsFile>(std::move(*h));
-      for (auto& t : im.threads) asio::post(t->io, [ctx = t.get(), hosts] { ctx->hosts = hosts; });
-    }
+    else
+      for (auto& t : im.threads) asio::post(t->io, [ctx = t.get(), hosts = *h] { ctx->hosts = hosts; });
   }
   auto r = im.store->reload();
   if (!r) {

@@ -9,7 +9,6 @@
 #include <fstream>
 #include <memory>
 #include <regex>
-#include <set>
 #include <sstream>
 
 #include "process.h"

@@ -390,31 +390,35 @@ struct Writer::Impl {
     (void)!::write(2, line.data(), line.size());
   }
 
-  // What fails with the file (opening or writing it), for stderr: said as
-  // it starts and ends, and each minute it lasts; and for Writer::problem.
-  std::string problem;  // chainer thread
-  std::chrono::steady_clock::time_point problem_said;
+  // What fails with the file (opening or writing it), "" while nothing
+  // does: said on stderr as it starts and ends and each minute it lasts,
+  // and read by Writer::problem from any thread.
   mutable std::mutex problem_mutex;
-  std::string problem_shared;  // guarded by problem_mutex
+  std::string problem;                                 // guarded by problem_mutex
+  std::chrono::steady_clock::time_point problem_said;  // chainer thread
 
+  std::string current_problem() const {
+    std::lock_guard lock(problem_mutex);
+    return problem;
+  }
   void report_problem(const std::string& what) {
     const auto now = std::chrono::steady_clock::now();
-    if (what == problem && now - problem_said < std::chrono::minutes(1)) return;
-    if (what != problem) {
+    {
       std::lock_guard lock(problem_mutex);
-      problem_shared = what;
+      if (what == problem && now - problem_said < std::chrono::minutes(1)) return;
+      problem = what;
     }
-    problem = what;
     problem_said = now;
     say(what + "; its records are held and it is tried again shortly (new connections wait once the writer's"
                " buffers are full)");
   }
   void report_recovery() {
-    if (problem.empty()) return;
+    {
+      std::lock_guard lock(problem_mutex);
+      if (problem.empty()) return;
+      problem.clear();
+    }
     say(config.path + " is written again, and what was held meanwhile is in it");
-    problem.clear();
-    std::lock_guard lock(problem_mutex);
-    problem_shared.clear();
   }
 
   // Appends `,"seq":N,"prev":"<hex>"}` and the newline to out, and moves the
@@ -618,7 +622,7 @@ struct Writer::Impl {
       if (done) {
         if (fd < 0 && unwritten_records > 0)
           say(std::to_string(unwritten_records) + " records could not be written to " + config.path +
-              " before the stop (" + problem + ")");
+              " before the stop (" + current_problem() + ")");
         close_file(true);
         return;
       }
@@ -806,10 +810,7 @@ WriterStats Writer::stats() const noexcept {
   return s;
 }
 
-std::string Writer::problem() const {
-  std::lock_guard lock(impl_->problem_mutex);
-  return impl_->problem_shared;
-}
+std::string Writer::problem() const { return impl_->current_problem(); }
 
 const std::string& Writer::run_id() const noexcept { return impl_->run_id; }
 const std::string& Writer::path() const noexcept { return impl_->config.path; }
