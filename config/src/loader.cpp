@@ -1,11 +1,11 @@
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "policy_input.h"
 
@@ -229,6 +229,37 @@ void read_yaml(const YAML::Node& root, Reporter& r, std::vector<PolicyInput>& ou
 
 namespace {
 
+std::string hint_for(const std::string& yaml_message) {
+  // "*.example.com" unquoted is a YAML alias; say what to do.
+  if (yaml_message.find("anchor") != std::string::npos || yaml_message.find("alias") != std::string::npos)
+    return "; a pattern starting with '*' must be quoted in YAML, as - \"*.example.com\"";
+  return "";
+}
+
+}  // namespace
+}  // namespace detail
+
+boost::system::result<std::string> read_whole_file(const std::string& path) {
+  const auto failed = [] { return boost::system::error_code(errno, boost::system::system_category()); };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return failed();
+  std::string text;
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const auto e = failed();
+      ::close(fd);
+      return e;
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
 std::string sha256_hex(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
@@ -241,16 +272,6 @@ std::string sha256_hex(std::string_view data) {
   }
   return out;
 }
-
-std::string hint_for(const std::string& yaml_message) {
-  // "*.example.com" unquoted is a YAML alias; say what to do.
-  if (yaml_message.find("anchor") != std::string::npos || yaml_message.find("alias") != std::string::npos)
-    return "; a pattern starting with '*' must be quoted in YAML, as - \"*.example.com\"";
-  return "";
-}
-
-}  // namespace
-}  // namespace detail
 
 Format format_for_path(std::string_view path) noexcept {
   return path.ends_with(".json") ? Format::docker_json : Format::yaml;
@@ -281,7 +302,7 @@ LoadResult load_policy_text(std::string_view text, const std::string& file_name,
 
   PolicySet set;
   set.file = file_name;
-  set.sha256 = detail::sha256_hex(text);
+  set.sha256 = sha256_hex(text);
   const detail::PolicyInput& def = inputs.front();
   for (const auto& in : inputs) {
     const policy::Mode mode = in.mode.value_or(def.mode.value_or(policy::Mode::deny));
@@ -310,14 +331,9 @@ LoadResult load_policy_text(std::string_view text, const std::string& file_name,
 }
 
 LoadResult load_policy_file(const std::string& path, const LoadOptions& options) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    return Diagnostics{{Severity::error, path, 0, 0,
-                        std::string("cannot read the policy file: ") + std::strerror(errno)}};
-  }
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return load_policy_text(ss.str(), path, format_for_path(path), options);
+  auto text = read_whole_file(path);
+  if (!text) return Diagnostics{{Severity::error, path, 0, 0, "cannot read the policy file: " + text.error().message()}};
+  return load_policy_text(*text, path, format_for_path(path), options);
 }
 
 }  // namespace sandgate::config

@@ -1,17 +1,22 @@
 #include "hosts_file.h"
 
 #include <algorithm>
-#include <fstream>
 #include <sstream>
 
+#include "sandgate/config/policy_file.h"
 #include "sandgate/policy/target.h"
 
 namespace sandgate::proxy::detail {
 
 boost::system::result<HostsFile, std::string> HostsFile::load(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return "cannot read hosts file " + path;
-  return parse(f, path);
+  auto text = config::read_whole_file(path);
+  if (!text) return "cannot read hosts file " + path + ": " + text.error().message();
+  std::istringstream in(*text);
+  auto parsed = parse(in, path);
+  if (!parsed) return parsed.error();
+  HostsFile h = std::move(*parsed);
+  h.sha256_ = config::sha256_hex(*text);
+  return h;
 }
 
 boost::system::result<HostsFile, std::string> HostsFile::parse(std::istream& f, const std::string& path) {

@@ -31,9 +31,13 @@ class HostsFile {
   // Addresses for a normalized name, in file order; nullptr if not listed.
   const std::vector<policy::Address>* find(std::string_view name) const noexcept;
   bool empty() const noexcept { return entries_.empty(); }
+  std::size_t names() const noexcept { return entries_.size(); }
+  // The file's bytes' SHA-256 (hex), which the log's `policy` records name; "" from parse().
+  const std::string& sha256() const noexcept { return sha256_; }
 
  private:
   std::unordered_map<std::string, std::vector<policy::Address>, NameHash, std::equal_to<>> entries_;
+  std::string sha256_;
 };
 
 }  // namespace sandgate::proxy::detail

@@ -192,6 +192,14 @@ boost::system::result<std::shared_ptr<const detail::HostsFile>, std::string> loa
   return std::make_shared<const detail::HostsFile>(std::move(*h));
 }
 
+// A hosts file as the log's `policy` record names it: loaded, or why not.
+netlog::Writer::HostsLoad hosts_loaded(const std::string& path, const detail::HostsFile& h) {
+  return {.file = path, .sha256 = h.sha256(), .names = h.names(), .error = {}};
+}
+netlog::Writer::HostsLoad hosts_failed(const std::string& path, const std::string& error) {
+  return {.file = path, .sha256 = {}, .names = 0, .error = error};
+}
+
 // Raises the open-files soft limit to the hard one (a shell's soft 1024
 // would stop a proxy at a few hundred connections) and returns the
 // connections per thread: `asked`, or when 0 the default cut to what the
@@ -436,7 +444,9 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
     impl->sources.push_back(impl->log ? impl->log->add_source(impl->config.listeners[i].sandbox, impl->bound[i])
                                       : nullptr);
   }
-  if (impl->log) impl->log->policy_loaded("start", impl->store->current().get(), impl->store->path(), {});
+  if (impl->log)
+    impl->log->policy_loaded("start", impl->store->current().get(), impl->store->path(), {},
+                             hosts ? std::optional(hosts_loaded(impl->config.hosts_file, *hosts)) : std::nullopt);
   for (std::size_t t = 0; t < n; ++t)
     for (auto& [i, a] : impl->acceptors[t])
       asio::co_spawn(impl->threads[t]->io,
@@ -491,18 +501,22 @@ void Server::reload() {
   auto& im = *impl_;
   // The hosts file first, on its own: a bad policy does not hold back a good
   // hosts file, nor the reverse. Each thread takes it for its next lookup.
+  std::optional<netlog::Writer::HostsLoad> hosts_record;  // for the `policy` record
   if (!im.config.hosts_file.empty()) {
-    if (auto h = load_hosts(im.config.hosts_file); !h)
-      std::cerr << "sandgate proxy: " << h.error() << "; the last good hosts file stays in force\n";
-    else
+    if (auto h = load_hosts(im.config.hosts_file); h) {
       for (auto& t : im.threads) asio::post(t->io, [ctx = t.get(), hosts = *h] { ctx->hosts = hosts; });
+      hosts_record = hosts_loaded(im.config.hosts_file, **h);
+    } else {
+      std::cerr << "sandgate proxy: " << h.error() << "; the last good hosts file stays in force\n";
+      hosts_record = hosts_failed(im.config.hosts_file, h.error());
+    }
   }
   auto r = im.store->reload();
   if (!r) {
     for (const auto& d : r.error()) std::cerr << d.to_string() << "\n";
     std::cerr << "sandgate proxy: reload failed; the last good policy stays in force\n";
     im.reloads_failed.fetch_add(1, std::memory_order_relaxed);
-    if (im.log) im.log->policy_loaded("reload", nullptr, im.store->path(), r.error());
+    if (im.log) im.log->policy_loaded("reload", nullptr, im.store->path(), r.error(), hosts_record);
     return;
   }
   // Each thread takes the new policy for its next request, on any connection,
@@ -516,7 +530,7 @@ void Server::reload() {
       const std::vector<detail::OpenConnection*> open(ctx->sessions.begin(), ctx->sessions.end());
       for (auto* session : open) session->recheck(*set);
     });
-  if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {});
+  if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {}, hosts_record);
   ::malloc_trim(0);  // the YAML nodes of the parse (see start)
   im.reloads_ok.fetch_add(1, std::memory_order_relaxed);
   std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)

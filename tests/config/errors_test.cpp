@@ -77,6 +77,12 @@ TEST(ConfigErrors, MissingFileSaysWhy) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().front().to_string(),
             "/nonexistent/policy.yaml: error: cannot read the policy file: No such file or directory");
+  // A folder opens, then reads as nothing: not "an empty policy" (it was
+  // read as one, and got "expected a map at the top level").
+  const auto folder = fs::temp_directory_path();
+  auto d = load_policy_file(folder.string());
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().front().to_string(), folder.string() + ": error: cannot read the policy file: Is a directory");
 }
 
 }  // namespace

@@ -291,8 +291,14 @@ TEST_F(NetworkLogTest, ARequestRefusedInsideATunnelEndsItsCloseRecord) {
 }
 
 TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
+  // Each `policy` record names the hosts file beside the policy: where an
+  // allowed name goes is its say. Each loads or fails on its own.
+  const auto hosts = dir_ / "hosts";
+  const auto sha256sum = [&] { return shell("sha256sum < " + hosts.string()).out.substr(0, 64); };
+  const auto hosts_sha_at_start = sha256sum();
   start_proxy({"--no-watch"});
   write_policy("version: 1\nmode: deny\nallow_hosts: [\"*.example.com\"]\n");
+  std::ofstream(hosts, std::ios::app) << "not-an-address b.wild.test\n";
   proxy_->signal(SIGHUP);
   // Up to 10 s each: a ThreadSanitizer build on a busy machine once took
   // over 3 s, and a second SIGHUP sent while the first is pending merges
@@ -300,6 +306,7 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   for (int i = 0; i < 1000 && records(log_path(), "policy").size() < 2; ++i) ::usleep(10'000);
   ASSERT_EQ(records(log_path(), "policy").size(), 2u) << "the first reload was not logged";
   write_policy("version: 1\nmode: sideways\n");
+  std::ofstream(hosts) << "127.0.0.1 origin.test\n127.0.0.2 b.wild.test c.wild.test\n";
   proxy_->signal(SIGHUP);
   for (int i = 0; i < 1000 && records(log_path(), "policy").size() < 3; ++i) ::usleep(10'000);
   stop_proxy();
@@ -310,6 +317,26 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   EXPECT_EQ(p[2].at("result").as_string(), "error");
   ASSERT_FALSE(p[2].at("errors").as_array().empty());
   EXPECT_NE(std::string(p[2].at("errors").as_array()[0].as_string()).find("mode"), std::string::npos);
+
+  // At start: the file, its bytes' SHA-256 and the names it pins.
+  const auto& h0 = p[0].at("hosts_file").as_object();
+  EXPECT_EQ(h0.at("file").as_string(), hosts.string());
+  EXPECT_EQ(h0.at("result").as_string(), "ok");
+  EXPECT_EQ(h0.at("sha256").as_string(), hosts_sha_at_start);
+  EXPECT_EQ(h0.at("names").as_int64(), 4);  // origin.test a.wild.test forbidden.test mixed.test
+  EXPECT_TRUE(h0.at("error").is_null());
+  // A hosts file that fails beside a policy that loads: the last good one
+  // stays, and the record says why, at the line.
+  const auto& h1 = p[1].at("hosts_file").as_object();
+  EXPECT_EQ(h1.at("result").as_string(), "error");
+  EXPECT_TRUE(h1.at("sha256").is_null());
+  EXPECT_NE(std::string(h1.at("error").as_string()).find(hosts.string() + ":5: 'not-an-address'"), std::string::npos)
+      << h1;
+  // And one that loads beside a policy that fails.
+  const auto& h2 = p[2].at("hosts_file").as_object();
+  EXPECT_EQ(h2.at("result").as_string(), "ok");
+  EXPECT_EQ(h2.at("sha256").as_string(), sha256sum());
+  EXPECT_EQ(h2.at("names").as_int64(), 3);
 }
 
 TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {

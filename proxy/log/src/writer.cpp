@@ -748,7 +748,7 @@ const Source* Writer::add_source(std::string sandbox, std::string listener) {
 }
 
 void Writer::policy_loaded(std::string_view event, const config::PolicySet* set, std::string_view file,
-                           const config::Diagnostics& errors) {
+                           const config::Diagnostics& errors, const std::optional<HostsLoad>& hosts) {
   detail::LineBuffer members;
   detail::JsonLine j(members);
   j.str("event", event).str("file", file).str("result", set ? "ok" : "error");
@@ -772,6 +772,13 @@ void Writer::policy_loaded(std::string_view event, const config::PolicySet* set,
     j.string(errors[i].to_string());
   }
   j.raw("]");
+  if (hosts) {
+    const bool ok = hosts->error.empty();
+    j.key("hosts_file").raw("{\"file\":").string(hosts->file).str("result", ok ? "ok" : "error");
+    if (ok) j.code("sha256", hosts->sha256).num("names", static_cast<std::int64_t>(hosts->names)).null("error");
+    else j.null("sha256").str("error", hosts->error);
+    j.raw("}");
+  }
   {
     std::lock_guard lock(impl_->control_mutex);
     impl_->control.emplace_back("policy", std::string(members.view()));

@@ -61,4 +61,11 @@ LoadResult load_policy_file(const std::string& path, const LoadOptions& options 
 LoadResult load_policy_text(std::string_view text, const std::string& file_name, Format format,
                             const LoadOptions& options = {});
 
+// The bytes of a file the proxy loads (a policy, a hosts file), or why they
+// cannot be read (its message: "Is a directory", "Permission denied").
+boost::system::result<std::string> read_whole_file(const std::string& path);
+// The hex SHA-256 by which the log names a file it loaded (`sha256` of a
+// policy, of a hosts file).
+std::string sha256_hex(std::string_view data);
+
 }  // namespace sandgate::config

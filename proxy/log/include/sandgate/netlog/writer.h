@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -107,9 +108,18 @@ class Writer {
   // Registers a listener; the pointer stays valid for the writer's life.
   const Source* add_source(std::string sandbox, std::string listener);
 
-  // A `policy` record (start or reload; errors on failure). Any thread; takes a lock.
+  // The --hosts-file a `policy` record names beside the policy: its names
+  // decide where allowed requests go.
+  struct HostsLoad {
+    std::string file;
+    std::string sha256;  // of the file loaded; "" when it did not load
+    std::size_t names = 0;
+    std::string error;   // why it did not load; "" when it did
+  };
+  // A `policy` record (start or reload; errors on failure), with the hosts
+  // file when there is one. Any thread; takes a lock.
   void policy_loaded(std::string_view event, const config::PolicySet* set, std::string_view file,
-                     const config::Diagnostics& errors);
+                     const config::Diagnostics& errors, const std::optional<HostsLoad>& hosts = std::nullopt);
   // Reopens the file (SIGUSR1, after logrotate renamed it). Any thread.
   void reopen() noexcept;
   // Wakes the writer to drain now (used when a producer passes its watermark).
