@@ -1,5 +1,11 @@
 // sandgate: egress-filtering proxy and microVM sandboxes for AI coding agents.
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <iostream>
+#include <streambuf>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -45,9 +51,55 @@ Options:
   --version       print the version
 )";
 
+// std::cerr for processes that run for months (the proxy, a sandbox's
+// supervisor). The standard stream stays failed after one failed write (a
+// full disk, a non-blocking pipe that was full) and drops every later
+// message without a trace; here a failed write loses its own line only.
+// Each thread gathers its line and writes it whole in one write(2), so
+// threads' lines do not interleave.
+class StderrLines : public std::streambuf {
+ protected:
+  int_type overflow(int_type c) override {
+    if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
+    const char ch = traits_type::to_char_type(c);
+    xsputn(&ch, 1);
+    return c;
+  }
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    line().append(s, static_cast<std::size_t>(n));
+    if (const auto end = line().rfind('\n'); end != std::string::npos) {
+      write_out(line().data(), end + 1);
+      line().erase(0, end + 1);
+    }
+    return n;
+  }
+
+ private:
+  // A line not yet ended, per thread; what is left at the thread's end is written then.
+  struct Pending {
+    std::string text;
+    ~Pending() { write_out(text.data(), text.size()); }
+  };
+  static std::string& line() {
+    thread_local Pending pending;
+    return pending.text;
+  }
+  static void write_out(const char* p, std::size_t n) {
+    while (n > 0) {
+      const ssize_t w = ::write(STDERR_FILENO, p, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return;  // this line is lost, not the ones after it
+      p += w;
+      n -= static_cast<std::size_t>(w);
+    }
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Never destroyed: std::cerr is flushed after static objects are gone.
+  std::cerr.rdbuf(new StderrLines);
   std::vector<std::string_view> args(argv + 1, argv + argc);
   if (args.empty()) {
     std::fputs(usage.data(), stderr);

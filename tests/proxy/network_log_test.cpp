@@ -339,6 +339,44 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   EXPECT_EQ(h2.at("names").as_int64(), 3);
 }
 
+TEST_F(NetworkLogTest, AStderrWriteThatFailsLosesItsLineOnlyNotTheLaterOnes) {
+  // stderr a non-blocking pipe, full (as a parent that set O_NONBLOCK on a
+  // shared pipe leaves it): the first reload's line cannot be written. The
+  // standard stream stayed failed after that, and the later reload said
+  // nothing; now only the line that met the full pipe is lost.
+  int err[2];
+  ASSERT_EQ(::pipe(err), 0);
+  ASSERT_EQ(::fcntl(err[0], F_SETFD, FD_CLOEXEC), 0);
+  ASSERT_EQ(::fcntl(err[0], F_SETFL, O_NONBLOCK), 0);
+  ASSERT_EQ(::fcntl(err[1], F_SETFL, O_NONBLOCK), 0);  // the proxy's too: one open file
+  while (::write(err[1], "x", 1) == 1) {
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  start_proxy({"--no-watch"}, "127.0.0.1:0", {"sh", "-c", "exec \"$@\" 2>&" + std::to_string(err[1]), "sh"});
+  ::close(err[1]);
+  const auto reloads_logged = [&](std::size_t n) {
+    for (int i = 0; i < 1000 && records(log_path(), "policy").size() < n; ++i) ::usleep(10'000);
+    return records(log_path(), "policy").size() == n;
+  };
+  proxy_->signal(SIGHUP);
+  ASSERT_TRUE(reloads_logged(2));
+  ::usleep(300'000);  // its stderr line follows the record by microseconds
+  std::string said;
+  char buf[65536];
+  for (ssize_t n; (n = ::read(err[0], buf, sizeof buf)) > 0;) said.append(buf, static_cast<std::size_t>(n));
+  EXPECT_EQ(said.find("reloaded"), std::string::npos);  // it met the full pipe
+  proxy_->signal(SIGHUP);
+  ASSERT_TRUE(reloads_logged(3));
+  said.clear();
+  for (int i = 0; i < 200 && said.find('\n') == std::string::npos; ++i) {
+    ::usleep(10'000);
+    for (ssize_t n; (n = ::read(err[0], buf, sizeof buf)) > 0;) said.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(err[0]);
+  EXPECT_TRUE(said.starts_with("sandgate proxy: reloaded " + policy_.string() + " (sha256 ")) << said;
+  EXPECT_TRUE(said.ends_with(")\n")) << said;  // whole, in one piece
+}
+
 TEST_F(NetworkLogTest, MetricsAndHealthzOnTheAdminListener) {
   const int port = start_proxy({"--admin", "127.0.0.1:0"});
   const int admin_port = read_admin_port();
