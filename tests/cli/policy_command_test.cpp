@@ -78,6 +78,21 @@ TEST(Cli, ExplainExitCodesAndText) {
   auto v6 = run("policy explain " + default_policy + " '[::1]:8080'");
   EXPECT_NE(v6.out.find("target   [::1]:8080\n"), std::string::npos) << v6.out;
 
+  // A URL, as an agent's error shows it: its scheme says the port it leaves unsaid.
+  auto url = run("policy explain " + default_policy + " 'HTTPS://API.Anthropic.com/v1/messages?x=1'");
+  EXPECT_EQ(url.status, 0) << url.out;
+  EXPECT_NE(url.out.find("target   api.anthropic.com:443\n"), std::string::npos) << url.out;
+  auto http = run("policy explain " + default_policy + " http://pastebin.com/raw/x");
+  EXPECT_EQ(http.status, 1) << http.out;
+  EXPECT_NE(http.out.find("target   pastebin.com:80\n"), std::string::npos) << http.out;
+  EXPECT_NE(run("policy explain " + default_policy + " 'http://[::1]:8080/'").out.find("target   [::1]:8080\n"),
+            std::string::npos);
+  auto ftp = run("policy explain " + default_policy + " ftp://x.org/");
+  EXPECT_EQ(ftp.status, 2);
+  EXPECT_NE(ftp.out.find("ftp:// URLs have no port sandgate knows: give host:port"), std::string::npos) << ftp.out;
+  EXPECT_EQ(run("policy explain " + default_policy + " 'http://user@evil.test@good.test/'").status, 2);
+  EXPECT_EQ(run("policy explain " + default_policy + " 'https://u:p@good.test/'").status, 2);
+  EXPECT_EQ(run("policy explain " + default_policy + " 'https:///path'").status, 2);
   EXPECT_EQ(run("policy explain " + default_policy + " 'bad host'").status, 2);
   EXPECT_EQ(run("policy explain " + default_policy + " x.com --addr not-an-ip").status, 2);
   EXPECT_EQ(run("policy explain /nonexistent.yaml x.com").status, 2);
