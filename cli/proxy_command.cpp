@@ -27,7 +27,7 @@ plain HTTP turning into HTTP/2 in cleartext (h2c) or TLS, which would hide
 the hosts of its requests.
 
 SIGHUP reloads POLICY and the --hosts-file (a bad file keeps the last good
-one), and so does any change to POLICY unless --no-watch; after a reload,
+one), and so does any change to either unless --no-watch; after a reload,
 open tunnels and plain-HTTP exchanges the new policy denies are closed
 unless --keep-denied-tunnels. SIGTERM stops accepting and lets open
 connections finish.
@@ -59,7 +59,7 @@ Options:
                            third, for CPU time spent polling while traffic
                            flows; idle, it costs nothing
   --forbid-report          refuse policies with 'report: true'
-  --no-watch               reload on SIGHUP only, not when the file changes
+  --no-watch               reload on SIGHUP only, not when a file changes
   --no-seccomp             skip the process's own restrictions (by default, once
                            bound: no new privileges, and a seccomp filter that
                            refuses exec, fork, ptrace, mount, module loading and

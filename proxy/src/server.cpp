@@ -556,13 +556,20 @@ void Server::wait_signal() {
 
 void Server::watch_policy() {
   auto& im = *impl_;
-  // Watch the folder, not the file: editors and config managers replace
-  // files by renaming a new one over them.
-  const std::filesystem::path path = im.store->path();
+  // Watch the folders, not the files: editors and config managers replace
+  // files by renaming a new one over them. The hosts file too: a reload
+  // reads both.
   const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd < 0) return;
-  const auto dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-  if (::inotify_add_watch(fd, dir.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
+  std::vector<std::pair<int, std::string>> watched;  // (watch descriptor, file name in that folder)
+  for (const std::string& file : {im.store->path(), im.config.hosts_file}) {
+    if (file.empty()) continue;
+    const std::filesystem::path path(file);
+    const auto dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+    const int wd = ::inotify_add_watch(fd, dir.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE);
+    if (wd >= 0) watched.emplace_back(wd, path.filename().string());
+  }
+  if (watched.empty()) {
     ::close(fd);
     return;
   }
@@ -570,7 +577,7 @@ void Server::watch_policy() {
   im.watch.emplace(im.control, fd);
   asio::co_spawn(
       im.control,
-      [this, name = path.filename().string()]() -> asio::awaitable<void> {
+      [this, watched = std::move(watched)]() -> asio::awaitable<void> {
         auto& im2 = *impl_;
         alignas(inotify_event) char buf[4096];
         asio::steady_timer settle(im2.control);
@@ -581,8 +588,9 @@ void Server::watch_policy() {
           for (std::size_t at = 0; at < n;) {
             const auto* e = reinterpret_cast<const inotify_event*>(buf + at);
             // "..data": Kubernetes swaps this symlink to update a mounted
-            // ConfigMap, and the policy file is a link through it.
-            ours |= e->len > 0 && (name == e->name || std::string_view(e->name) == "..data");
+            // ConfigMap, and the file is a link through it.
+            const std::string_view name = e->len > 0 ? e->name : "";
+            for (const auto& [wd, file] : watched) ours |= wd == e->wd && (name == file || name == "..data");
             at += sizeof(inotify_event) + e->len;
           }
           if (!ours) continue;

@@ -181,6 +181,17 @@ std::string get_via(int proxy, const std::string& host, const std::string& port)
                       "\r\nConnection: close\r\n\r\n");
 }
 
+// get_via, every 10 ms for up to 3 s until the answer is refused with a 403
+// (a reload taking effect); the last answer.
+std::string get_via_until_refused(int proxy, const std::string& host, const std::string& port) {
+  std::string r;
+  for (int i = 0; i < 300 && status_line(r) != "HTTP/1.1 403 Forbidden"; ++i) {
+    ::usleep(10'000);
+    r = get_via(proxy, host, port);
+  }
+  return r;
+}
+
 TEST_F(ProxyTest, DnsAnswersAreReusedForTheirTtlAndNoLonger) {
   DnsServer dns(dir_ / "dns-ttl");
   // A TTL of 1 s; a CNAME's 1 s shortening its target's hour; an hour cut to
@@ -1053,15 +1064,11 @@ TEST_F(ProxyTest, SighupRereadsTheHostsFileAndKeepsTheLastGoodOne) {
   // that address sees nothing.
   const auto hosts = dir_ / "hosts-reloaded";
   std::ofstream(hosts) << "127.0.0.1 moving.wild.test\n";
-  const int port = start_proxy({"--hosts-file", hosts.string()});
+  const int port = start_proxy({"--hosts-file", hosts.string(), "--no-watch"});  // the signal alone
   EXPECT_EQ(status_line(get_via(port, "moving.wild.test", o())), "HTTP/1.1 200 OK");
   std::ofstream(hosts) << "127.0.0.2 moving.wild.test\n";
   proxy_->signal(SIGHUP);
-  std::string r;
-  for (int i = 0; i < 200 && status_line(r) != "HTTP/1.1 403 Forbidden"; ++i) {
-    ::usleep(10'000);
-    r = get_via(port, "moving.wild.test", f());
-  }
+  std::string r = get_via_until_refused(port, "moving.wild.test", f());
   EXPECT_EQ(status_line(r), "HTTP/1.1 403 Forbidden") << r;
   EXPECT_NE(r.find("127.0.0.2"), std::string::npos) << r;
   // A file that does not load changes nothing, in part or in whole.
@@ -1577,6 +1584,24 @@ TEST_F(ProxyTest, ReloadsWhenThePolicyFileChanges) {
     ::usleep(10'000);
   }
   EXPECT_NE(r.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << r;
+}
+
+TEST_F(ProxyTest, ReloadsWhenTheHostsFileChanges) {
+  // The hosts file in a folder of its own, changed by renaming a new one
+  // over it (as editors do); no signal. moving.wild.test, pinned again to
+  // 127.0.0.2 (loopback the policy blocks), is refused there, and the
+  // forbidden origin on that address sees nothing.
+  fs::create_directories(dir_ / "pins");
+  const auto hosts = dir_ / "pins" / "hosts";
+  std::ofstream(hosts) << "127.0.0.1 moving.wild.test\n";
+  const int port = start_proxy({"--hosts-file", hosts.string()});
+  EXPECT_EQ(status_line(get_via(port, "moving.wild.test", o())), "HTTP/1.1 200 OK");
+  std::ofstream(dir_ / "pins" / "hosts.new") << "127.0.0.2 moving.wild.test\n";
+  fs::rename(dir_ / "pins" / "hosts.new", hosts);
+  const auto r = get_via_until_refused(port, "moving.wild.test", f());
+  EXPECT_EQ(status_line(r), "HTTP/1.1 403 Forbidden") << r;
+  EXPECT_NE(r.find("127.0.0.2"), std::string::npos) << r;
+  EXPECT_EQ(forbidden_->connections(), forbidden_before_);
 }
 
 TEST_F(ProxyTest, ReloadsWhenAKubernetesConfigMapMountIsUpdated) {

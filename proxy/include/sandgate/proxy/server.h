@@ -60,7 +60,7 @@ struct ServerConfig {
   // machines) that cuts a connection's latency, at the cost of CPU time
   // spent polling; 0 sleeps at once.
   std::chrono::microseconds busy_poll{0};
-  bool watch_policy = true;          // reload when the policy file changes, as on SIGHUP
+  bool watch_policy = true;  // reload when the policy file or the hosts file changes, as on SIGHUP
   // On reload, end open tunnels and plain-HTTP exchanges the new policy denies.
   bool close_denied_tunnels = true;
   // The network log; none when unset. SIGUSR1 reopens it (for logrotate).
