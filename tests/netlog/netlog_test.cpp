@@ -398,6 +398,42 @@ TEST_F(NetlogTest, RotationBySizeAndGzipSiblingsReadInOrder) {
   EXPECT_EQ(gap.problems[0].file, again[2]);
 }
 
+TEST_F(NetlogTest, AnOlderFileCutShortIsReportedAsCutNotAsAnUncleanStop) {
+  // The writer finishes every file it rotates away with a final checkpoint,
+  // and the next file says so (reason "rotate"). An older file that ends
+  // otherwise was cut after the fact: the problems say where, and no note
+  // blames a killed proxy (which only a file starting a new run can show).
+  auto c = config();
+  c.max_file_bytes = 20'000;
+  write_log(300, c);
+  const auto files = *log_files(c.path);
+  ASSERT_GE(files.size(), 3u);
+  const auto older = files[1];
+  const auto original = lines(older);
+  const auto kept = original.size() - 3;
+  // Cut mid-line (the half line has no newline), or at a line: the seq
+  // numbers jump where the next file starts.
+  const std::vector<Tamper> cases = {
+      {"mid-line", [&](auto& ls) { ls.resize(kept); }, "torn", kept},
+      {"at a line", [&](auto& ls) { ls.resize(kept); }, "missing", 1},
+  };
+  for (const auto& t : cases) {
+    SCOPED_TRACE(t.name);
+    auto ls = original;
+    t.edit(ls);
+    write_lines(older, ls);
+    if (t.kind == std::string_view("torn")) fs::resize_file(older, fs::file_size(older) - ls.back().size() / 2 - 1);
+    const auto r = check();
+    ASSERT_FALSE(r.problems.empty()) << "not caught";
+    EXPECT_EQ(r.problems[0].kind, t.kind) << describe(r);
+    EXPECT_EQ(r.problems[0].file, t.kind == std::string_view("torn") ? older : files[2]) << describe(r);
+    EXPECT_EQ(r.problems[0].line, t.line) << describe(r);
+    for (const auto& note : r.notes) EXPECT_EQ(note.find("unclean stop"), std::string::npos) << note;
+  }
+  write_lines(older, original);
+  EXPECT_TRUE(check().problems.empty());
+}
+
 // A full disk (here the file-size limit, RLIMIT_FSIZE): writes fail, the
 // records wait in the writer, are not counted as written, and all reach the
 // file once there is room again.

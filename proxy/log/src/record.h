@@ -27,8 +27,7 @@ struct Record {
   // checkpoint
   std::string_view hmac;
   bool final = false;
-  // file
-  std::string_view reason_for_file;
+  // file (its `reason`, start, rotate or reopen, is read into reason)
   std::uint64_t checkpoint_records = 0;
 };
 

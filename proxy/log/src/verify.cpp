@@ -108,7 +108,10 @@ VerifyReport verify(const std::vector<std::string>& files, const VerifyOptions& 
                     ") was edited: its SHA-256 is not the next record's prev",
                 1);
     }
-    if (r->type == "file" && have_prev && !prev_final && prev_type != "checkpoint")
+    // Only a file starting a new run can follow a killed one: the writer
+    // ends every file it rotates or reopens with a final checkpoint, so
+    // such a file without one was cut, which the problems above report.
+    if (r->type == "file" && r->reason == "start" && have_prev && !prev_final && prev_type != "checkpoint")
       report.notes.push_back("unclean stop before seq " + std::to_string(r->seq) + " (" + reader.file() +
                              "): the proxy was killed; records it had not written are lost");
     if (r->type == "checkpoint") {
