@@ -24,6 +24,7 @@
 #include "sandgate/config/policy_file.h"
 #include "sandgate/netlog/reader.h"
 #include "sandgate/netlog/writer.h"
+#include "targets.h"
 
 namespace sandgate::cli {
 namespace {
@@ -342,7 +343,8 @@ file keeps its rules but not its YAML comments.
 Options:
   --policy allow|deny    what happens when no rule matches
   --allow-host H[:P]     allow a host pattern (api.example.com, *.example.com,
-                         **.example.com:443, localhost:5432, re:...)
+                         **.example.com:443, localhost:5432, re:...), or
+                         a URL's host and port (https://api.github.com/x)
   --block-host H[:P]     block a host pattern
   --allow-cidr C         allow an address range (10.1.2.0/24)
   --block-cidr C         block an address range
@@ -396,9 +398,18 @@ int proxy_subcommand(std::span<const std::string_view> args) {
         return 2;
       }
       edit.mode = v == "allow" ? policy::Mode::allow : policy::Mode::deny;
-    } else if (a == "--allow-host") edit.allow_hosts.push_back(v);
-    else if (a == "--block-host") edit.block_hosts.push_back(v);
-    else if (a == "--allow-cidr") edit.allow_cidrs.push_back(v);
+    } else if (a == "--allow-host" || a == "--block-host") {
+      std::string host = v;  // a regex stays as written; a URL becomes its host:port
+      if (!v.starts_with("re:")) {
+        const auto h = authority_of(v);
+        if (!h) {
+          std::cerr << "sandgate network proxy: " << a << " '" << v << "': " << h.error() << "\n";
+          return 2;
+        }
+        host = *h;
+      }
+      (a == "--allow-host" ? edit.allow_hosts : edit.block_hosts).push_back(host);
+    } else if (a == "--allow-cidr") edit.allow_cidrs.push_back(v);
     else if (a == "--block-cidr") edit.block_cidrs.push_back(v);
     else {
       std::cerr << "sandgate network proxy: unknown option '" << a << "' (see --help)\n";

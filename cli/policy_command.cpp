@@ -2,7 +2,6 @@
 // explain decides with the same Policy::check the proxy calls, so the two
 // can never disagree; it only adds the list of candidate rules.
 #include <boost/json.hpp>
-#include <boost/url/parse.hpp>
 
 #include <cstdio>
 #include <iostream>
@@ -12,6 +11,7 @@
 
 #include "commands.h"
 #include "sandgate/config/policy_file.h"
+#include "targets.h"
 
 namespace sandgate::cli {
 namespace {
@@ -51,32 +51,6 @@ Examples:
   sandgate policy explain policy.yaml registry.npmjs.org:443 --addr 104.16.0.35
   sandgate policy explain policy.yaml localhost:5432 --addr 127.0.0.1 --json
 )";
-
-// explain's TARGET as host:port: as given, or from a URL, whose scheme
-// says the port it leaves unsaid. Fails with why.
-boost::system::result<std::string, std::string> target_authority(std::string_view arg) {
-  using boost::system::in_place_error, boost::system::in_place_value;
-  namespace urls = boost::urls;
-  if (arg.find("://") == std::string_view::npos) return {in_place_value, arg};
-  const auto url = urls::parse_absolute_uri(arg);
-  // The path check: Boost.URL 1.81 reads "http://1.2.3.4.:80/x" as host
-  // 1.2.3.4 and path ".:80/x" (as the proxy, which refuses it).
-  if (!url || !url->has_authority() || url->encoded_host().empty() ||
-      !(url->encoded_path().empty() || url->encoded_path().starts_with("/")))
-    return {in_place_error, "not a URL with a host, as https://host/path"};
-  if (url->has_userinfo()) return {in_place_error, "a URL with userinfo (user@host) names its host ambiguously"};
-  if (url->has_port()) return {in_place_value, url->encoded_host_and_port()};
-  std::uint16_t port = 0;
-  switch (url->scheme_id()) {
-    case urls::scheme::http:
-    case urls::scheme::ws: port = 80; break;
-    case urls::scheme::https:
-    case urls::scheme::wss: port = 443; break;
-    default:
-      return {in_place_error, std::string(url->scheme()) + ":// URLs have no port sandgate knows: give host:port"};
-  }
-  return {in_place_value, std::string(url->encoded_host()) + ":" + std::to_string(port)};
-}
 
 void print_diagnostics(const cfg::Diagnostics& ds) {
   for (const auto& d : ds) std::cerr << d.to_string() << "\n";
@@ -183,7 +157,7 @@ int explain(std::span<const std::string_view> args) {
               << "'; the default policy applies to it\n";
   }
   const pol::Policy& p = *set->for_sandbox(sandbox);
-  const auto authority = target_authority(positional[1]);
+  const auto authority = authority_of(positional[1]);
   if (!authority) {
     std::cerr << "sandgate policy explain: bad TARGET '" << positional[1] << "': " << authority.error() << "\n";
     return 2;

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 namespace {
 
@@ -97,6 +98,28 @@ TEST(Cli, ExplainExitCodesAndText) {
   EXPECT_EQ(run("policy explain " + default_policy + " x.com --addr not-an-ip").status, 2);
   EXPECT_EQ(run("policy explain /nonexistent.yaml x.com").status, 2);
   EXPECT_EQ(run("policy explain " + default_policy).status, 2);
+}
+
+TEST(Cli, NetworkProxyTakesAUrlsHostAndPort) {
+  // The default policy new sandboxes start from, in a home of its own.
+  const auto home = fs::path(policy_file("unused", "")).parent_path() / "home-url";
+  fs::remove_all(home);
+  ::setenv("SANDGATE_HOME", home.c_str(), 1);
+  auto r = run("network proxy --default --allow-host https://api.example.test/v1/x "
+                     "--block-host http://pastebin.test:8080/raw --allow-host 're:^a[0-9]+\\.example\\.test$'");
+  ASSERT_EQ(r.status, 0) << r.out;
+  std::ifstream in(home / "policy.yaml");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("api.example.test:443"), std::string::npos) << text;
+  EXPECT_NE(text.find("pastebin.test:8080"), std::string::npos) << text;
+  EXPECT_NE(text.find("re:^a[0-9]+\\.example\\.test$"), std::string::npos) << text;  // a regex as written
+  EXPECT_EQ(text.find("://"), std::string::npos) << text;
+  auto ftp = run("network proxy --default --allow-host ftp://files.example.test/");
+  EXPECT_EQ(ftp.status, 2);
+  EXPECT_NE(ftp.out.find("--allow-host 'ftp://files.example.test/': ftp:// URLs have no port"), std::string::npos)
+      << ftp.out;
+  ::unsetenv("SANDGATE_HOME");
+  fs::remove_all(home);
 }
 
 TEST(Cli, ExplainListsLosersAndWhy) {
