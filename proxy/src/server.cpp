@@ -532,7 +532,10 @@ void Server::reload() {
     });
   if (im.log) im.log->policy_loaded("reload", r->get(), im.store->path(), {}, hosts_record);
   ::malloc_trim(0);  // the YAML nodes of the parse (see start)
-  im.reloads_ok.fetch_add(1, std::memory_order_relaxed);
+  // A hosts file that did not load makes the reload an error too: an alert
+  // on failed reloads must not miss it.
+  (hosts_record && !hosts_record->error.empty() ? im.reloads_failed : im.reloads_ok)
+      .fetch_add(1, std::memory_order_relaxed);
   std::cerr << "sandgate proxy: reloaded " << im.store->path() << " (sha256 " << (*r)->sha256.substr(0, 12)
             << ")\n";
 }
@@ -730,7 +733,8 @@ std::string Server::metrics_text() const {
          s.log.write_errors);
   metric("sandgate_log_failing", "gauge", "Whether the log file cannot be opened or written now (its records held).",
          im.log && !im.log->problem().empty() ? 1 : 0);
-  out += "# HELP sandgate_reloads_total Policy reloads by result.\n# TYPE sandgate_reloads_total counter\n"
+  out += "# HELP sandgate_reloads_total Reloads (SIGHUP, a changed file) by result: error when the policy or the "
+         "hosts file did not load (the last good one stays).\n# TYPE sandgate_reloads_total counter\n"
          "sandgate_reloads_total{result=\"ok\"} " + std::to_string(im.reloads_ok.load()) + "\n"
          "sandgate_reloads_total{result=\"error\"} " + std::to_string(im.reloads_failed.load()) + "\n";
   const auto set = im.store->current();

@@ -296,7 +296,8 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   const auto hosts = dir_ / "hosts";
   const auto sha256sum = [&] { return shell("sha256sum < " + hosts.string()).out.substr(0, 64); };
   const auto hosts_sha_at_start = sha256sum();
-  start_proxy({"--no-watch"});
+  start_proxy({"--no-watch", "--admin", "127.0.0.1:0"});
+  const int admin_port = read_admin_port();
   write_policy("version: 1\nmode: deny\nallow_hosts: [\"*.example.com\"]\n");
   std::ofstream(hosts, std::ios::app) << "not-an-address b.wild.test\n";
   proxy_->signal(SIGHUP);
@@ -309,6 +310,11 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   std::ofstream(hosts) << "127.0.0.1 origin.test\n127.0.0.2 b.wild.test c.wild.test\n";
   proxy_->signal(SIGHUP);
   for (int i = 0; i < 1000 && records(log_path(), "policy").size() < 3; ++i) ::usleep(10'000);
+  // Each reload had a file that did not load: an alert on failed reloads
+  // sees both.
+  const auto m = scrape_until(admin_port, "sandgate_reloads_total{result=\"error\"} 2");
+  EXPECT_NE(m.find("sandgate_reloads_total{result=\"ok\"} 0\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("sandgate_reloads_total{result=\"error\"} 2\n"), std::string::npos) << m;
   stop_proxy();
   const auto p = records(log_path(), "policy");
   ASSERT_EQ(p.size(), 3u);
