@@ -475,7 +475,7 @@ boost::system::result<std::unique_ptr<Server>, std::string> Server::start(Server
   }
   std::unique_ptr<Server> server(new Server(std::move(impl)));
   if (server->impl_->signals) server->wait_signal();
-  if (server->impl_->config.watch_policy) server->watch_policy();
+  if (server->impl_->config.watch_policy) server->watch_files();
   if (auto& im = *server->impl_; im.admin) {
     im.admin_handlers.metrics = [s = server.get()] { return s->metrics_text(); };
     im.admin_handlers.healthy = [&im] { return !im.stopping.load(); };
@@ -557,7 +557,7 @@ void Server::wait_signal() {
   });
 }
 
-void Server::watch_policy() {
+void Server::watch_files() {
   auto& im = *impl_;
   // Watch the folders, not the files: editors and config managers replace
   // files by renaming a new one over them. The hosts file too: a reload

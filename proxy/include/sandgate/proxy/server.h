@@ -113,7 +113,7 @@ class Server {
   struct Impl;
   explicit Server(std::unique_ptr<Impl> impl);
   void wait_signal();
-  void watch_policy();
+  void watch_files();  // the policy file and the hosts file
   void reload();
   std::unique_ptr<Impl> impl_;
 };
