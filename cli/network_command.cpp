@@ -10,6 +10,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -58,7 +59,8 @@ Options:
                      *.example.com, **.example.com:443, re:...)
   --rule TEXT        decided by this rule (as written; "<default policy>")
   --sandbox NAME     one sandbox (the same as the SANDBOX argument)
-  --limit N          at most N rows per section
+  --limit N          at most N rows per section; with --raw or --follow,
+                     the last N records (then, following, every new one)
   --json             the summary as JSON
   --raw              the matching records themselves (JSON Lines)
   --follow           print the matching records, then stream new ones as they
@@ -181,10 +183,38 @@ int show_summary(const netlog::Summary& s, const Options& o) {
   return 0;
 }
 
+// The records --raw and --follow print: every matching one, or with
+// --limit only the last N (as tail -n), held until the reading has caught
+// up with what is written.
+class RecordTail {
+ public:
+  explicit RecordTail(std::size_t limit) : limit_(limit) {}
+  void add(std::string_view line) {
+    if (limit_ == 0 || caught_up_) {
+      std::cout << line << "\n";
+      return;
+    }
+    if (held_.size() == limit_) held_.pop_front();
+    held_.emplace_back(line);
+  }
+  // Prints what is held; records added later print at once.
+  void caught_up() {
+    for (const auto& l : held_) std::cout << l << "\n";
+    held_.clear();
+    caught_up_ = true;
+  }
+
+ private:
+  std::size_t limit_;
+  bool caught_up_ = false;
+  std::deque<std::string> held_;
+};
+
 // Prints the matching records already written (rotated files first), then
 // streams those appended to the live file, across rotation, until killed.
 int follow(const Options& o) {
   netlog::Matcher match(o.filter);
+  RecordTail out(o.limit);
   if (auto files = netlog::log_files(o.log)) {
     std::error_code ec;
     std::erase_if(*files, [&](const std::string& f) { return std::filesystem::equivalent(f, o.log, ec); });
@@ -192,7 +222,7 @@ int follow(const Options& o) {
     std::string_view line;
     bool terminated = false;
     while (older.next(line, terminated))
-      if (terminated && match(line)) std::cout << line << "\n";
+      if (terminated && match(line)) out.add(line);
   }
   int fd = -1;
   ino_t inode = 0;
@@ -223,13 +253,14 @@ int follow(const Options& o) {
         std::size_t start = 0;
         for (std::size_t nl; (nl = partial.find('\n', start)) != std::string::npos; start = nl + 1) {
           const std::string_view line(partial.data() + start, nl - start);
-          if (match(line)) std::cout << line << "\n";
+          if (match(line)) out.add(line);
         }
         partial.erase(0, start);
       }
-      std::cout.flush();
     }
     if (!read_any) {
+      out.caught_up();
+      std::cout.flush();
       // Rotated (a new file at the path)? The old one is read to its end first.
       struct stat st {};
       if (::stat(o.log.c_str(), &st) == 0 && (fd < 0 || st.st_ino != inode)) {
@@ -562,9 +593,11 @@ int network_command(std::span<const std::string_view> args) {
   }
   if (o.mode == "verify") return verify_command(o, *files);
   netlog::LineReader reader(*files);
+  RecordTail records(o.limit);
   std::function<void(std::string_view)> raw;
-  if (o.raw) raw = [](std::string_view line) { std::cout << line << "\n"; };
+  if (o.raw) raw = [&](std::string_view line) { records.add(line); };
   const auto summary = netlog::summarize(reader, o.filter, raw);
+  records.caught_up();
   if (!reader.error().empty()) std::cerr << "sandgate network log: warning: " << reader.error() << "\n";
   if (o.mode == "suggest") return suggest_command(o, summary);
   if (o.raw) return 0;

@@ -521,5 +521,35 @@ TEST_F(NetworkLogTest, FollowStreamsNewRecordsAcrossRotation) {
   EXPECT_NE(second.find("\"target\":\"other.example:80\""), std::string::npos) << second;
 }
 
+TEST_F(NetworkLogTest, RawAndFollowWithALimitPrintTheLastRecords) {
+  // As tail -n: --limit N keeps the last N matching records, in order; with
+  // --follow, every new one after them.
+  const int port = start_proxy({"--log-flush", "20"});
+  auto blocked = [&](const std::string& host) {
+    return exchange("127.0.0.1", port, "GET http://" + host + "/ HTTP/1.1\r\nHost: " + host + "\r\n\r\n");
+  };
+  for (const char* host : {"x1.example", "x2.example", "x3.example"})
+    ASSERT_TRUE(blocked(host).starts_with("HTTP/1.1 403"));
+  std::string raw;
+  for (int i = 0; i < 500 && raw.find("x3.example") == std::string::npos; ++i) {
+    ::usleep(10'000);
+    raw = cli("--raw --verdict deny --limit 2").out;
+  }
+  std::istringstream lines(raw);
+  std::vector<std::string> got;
+  for (std::string l; std::getline(lines, l);) got.push_back(l);
+  ASSERT_EQ(got.size(), 2u) << raw;
+  EXPECT_NE(got[0].find("\"target\":\"x2.example:80\""), std::string::npos) << raw;
+  EXPECT_NE(got[1].find("\"target\":\"x3.example:80\""), std::string::npos) << raw;
+
+  Process follow({SANDGATE_BIN, "network", "log", "--follow", "--limit", "1", "--log", log_path().string(), "--verdict",
+                  "deny"});
+  const auto last = follow.read_line(std::chrono::seconds(5));
+  EXPECT_NE(last.find("\"target\":\"x3.example:80\""), std::string::npos) << last;
+  ASSERT_TRUE(blocked("x4.example").starts_with("HTTP/1.1 403"));
+  const auto next = follow.read_line(std::chrono::seconds(5));
+  EXPECT_NE(next.find("\"target\":\"x4.example:80\""), std::string::npos) << next;
+}
+
 }  // namespace
 }  // namespace sandgate
