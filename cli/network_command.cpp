@@ -580,6 +580,12 @@ int network_command(std::span<const std::string_view> args) {
       }
     }
   }
+  if (o.filter.since && o.filter.until && *o.filter.until < *o.filter.since) {
+    // "--since 1h --until 2h" reads as a window, but 2h ago is before 1h ago.
+    std::cerr << "sandgate network log: --until is before --since: no event can match (a duration counts back "
+                 "from now: --since 2h --until 1h is the hour before the last)\n";
+    return 2;
+  }
   // A sandbox's own log, unless --log named one.
   if (!o.log_given && o.filter.has_sandbox) {
     const auto own = sandgate_home() + "/sandboxes/" + o.filter.sandbox + "/log/network.jsonl";

@@ -156,6 +156,11 @@ TEST_F(NetworkLogTest, EveryRequestHasADecisionAndEveryAllowedOneACloseRecord) {
   EXPECT_NE(raw.out.find("\"type\":\"close\""), std::string::npos) << raw.out;
   EXPECT_EQ(raw.out.find("evil.test"), std::string::npos) << raw.out;
   EXPECT_NE(cli("suggest").out.find("host: \"evil.test:80\""), std::string::npos);
+  // A window that ends before it starts is a mistake to say, not an empty table.
+  const auto backwards = cli("--since 1h --until 2h");
+  EXPECT_EQ(backwards.status, 2) << backwards.out;
+  EXPECT_NE(backwards.out.find("--until is before --since"), std::string::npos) << backwards.out;
+  EXPECT_EQ(cli("--since 2h --until 1m").status, 0);
 }
 
 TEST_F(NetworkLogTest, KillNineLosesAtMostTheFlushIntervalAndVerifyShowsTheTail) {
