@@ -198,6 +198,11 @@ int proxy_command(std::span<const std::string_view> args) {
         ::unsetenv("LISTEN_FDS");
         ::unsetenv("LISTEN_FDNAMES");
       } else {
+        for (const auto& l : cfg.listeners)
+          if (l.address == address && !address.ends_with(":0")) {  // port 0: each gets its own
+            std::cerr << "sandgate proxy: --listen " << address << " is given twice; one listener has one policy\n";
+            return 2;
+          }
         cfg.listeners.push_back({address, sandbox});
       }
     } else if (a == "--hosts-file") cfg.hosts_file = v;

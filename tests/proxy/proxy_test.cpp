@@ -2007,6 +2007,11 @@ TEST_F(ProxyTest, BadCommandLinesSayWhy) {
   r = shell("timeout 5 " + std::string(SANDGATE_BIN) + " proxy --no-log --config " + policy_.string() +
             " --listen 127.0.0.1:0 --listen 127.0.0.1:" + std::to_string(port));
   EXPECT_EQ(r.status, 1) << r.out;
+  // Twice on one command line is the command line's mistake, said so.
+  r = shell(std::string(SANDGATE_BIN) + " proxy --no-log --config " + policy_.string() +
+            " --listen 127.0.0.1:3999 --listen 127.0.0.1:3999=agent1");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("--listen 127.0.0.1:3999 is given twice"), std::string::npos) << r.out;
   // A DNS server is an IP address with a port that fits; c-ares alone would let 99999 wrap.
   for (const std::string bad : {"dns.example", "127.0.0.1:99999", "127.0.0.1,,::1"}) {
     r = shell(std::string(SANDGATE_BIN) + " proxy --config " + policy_.string() +
