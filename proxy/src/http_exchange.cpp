@@ -412,22 +412,28 @@ asio::awaitable<Session::Answered> Session::relay_response(Asked asked, std::uin
   // not end in chunked ends at close, and chunking it again is forbidden
   // (RFC 9112 7); an HTTP/1.0 client may get no Transfer-Encoding (6.1),
   // and without it a coding other than chunked is lost.
+  // An HTTP/1.0 answer has no transfer codings: one that names any has
+  // faulty framing (RFC 9112 6.1), whatever the proxy could make of it.
   if (const auto codings = res.count(http::field::transfer_encoding);
-      codings && !bodiless &&
-      (!res.chunked() ||
-       (!asked.http11 && (codings > 1 || !beast::iequals(res[http::field::transfer_encoding], "chunked"))))) {
-    std::string why = "the origin's answer has a transfer coding the proxy cannot pass on";
-    if (!asked.http11) why += " to an HTTP/1.0 client";
+      codings && (res.version() == 10 ||
+                  (!bodiless && (!res.chunked() || (!asked.http11 && (codings > 1 || !beast::iequals(
+                                                                           res[http::field::transfer_encoding],
+                                                                           "chunked"))))))) {
+    std::string why = res.version() == 10 ? "the origin's HTTP/1.0 answer has a transfer coding, which HTTP/1.0 "
+                                            "does not have (faulty framing)"
+                                          : "the origin's answer has a transfer coding the proxy cannot pass on";
+    if (!asked.http11 && res.version() != 10) why += " to an HTTP/1.0 client";
     why += ": Transfer-Encoding: ";
     why += res[http::field::transfer_encoding];
     co_await log_close(sent, 0, netlog::EndReason::error, 502);
     co_await answer(error_answer(502, "bad-upstream-response", why));
     co_return Answered::close;
   }
-  // A length repeated as a list ("5, 5"; RFC 9110 8.6) goes on as the one
-  // number it is: a client may read the list another way.
+  // A length repeated ("5, 5", or in two fields; RFC 9110 8.6) goes on as
+  // the one number it is: a client may read the repeats another way.
   if (const auto length = rp->content_length();
-      length && res[http::field::content_length].find(',') != std::string_view::npos)
+      length && (res.count(http::field::content_length) > 1 ||
+                 res[http::field::content_length].find(',') != std::string_view::npos))
     res.content_length(*length);
   const bool origin_keeps = keeps_alive(res);
   strip_hop_by_hop(res);

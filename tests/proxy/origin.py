@@ -21,6 +21,8 @@ nothing). Endpoints:
   GET  /hop            an answer with hop-by-hop fields (Connection also lists
                        Content-Length)
   GET  /lengthlist     "ok" with Content-Length: 2, 2
+  GET  /lengthtwice    "ok" with two Content-Length: 2 fields
+  GET  /coded10        a chunked "abc" in an HTTP/1.0 answer (faulty framing)
   GET  /status/NNN     an empty answer with status NNN (any three digits)
   GET  /headers        the request line and headers it received, as text
   OPTIONS anything     the request line it received
@@ -193,6 +195,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/lengthlist":
             # One length, repeated as a list (RFC 9110 8.6 lets a recipient take it).
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")
+            return
+        if self.path == "/lengthtwice":
+            # One length in two fields (the same, so Beast takes it).
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok")
+            return
+        if self.path == "/coded10":
+            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+            self.wfile.write(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            self.close_connection = True
             return
         if self.path == "/silent":
             # Takes the request and never answers (for the proxy's timeout).
