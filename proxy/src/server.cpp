@@ -564,13 +564,18 @@ void Server::watch_files() {
   // reads both.
   const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd < 0) return;
-  std::vector<std::pair<int, std::string>> watched;  // (watch descriptor, file name in that folder)
+  struct Watched {
+    int wd;
+    std::filesystem::path dir;
+    std::string file;  // its name in dir
+  };
+  std::vector<Watched> watched;
   for (const std::string& file : {im.store->path(), im.config.hosts_file}) {
     if (file.empty()) continue;
     const std::filesystem::path path(file);
     const auto dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
     const int wd = ::inotify_add_watch(fd, dir.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE);
-    if (wd >= 0) watched.emplace_back(wd, path.filename().string());
+    if (wd >= 0) watched.push_back({wd, dir, path.filename().string()});
   }
   if (watched.empty()) {
     ::close(fd);
@@ -593,13 +598,23 @@ void Server::watch_files() {
             // "..data": Kubernetes swaps this symlink to update a mounted
             // ConfigMap, and the file is a link through it.
             const std::string_view name = e->len > 0 ? e->name : "";
-            for (const auto& [wd, file] : watched) ours |= wd == e->wd && (name == file || name == "..data");
+            for (const auto& w : watched) {
+              if (w.wd != e->wd || (name != w.file && name != "..data")) continue;
+              // A file just created is still being written: its close
+              // (IN_CLOSE_WRITE) is the change, or a half-written policy
+              // would be loaded. A symlink made there is whole at once.
+              std::error_code ec2;
+              ours |= !(e->mask & IN_CREATE) || std::filesystem::is_symlink(w.dir / std::string(name), ec2);
+            }
             at += sizeof(inotify_event) + e->len;
           }
           if (!ours) continue;
-          // Let a burst of writes settle, then reload once.
+          // Let a burst of writes settle, then reload once: the events that
+          // came meanwhile are this burst's.
           settle.expires_after(std::chrono::milliseconds(100));
           co_await settle.async_wait(token);
+          while (::read(im2.watch->native_handle(), buf, sizeof buf) > 0) {
+          }
           reload();
         }
       },

@@ -350,6 +350,30 @@ TEST_F(NetworkLogTest, ReloadsAreLoggedWithTheirResult) {
   EXPECT_EQ(h2.at("names").as_int64(), 3);
 }
 
+TEST_F(NetworkLogTest, APolicyFileStillBeingWrittenIsNotLoadedHalfWay) {
+  // A new file written in two parts, 300 ms apart (longer than the watch's
+  // settling): its first part is a policy of its own (no blocked host), and
+  // loading it would run that policy until the second part came. Only the
+  // finished file is loaded, once.
+  start_proxy();
+  const auto whole = read_file(policy_);
+  const auto cut = whole.find("block_hosts:");
+  ASSERT_NE(cut, std::string::npos);
+  fs::remove(policy_);
+  {
+    std::ofstream out(policy_);
+    out << whole.substr(0, cut) << std::flush;
+    ::usleep(300'000);
+    out << whole.substr(cut) << "# written in two parts\n";
+  }
+  const auto sha = shell("sha256sum < " + policy_.string()).out.substr(0, 64);
+  for (int i = 0; i < 1000 && records(log_path(), "policy").size() < 2; ++i) ::usleep(10'000);
+  ::usleep(500'000);  // time for a second reload, if one were coming
+  const auto p = records(log_path(), "policy");
+  ASSERT_EQ(p.size(), 2u) << "one reload, of the whole file";
+  EXPECT_EQ(p[1].at("sha256").as_string(), sha);
+}
+
 TEST_F(NetworkLogTest, AStderrWriteThatFailsLosesItsLineOnlyNotTheLaterOnes) {
   // stderr a non-blocking pipe, full (as a parent that set O_NONBLOCK on a
   // shared pipe leaves it): the first reload's line cannot be written. The
