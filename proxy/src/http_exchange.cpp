@@ -435,6 +435,12 @@ asio::awaitable<Session::Answered> Session::relay_response(Asked asked, std::uin
       length && (res.count(http::field::content_length) > 1 ||
                  res[http::field::content_length].find(',') != std::string_view::npos))
     res.content_length(*length);
+  // A 204 has no content and no length, and neither it nor a 304 is sent
+  // with a transfer coding (RFC 9110 8.6, RFC 9112 6.1): a client that took
+  // such a field for framing would wait for a body that never comes. (A
+  // 304's Content-Length describes the resource, and stays.)
+  if (status == 204) res.erase(http::field::content_length);
+  if (status == 204 || status == 304) res.erase(http::field::transfer_encoding);
   const bool origin_keeps = keeps_alive(res);
   strip_hop_by_hop(res);
   add_via(res);

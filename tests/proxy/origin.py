@@ -24,6 +24,8 @@ nothing). Endpoints:
   GET  /lengthtwice    "ok" with two Content-Length: 2 fields
   GET  /coded10        a chunked "abc" in an HTTP/1.0 answer (faulty framing)
   GET  /status/NNN     an empty answer with status NNN (any three digits)
+  GET  /framed/NNN/te  an empty answer with status NNN and Transfer-Encoding: chunked anyway
+  GET  /framed/NNN/cl  an empty answer with status NNN and Content-Length: 5 anyway
   GET  /headers        the request line and headers it received, as text
   OPTIONS anything     the request line it received
   TRACE anything       the request line and headers it received (message/http)
@@ -183,6 +185,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # also names Content-Length, which the proxy must keep.
             self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: X-Hop, Content-Length\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
                              b"Upgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok")
+            return
+        if self.path.startswith("/framed/"):
+            # 204 and 304 say nothing of framing (RFC 9110 8.6); some origins do anyway.
+            field = b"Transfer-Encoding: chunked" if self.path.endswith("/te") else b"Content-Length: 5"
+            self.wfile.write(b"HTTP/1.1 %s X\r\n%s\r\n\r\n" % (self.path[8:11].encode(), field))
             return
         if self.path.startswith("/status/"):
             # Any three digits as the status, valid or not.

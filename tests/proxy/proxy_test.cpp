@@ -854,6 +854,32 @@ TEST_F(ProxyTest, AnAnswersLengthGivenAsAListGoesOnAsOneNumber) {
   }
 }
 
+TEST_F(ProxyTest, ANoContentOrNotModifiedAnswerGoesOnWithoutFraming) {
+  // An origin's 204 with Content-Length or Transfer-Encoding, a 304 with
+  // Transfer-Encoding: the client gets none of them (one that took them for
+  // framing would wait for a body), and the kept connection serves on.
+  const int port = start_proxy();
+  const int fd = connect_tcp("127.0.0.1", port);
+  ASSERT_GE(fd, 0);
+  const std::string asked = request("/framed/204/cl", "") + request("/framed/204/te", "") +
+                            request("/framed/304/te", "") + request("/small", "Connection: close\r\n");
+  ASSERT_EQ(::send(fd, asked.data(), asked.size(), MSG_NOSIGNAL), static_cast<ssize_t>(asked.size()));
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  const auto small = got.find("HTTP/1.1 200 OK\r\n");
+  ASSERT_NE(small, std::string::npos) << got;
+  const auto heads = got.substr(0, small);
+  // Three heads and nothing else: no body, no chunk, no framing field.
+  EXPECT_TRUE(heads.starts_with("HTTP/1.1 204 X\r\n")) << got;
+  EXPECT_EQ(heads.find("HTTP/1.1 204 X\r\n", 1), heads.find("\r\n\r\n") + 4) << got;
+  EXPECT_NE(heads.find("\r\n\r\nHTTP/1.1 304 X\r\n"), std::string::npos) << got;
+  EXPECT_TRUE(heads.ends_with("\r\n\r\n")) << got;
+  EXPECT_EQ(heads.find("Transfer-Encoding"), std::string::npos) << got;
+  EXPECT_EQ(heads.find("Content-Length"), std::string::npos) << got;
+}
+
 TEST_F(ProxyTest, AStatusOutsideTheValidRangeGets502) {
   // RFC 9110 15: 100 to 599. A 099 would otherwise pass as an interim answer.
   const int port = start_proxy();
