@@ -274,13 +274,10 @@ int follow(const Options& o) {
 
 int verify_command(const Options& o, const std::vector<std::string>& files) {
   netlog::VerifyOptions vo;
-  if (!o.no_key) {
-    std::ifstream in(o.key);
-    if (in >> vo.key) {
-    } else if (o.key_given) {
-      std::cerr << "sandgate network log verify: cannot read the key " << o.key << "\n";
-      return 2;
-    }
+  // The default key is used when it is there; one named with --key must be.
+  if (const auto why = o.no_key ? std::string() : netlog::read_key(o.key, vo.key); !why.empty() && o.key_given) {
+    std::cerr << "sandgate network log verify: " << why << "\n";
+    return 2;
   }
   const auto r = netlog::verify(files, vo);
   std::cout << "checked " << r.files << " file" << (r.files == 1 ? "" : "s") << ", " << r.records << " records";

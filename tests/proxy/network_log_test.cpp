@@ -161,6 +161,16 @@ TEST_F(NetworkLogTest, EveryRequestHasADecisionAndEveryAllowedOneACloseRecord) {
   EXPECT_EQ(backwards.status, 2) << backwards.out;
   EXPECT_NE(backwards.out.find("--until is before --since"), std::string::npos) << backwards.out;
   EXPECT_EQ(cli("--since 2h --until 1m").status, 0);
+  // A key named with --key must be there, and be a key; the message says which it is not.
+  const auto missing = cli("verify --key " + (dir_ / "no-such.key").string());
+  EXPECT_EQ(missing.status, 2) << missing.out;
+  EXPECT_NE(missing.out.find("cannot read the log key " + (dir_ / "no-such.key").string() + ": No such file"),
+            std::string::npos)
+      << missing.out;
+  std::ofstream(dir_ / "short.key") << "abc\n";
+  const auto short_key = cli("verify --key " + (dir_ / "short.key").string());
+  EXPECT_EQ(short_key.status, 2) << short_key.out;
+  EXPECT_NE(short_key.out.find("is shorter than 32 characters"), std::string::npos) << short_key.out;
 }
 
 TEST_F(NetworkLogTest, KillNineLosesAtMostTheFlushIntervalAndVerifyShowsTheTail) {

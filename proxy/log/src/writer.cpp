@@ -18,9 +18,9 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
-#include <fstream>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include "chain.h"
@@ -844,9 +844,17 @@ std::string load_or_create_key(const std::string& path, const std::string& log_d
     ::close(f);
     if (!ok) return "cannot write the log key " + path;
   }
-  std::ifstream in(path);
-  if (!(in >> key) || key.size() < 32)
-    return "the log key " + path + " is unreadable or shorter than 32 characters";
+  return read_key(path, key);
+}
+
+std::string read_key(const std::string& path, std::string& key) {
+  const auto text = config::read_whole_file(path);
+  if (!text) return "cannot read the log key " + path + ": " + text.error().message();
+  std::istringstream in(*text);
+  if (!(in >> key) || key.size() < 32) {
+    key.clear();
+    return "the log key " + path + " is shorter than 32 characters";
+  }
   return {};
 }
 

@@ -143,5 +143,9 @@ class Writer {
 // 0600) when it does not exist, into `key`. Refuses a key inside `log_dir`.
 // Returns an error message, or "" on success.
 std::string load_or_create_key(const std::string& path, const std::string& log_dir, std::string& key);
+// Reads the HMAC key at `path` (its first word, at least 32 characters)
+// into `key`. Returns why it cannot ("cannot read the log key PATH: No such
+// file or directory"), or "" on success.
+std::string read_key(const std::string& path, std::string& key);
 
 }  // namespace sandgate::netlog
