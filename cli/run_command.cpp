@@ -16,7 +16,6 @@
 #include <csignal>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -422,10 +421,11 @@ int run_command(std::span<const std::string_view> args) {
   }
   // As root, QEMU runs as an unprivileged user where it can (sandgate-vm if
   // the host has one, else nobody): a guest that escaped QEMU would hold that
-  // user, not root. It needs to read the image and reach virtiofsd's socket,
-  // which is handed to it; the proxy's socket is not (this process relays the
-  // guest's connections to it). The 9p fallback keeps root (QEMU itself then
-  // serves the workspace).
+  // user, not root. Its files and sockets are handed to it as descriptors
+  // (vmm::Machine::launch), so it needs only to read the kernel and initrd
+  // themselves, wherever they are. The proxy's socket is not handed to it
+  // (this process relays the guest's connections). The 9p fallback keeps
+  // root (QEMU itself then serves the workspace).
   std::string qemu_user = ::getuid() == 0 ? "root" : "";
   if (::getuid() == 0 && mc.fs_9p_dir.empty()) {
     const passwd* pw = ::getpwnam("sandgate-vm");
@@ -434,19 +434,12 @@ int run_command(std::span<const std::string_view> args) {
       vmm::MachineConfig::RunAs ra{pw->pw_uid, pw->pw_gid, {}};
       const std::string user = pw->pw_name;
       if (const group* kvm = ::getgrnam("kvm")) ra.groups.push_back(kvm->gr_gid);
-      std::vector<std::string> files = {mc.kernel, mc.initrd};
-      if (!mc.root_disk.empty()) files.push_back(mc.root_disk);
-      // It must also get into the sandbox's folder, where its own vm/ is.
-      if (const auto blocked = vmm::unreachable_for(ra, files, {state.string()}); blocked.empty()) {
-        if (!mc.fs_socket.empty() && ::chown(mc.fs_socket.c_str(), ra.uid, ra.gid) != 0)
-          std::cerr << "sandgate run: cannot hand " << mc.fs_socket << " to " << user << ": " << std::strerror(errno)
-                    << "\n";
+      if (const auto blocked = vmm::unreadable_for(ra, {mc.kernel, mc.initrd}); blocked.empty()) {
         mc.run_as = ra;
         qemu_user = user;
       } else {
-        std::cerr << "sandgate run: QEMU runs as root: the user " << user << " cannot use " << blocked
-                  << " (a home such as /root is closed to other users: set SANDGATE_HOME, and SANDGATE_IMAGES if"
-                     " it is elsewhere, to folders outside it)\n";
+        std::cerr << "sandgate run: QEMU runs as root: the user " << user << " cannot read " << blocked
+                  << " (the guest image's kernel and initrd must be readable by all: chmod 644 them)\n";
       }
     }
   }

@@ -171,6 +171,10 @@ PY
 # Publish by renaming a complete folder: a concurrent build of the same
 # image either wins the rename or finds this one in place.
 mkdir "$work/image"
+# Readable by all, whatever the umask: started by root, QEMU runs as an
+# unprivileged user and reads its kernel and initrd through descriptors
+# sandgate opened, which still needs the files' own read permission.
+chmod 644 "$work/vmlinux" "$work/vmlinuz" "$work/initrd.cpio"
 mv "$work/vmlinux" "$work/vmlinuz" "$work/initrd.cpio" "$work/image/"
 ln -s "../.rootfs/$rootfs_id/rootfs.erofs" "$work/image/rootfs.erofs"
 mv "$work/manifest.tmp" "$work/image/manifest"

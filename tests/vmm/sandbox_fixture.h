@@ -24,6 +24,9 @@ class SandboxTest : public ::testing::Test {
     // cache for all of them in the build tree.
     home_ = fs::temp_directory_path() / ("sandgate-home-" + std::to_string(::getpid()));
     fs::create_directories(home_);
+    // Closed to other users, as root's default ~/.sandgate under /root is:
+    // QEMU, run as another user, must not need a way in.
+    fs::permissions(home_, fs::perms::owner_all);
     ::setenv("SANDGATE_IMAGES", SANDGATE_TEST_IMAGES, 0);  // deploy/test.sh shares one cache between builds
     ws_ = fs::temp_directory_path() / ("sandgate-ws-" + std::to_string(::getpid()));
     fs::create_directories(ws_);

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cassert>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -26,9 +27,6 @@ std::string_view to_string(Accel a) noexcept { return a == Accel::kvm ? "kvm" : 
 
 namespace {
 
-// Starts argv with stdin from /dev/null and stdout and stderr to out_fd, in
-// its own process group (a Ctrl-C at the terminal reaches sandgate, which
-// then shuts the guest down). Returns the pid, or -1.
 // Becomes run_as in a forked child: raw system calls, which change only the
 // calling thread (the child's only one) and take no lock.
 bool become(const MachineConfig::RunAs& r) {
@@ -36,18 +34,35 @@ bool become(const MachineConfig::RunAs& r) {
          ::syscall(SYS_setresgid, r.gid, r.gid, r.gid) == 0 && ::syscall(SYS_setresuid, r.uid, r.uid, r.uid) == 0;
 }
 
-pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfig::RunAs* run_as = nullptr) {
+// Starts argv with stdin from /dev/null, stdout and stderr to out_fd, and
+// `pass` as descriptors 3, 4, ... in order, in its own process group (a
+// Ctrl-C at the terminal reaches sandgate, which then shuts the guest down).
+// Returns the pid, or -1.
+constexpr std::size_t max_passed = 8;
+pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfig::RunAs* run_as = nullptr,
+            const std::vector<int>& pass = {}) {
   // Everything the child needs is built before fork: the caller has other
   // threads (the proxy's), so the child may only make async-signal-safe calls.
   std::vector<char*> args;
   for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
   args.push_back(nullptr);
+  if (pass.size() > max_passed) {
+    errno = EMFILE;
+    return -1;
+  }
+  const int first_free = 3 + static_cast<int>(pass.size());
   const pid_t pid = ::fork();
   if (pid != 0) return pid;
   const int in = ::open("/dev/null", O_RDONLY);
   ::dup2(in, 0);
   ::dup2(out_fd, 1);
   ::dup2(out_fd, 2);
+  // pass[i] becomes descriptor 3 + i: each is first copied above the
+  // targets, so that moving one into place never closes another still to move.
+  int moved[max_passed];
+  for (std::size_t i = 0; i < pass.size(); ++i) moved[i] = ::fcntl(pass[i], F_DUPFD, first_free);
+  for (std::size_t i = 0; i < pass.size(); ++i)
+    if (moved[i] < 0 || ::dup2(moved[i], 3 + static_cast<int>(i)) < 0) ::_exit(125);
   ::setpgid(0, 0);
   // QEMU needs no device files; without CAP_MKNOD its 9p server cannot make
   // one in the workspace for the guest either (a no-op when not root).
@@ -60,12 +75,38 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
   // Nothing else of this process goes with it: the caller's descriptors
   // without O_CLOEXEC (Asio opens sockets without it) include the proxy's
   // listener, which QEMU would otherwise hold open.
-  ::close_range(3, ~0U, 0);
+  ::close_range(static_cast<unsigned>(first_free), ~0U, 0);
   ::execvp(args[0], args.data());
   constexpr char msg[] = "sandgate: cannot run the program (is it installed?)\n";
   (void)!::write(2, msg, sizeof msg - 1);
   ::_exit(127);
 }
+
+// Descriptors Machine::launch opens and closes on every path out.
+struct Descriptors {
+  std::vector<int> fds;
+  ~Descriptors() {
+    for (int fd : fds) ::close(fd);
+  }
+};
+
+// What QEMU is handed as descriptors rather than paths: it opens no file
+// and binds no socket of its own, so an unprivileged QEMU needs no way into
+// the sandbox's folder or the image cache (a home under a closed /root, say).
+// The kernel and initrd it reopens through /proc/self/fd (its loader takes a
+// file name), which needs only their own read permission; the disk goes in
+// through an fd set, the sockets as chardev descriptors.
+struct Passed {
+  int kernel = 3, initrd = 4, agent = 5, net = 6, qmp = 7;
+  int disk = -1, fs = -1;  // when configured
+  std::size_t count = 5;
+  explicit Passed(const MachineConfig& c) {
+    if (!c.root_disk.empty()) disk = static_cast<int>(3 + count++);
+    if (!c.fs_socket.empty()) fs = static_cast<int>(3 + count++);
+  }
+};
+
+std::string fd_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
 
 }  // namespace
 
@@ -81,6 +122,7 @@ unsigned long host_tsc_khz() {
 }
 
 std::vector<std::string> qemu_argv(const MachineConfig& c) {
+  const Passed fd(c);
   const auto mem = std::to_string(c.memory_mib);
   // Two kernel arguments that buy TCG boot time and protect nothing here:
   // - cryptomgr.notests: the crypto self-tests take 0.2-0.3 s; nothing in the
@@ -113,8 +155,8 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
                                 "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
                                 // virtio-fs (vhost-user) refuses legacy virtio-mmio; the rest works either way.
                                 "-global", "virtio-mmio.force-legacy=false",
-                                "-kernel", c.kernel,
-                                "-initrd", c.initrd,
+                                "-kernel", fd_path(fd.kernel),
+                                "-initrd", fd_path(fd.initrd),
                                 "-append", append,
                                 "-serial", "stdio",
                                 // No network device (-nodefaults, and none added): the guest's only
@@ -122,20 +164,21 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
                                 // the proxy. QEMU itself has no network backend to reach anything.
                                 "-nic", "none",
                                 "-device", "virtio-serial-device",
-                                "-chardev", "socket,id=agent,path=" + c.state_dir + "/vm/agent.sock,server=on,wait=off",
+                                "-chardev", "socket,id=agent,fd=" + std::to_string(fd.agent) + ",server=on,wait=off",
                                 "-device", "virtserialport,chardev=agent,name=agent0",
-                                "-chardev", "socket,id=net,path=" + c.state_dir + "/vm/net.sock,server=on,wait=off",
+                                "-chardev", "socket,id=net,fd=" + std::to_string(fd.net) + ",server=on,wait=off",
                                 "-device", "virtserialport,chardev=net,name=net0",
-                                "-qmp", "unix:" + c.state_dir + "/vm/qmp.sock,server=on,wait=off",
+                                "-chardev", "socket,id=qmp,fd=" + std::to_string(fd.qmp) + ",server=on,wait=off",
+                                "-mon", "chardev=qmp,mode=control",
                                 // QEMU's own seccomp filter: no obsolete calls, no new processes, no
-                                // privilege, scheduling or resource changes. (Run as root, QEMU is
+                                // privilege, scheduling or resource changes. (Started by root, QEMU is
                                 // already the user it should be: Machine::launch switched before exec.)
                                 "-sandbox", "on,obsolete=deny,spawn=deny,elevateprivileges=deny,resourcecontrol=deny"};
   if (!c.root_disk.empty())
-    a.insert(a.end(), {"-drive", "file=" + c.root_disk + ",if=none,format=raw,readonly=on,id=root", "-device",
-                       "virtio-blk-device,drive=root"});
+    a.insert(a.end(), {"-add-fd", "fd=" + std::to_string(fd.disk) + ",set=1", "-drive",
+                       "file=/dev/fdset/1,if=none,format=raw,readonly=on,id=root", "-device", "virtio-blk-device,drive=root"});
   if (!c.fs_socket.empty())
-    a.insert(a.end(), {"-chardev", "socket,id=vfs,path=" + c.fs_socket, "-device",
+    a.insert(a.end(), {"-chardev", "socket,id=vfs,fd=" + std::to_string(fd.fs), "-device",
                        "vhost-user-fs-device,chardev=vfs,tag=ws"});
   if (!c.fs_9p_dir.empty()) {
     std::string dir;
@@ -158,47 +201,76 @@ std::vector<std::string> qemu_argv(const MachineConfig& c) {
   return a;
 }
 
-std::string unreachable_for(const MachineConfig::RunAs& run_as, const std::vector<std::string>& files,
-                            const std::vector<std::string>& programs) {
-  std::vector<std::pair<const char*, int>> checks;
-  for (const auto& f : files) checks.emplace_back(f.c_str(), R_OK);
-  for (const auto& p : programs) checks.emplace_back(p.c_str(), X_OK);
+std::string unreadable_for(const MachineConfig::RunAs& run_as, const std::vector<std::string>& files) {
+  // Opened here, as QEMU's are; the child then reopens each through
+  // /proc/self/fd as QEMU's loader will.
+  Descriptors opened;
+  std::vector<std::string> reopen;
+  for (const auto& f : files) {
+    const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return f;
+    opened.fds.push_back(fd);
+    reopen.push_back(fd_path(fd));
+  }
   const pid_t pid = ::fork();
   if (pid == 0) {
     if (!become(run_as)) ::_exit(255);
-    for (std::size_t i = 0; i < checks.size(); ++i)
-      if (::access(checks[i].first, checks[i].second) != 0) ::_exit(static_cast<int>(i));
+    for (std::size_t i = 0; i < reopen.size(); ++i)
+      if (::open(reopen[i].c_str(), O_RDONLY) < 0) ::_exit(static_cast<int>(i));
     ::_exit(254);
   }
   int st = 0;
   if (pid < 0 || ::waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return "(the check could not run)";
   const int code = WEXITSTATUS(st);
   if (code == 254) return {};
-  if (code == 255 || code >= static_cast<int>(checks.size())) return "(the user could not be switched to)";
-  return checks[static_cast<std::size_t>(code)].first;
+  if (code == 255 || code >= static_cast<int>(files.size())) return "(the user could not be switched to)";
+  return files[static_cast<std::size_t>(code)];
 }
 
 boost::system::result<std::unique_ptr<Machine>, std::string> Machine::launch(const MachineConfig& c) {
   const auto argv = qemu_argv(c);
+  const Passed layout(c);
+  // Everything QEMU is handed, in the order of its descriptors (Passed).
+  // Invariant: each is opened here, copied into the child, and closed here.
+  Descriptors pass;
+  const auto open_file = [&](const std::string& path, const char* what) -> std::string {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::string("cannot open the ") + what + " " + path + ": " + std::strerror(errno);
+    pass.fds.push_back(fd);
+    return {};
+  };
+  if (auto e = open_file(c.kernel, "kernel"); !e.empty()) return e;
+  if (auto e = open_file(c.initrd, "initrd"); !e.empty()) return e;
+  // The sockets QEMU serves, made here in a fresh folder of this user's
+  // (0700): only this user can connect to them.
+  const auto vm_dir = c.state_dir + "/vm";
+  std::error_code ec;
+  std::filesystem::remove_all(vm_dir, ec);
+  if (::mkdir(vm_dir.c_str(), 0700) != 0) return "cannot create " + vm_dir + ": " + std::strerror(errno);
+  for (const char* name : {"agent.sock", "net.sock", "qmp.sock"}) {
+    const auto path = vm_dir + "/" + name;
+    const int fd = detail::listen_unix(path);
+    if (fd < 0) return "cannot listen on " + path + ": " + std::strerror(errno);
+    pass.fds.push_back(fd);
+  }
+  if (!c.root_disk.empty())
+    if (auto e = open_file(c.root_disk, "root disk"); !e.empty()) return e;
+  // virtiofsd's socket, connected here: nobody else may use the socket
+  // (it serves the workspace), and QEMU's user need not reach it.
+  if (!c.fs_socket.empty()) {
+    const int fd = detail::connect_unix(c.fs_socket);
+    if (fd < 0) return "cannot connect to virtiofsd at " + c.fs_socket + ": " + std::strerror(errno);
+    pass.fds.push_back(fd);
+  }
+  assert(pass.fds.size() == layout.count);
   const auto log = c.state_dir + "/console.log";
   // Invariant: the log fd is opened here, dup'd into the child, and closed in the parent.
   const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (out < 0) return "cannot create " + log + ": " + std::strerror(errno);
-  // QEMU's own folder, for its sockets: fresh, 0700, owned by its user.
-  const auto vm_dir = c.state_dir + "/vm";
-  std::error_code ec;
-  std::filesystem::remove_all(vm_dir, ec);
-  if (::mkdir(vm_dir.c_str(), 0700) != 0 ||
-      (c.run_as && ::chown(vm_dir.c_str(), c.run_as->uid, c.run_as->gid) != 0)) {
-    ::close(out);
-    return "cannot create " + vm_dir + ": " + std::strerror(errno);
-  }
-  const pid_t pid = spawn(argv, out, c.run_as ? &*c.run_as : nullptr);
-  if (pid < 0) {
-    ::close(out);
-    return std::string("fork: ") + std::strerror(errno);
-  }
+  const pid_t pid = spawn(argv, out, c.run_as ? &*c.run_as : nullptr, pass.fds);
+  const int saved = errno;
   ::close(out);
+  if (pid < 0) return std::string("fork: ") + std::strerror(saved);
   return std::unique_ptr<Machine>(new Machine(pid, c.state_dir));
 }
 

@@ -27,7 +27,7 @@ struct MachineConfig {
   unsigned memory_mib = 512;
   Accel accel = Accel::tcg;
   unsigned tb_size_mib = 64;  // TCG's translation cache (32 saves ~15 MiB, boots slower)
-  std::string state_dir;  // the machine's sockets and console log live here
+  std::string state_dir;  // the machine's sockets (STATE_DIR/vm) and console log live here
   std::vector<std::string> kernel_args;  // extra key=value for the guest's init
   // A vhost-user-fs backend socket (virtiofsd), attached with tag "ws"; "" for none.
   std::string fs_socket;
@@ -37,9 +37,11 @@ struct MachineConfig {
   bool fs_9p_readonly = false;
   // The root filesystem disk image, attached read-only as /dev/vda; "" for none.
   std::string root_disk;
-  // Run QEMU as this user rather than as the caller (root): then it can
-  // reach only what that user can, its own socket folder, and the file
-  // descriptors it is given.
+  // Run QEMU as this user rather than as the caller (root). QEMU opens no
+  // path of its own: its kernel, initrd, disk, sockets and virtiofsd's
+  // connection are handed to it as descriptors, so the user needs no way
+  // into the sandbox's folder or the image cache; it reopens the kernel and
+  // initrd through /proc/self/fd, which needs their own read permission.
   struct RunAs {
     uid_t uid = 0;
     gid_t gid = 0;
@@ -48,24 +50,26 @@ struct MachineConfig {
   std::optional<RunAs> run_as;
 };
 
-// Whether `run_as` can read each of `files` and execute each of `programs`
-// (tried in a child that becomes that user). "" when it can, else the first
-// path it cannot use.
-std::string unreachable_for(const MachineConfig::RunAs& run_as, const std::vector<std::string>& files,
-                            const std::vector<std::string>& programs);
+// Whether `run_as` can read each of `files` through a descriptor this
+// process opened, as QEMU reads its kernel and initrd (tried in a child that
+// becomes that user). "" when it can, else the first file it cannot read.
+std::string unreadable_for(const MachineConfig::RunAs& run_as, const std::vector<std::string>& files);
 
-// The full QEMU command line for `config` (exposed for tests and `--dry-run`).
+// The full QEMU command line for `config`, for the descriptors launch()
+// hands QEMU (kernel, initrd, sockets and disk as /proc/self/fd, fd= and
+// fd sets).
 std::vector<std::string> qemu_argv(const MachineConfig& config);
 
 class Machine {
  public:
-  // Starts QEMU (stdin /dev/null, output to state_dir/console.log). Fails with
-  // the step, path and errno.
+  // Starts QEMU (stdin /dev/null, output to state_dir/console.log, the
+  // files and sockets it uses as descriptors). Fails with the step, path
+  // and errno.
   static boost::system::result<std::unique_ptr<Machine>, std::string> launch(const MachineConfig& config);
   ~Machine();  // kills QEMU if it still runs
 
   pid_t pid() const noexcept { return pid_; }
-  // QEMU's sockets live in STATE_DIR/vm, the one folder QEMU may write.
+  // QEMU's sockets, made by launch() in STATE_DIR/vm (0700) and handed to it.
   std::string agent_socket() const { return state_dir_ + "/vm/agent.sock"; }
   // The guest's network port (stream_mux.h: relay_guest_network).
   std::string net_socket() const { return state_dir_ + "/vm/net.sock"; }
