@@ -2,8 +2,11 @@
 
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/core/string.hpp>
+#include <boost/beast/http/rfc7230.hpp>
+#include <boost/container/small_vector.hpp>
 #include <boost/url/parse.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <string>
 #include <utility>
@@ -158,6 +161,138 @@ TunnelRefusal tunnel_request_refusal(const RequestParser::value_type& req, std::
       return {tunnel() + " has a target that names another host: " + std::string(t), url->encoded_host_and_port()};
   }
   return {};
+}
+
+namespace {
+namespace http = boost::beast::http;
+
+// Fields a proxy must not forward (RFC 9110 7.6.1), besides those Connection lists.
+constexpr http::field hop_by_hop[] = {http::field::connection,    http::field::keep_alive,
+                                      http::field::proxy_connection, http::field::proxy_authorization,
+                                      http::field::te,            http::field::trailer,
+                                      http::field::upgrade};
+
+}  // namespace
+
+void strip_hop_by_hop(Fields& f) {
+  // Names listed in Connection are hop-by-hop too. Kept as views into the
+  // Connection fields, which therefore go last; then one pass over the
+  // fields, not a lookup per name (this runs twice per request).
+  // The framing fields stay, whatever Connection says: without them the
+  // body would be read as what follows the message. (A request that lists
+  // them was refused; this guards answers.)
+  boost::container::small_vector<std::string_view, 8> listed;
+  for (auto [it, end] = f.equal_range(http::field::connection); it != end; ++it)
+    for (auto name : http::token_list(it->value())) listed.push_back(name);
+  for (auto it = f.begin(); it != f.end();) {
+    const auto name = it->name();
+    const bool framing = name == http::field::content_length || name == http::field::transfer_encoding;
+    const bool hop = std::find(std::begin(hop_by_hop), std::end(hop_by_hop), name) != std::end(hop_by_hop) ||
+                     (!framing && std::any_of(listed.begin(), listed.end(), [&](std::string_view l) {
+                       return boost::beast::iequals(l, it->name_string());
+                     }));
+    it = hop && name != http::field::connection ? f.erase(it) : std::next(it);
+  }
+  f.erase(http::field::connection);
+}
+
+bool keeps_alive(const Fields& f, unsigned version) noexcept {
+  bool close = false, keep_alive = false;
+  for (auto [it, end] = f.equal_range(http::field::connection); it != end; ++it)
+    for (auto option : http::token_list(it->value())) {
+      close |= boost::beast::iequals(option, "close");
+      keep_alive |= boost::beast::iequals(option, "keep-alive");
+    }
+  return !close && (version >= 11 || keep_alive);
+}
+
+void add_via(Fields& f, unsigned version) {
+  const std::string_view hop = version == 10 ? "1.0 sandgate" : "1.1 sandgate";
+  if (f.count(http::field::via) == 0) {
+    f.set(http::field::via, hop);
+    return;
+  }
+  std::string joined;
+  for (auto [it, end] = f.equal_range(http::field::via); it != end; ++it) joined.append(it->value()).append(", ");
+  f.set(http::field::via, joined.append(hop));
+}
+
+std::string answer_status_refusal(unsigned status) {
+  // Beast reads any three digits; RFC 9110 15: valid codes are 100 to 599.
+  // One below would pass as an interim answer.
+  if (status < 100 || status > 599)
+    return "the origin's answer has status " + std::to_string(status) + ", outside 100-599";
+  // Upgrade is hop-by-hop and never forwarded, so nothing asked for it:
+  // what follows would be another protocol on a stream read as HTTP.
+  if (status == 101) return "the origin switched protocols (101) though the proxy does not forward Upgrade";
+  return {};
+}
+
+void prepare_interim(ResponseParser::value_type& res) {
+  res.erase(http::field::content_length);
+  res.erase(http::field::transfer_encoding);
+  strip_hop_by_hop(res);
+  add_via(res, res.version());
+  res.version(11);
+}
+
+AnswerHead prepare_answer(ResponseParser& rp, bool head_request, bool client_http11, bool keep) {
+  auto& res = rp.get();
+  const unsigned status = res.result_int();
+  const bool bodiless = head_request || status == 204 || status == 304;
+  // Both framings: the coding would override the length (RFC 9112 6.3),
+  // and the message "ought to be handled as an error", a sign of response
+  // splitting. (Beast refuses a length beside chunked; this is the rest,
+  // and any answer without a body.)
+  if (res.count(http::field::content_length) && res.count(http::field::transfer_encoding))
+    return {"the origin's answer has both Content-Length and Transfer-Encoding (RFC 9112 6.3)", false};
+  // Codings the proxy cannot pass on as they are: a body whose codings do
+  // not end in chunked ends at close, and chunking it again is forbidden
+  // (RFC 9112 7); an HTTP/1.0 client may get no Transfer-Encoding (6.1),
+  // and without it a coding other than chunked is lost.
+  // An HTTP/1.0 answer has no transfer codings: one that names any has
+  // faulty framing (RFC 9112 6.1), whatever the proxy could make of it.
+  if (const auto codings = res.count(http::field::transfer_encoding);
+      codings && (res.version() == 10 ||
+                  (!bodiless && (!res.chunked() || (!client_http11 && (codings > 1 || !boost::beast::iequals(
+                                                                           res[http::field::transfer_encoding],
+                                                                           "chunked"))))))) {
+    std::string why = res.version() == 10 ? "the origin's HTTP/1.0 answer has a transfer coding, which HTTP/1.0 "
+                                            "does not have (faulty framing)"
+                                          : "the origin's answer has a transfer coding the proxy cannot pass on";
+    if (!client_http11 && res.version() != 10) why += " to an HTTP/1.0 client";
+    why += ": Transfer-Encoding: ";
+    why += res[http::field::transfer_encoding];
+    return {std::move(why), false};
+  }
+  // A length repeated ("5, 5", or in two fields; RFC 9110 8.6) goes on as
+  // the one number it is: a client may read the repeats another way.
+  if (const auto length = rp.content_length();
+      length && (res.count(http::field::content_length) > 1 ||
+                 res[http::field::content_length].find(',') != std::string_view::npos))
+    res.content_length(*length);
+  // A 204 has no content and no length, and neither it nor a 304 is sent
+  // with a transfer coding (RFC 9110 8.6, RFC 9112 6.1): a client that took
+  // such a field for framing would wait for a body that never comes. (A
+  // 304's Content-Length describes the resource, and stays.)
+  if (status == 204) res.erase(http::field::content_length);
+  if (status == 204 || status == 304) res.erase(http::field::transfer_encoding);
+  AnswerHead out{{}, keeps_alive(res, res.version())};
+  strip_hop_by_hop(res);
+  add_via(res, res.version());
+  if (!client_http11) {
+    // An HTTP/1.0 client must not get chunked (RFC 9112 6.1): a body
+    // without a length goes as it is, and closing the connection (which
+    // ends every HTTP/1.0 exchange) ends it. Nor any Transfer-Encoding,
+    // not even in an answer to HEAD.
+    if (!bodiless && res.chunked()) res.chunked(false);  // (which also drops any Content-Length)
+    res.erase(http::field::transfer_encoding);
+  } else if (!bodiless && !res.has_content_length() && !res.chunked()) {
+    res.chunked(true);  // close-delimited from the origin: chunked, the client kept
+  }
+  res.version(11);  // an intermediary sends its own HTTP version
+  res.keep_alive(keep);
+  return out;
 }
 
 bool switches_out_of_sight(std::string_view upgrade) noexcept {

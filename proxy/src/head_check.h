@@ -1,6 +1,11 @@
-// Checks on the raw request head that HTTP parsers tend to tolerate, and a
-// forward proxy must not: each is a known request-smuggling or confusion
-// vector. Cost: one pass over the head bytes; no allocation.
+// Checks on heads in both directions, and what a proxy changes in them, as
+// pure functions (no I/O; the fuzz targets run them):
+// - a request head: what HTTP parsers tend to tolerate and a forward proxy
+//   must not, each a known request-smuggling or confusion vector (one pass
+//   over the head bytes; no allocation);
+// - an origin's answer head: refused, or made ready for the client with
+//   exactly one framing;
+// - the hop-by-hop fields and Via, both ways.
 #pragma once
 
 #include <cstdint>
@@ -62,5 +67,43 @@ TunnelRefusal tunnel_request_refusal(const RequestParser::value_type& req, std::
 // or TLS ("TLS/1.2", RFC 2817), whose SNI would come after the check. An
 // empty value (no Upgrade: no protocol named) counts too. No allocation.
 bool switches_out_of_sight(std::string_view upgrade) noexcept;
+
+// Removes the fields a proxy must not forward (RFC 9110 7.6.1): Connection,
+// Keep-Alive, Proxy-Connection, Proxy-Authorization, TE, Trailer, Upgrade
+// and those Connection lists, except the framing fields.
+void strip_hop_by_hop(Fields& f);
+
+// Whether a message of this HTTP version keeps its connection open (RFC
+// 9112 9.3), reading every Connection field: Beast's keep_alive() reads
+// only the first, so a "close" in a second one would be missed.
+bool keeps_alive(const Fields& f, unsigned version) noexcept;
+
+// Adds this hop to Via (RFC 9110 7.6.3), naming the version of the message
+// as received, after every Via field it came with, in order.
+void add_via(Fields& f, unsigned version);
+
+// Why an origin's answer with this status cannot go on ("" when it can): a
+// code outside 100-599, or a 101 (the proxy never forwards Upgrade, so
+// nothing asked to switch).
+std::string answer_status_refusal(unsigned status);
+
+// An interim (1xx) answer, made ready for an HTTP/1.1 client: hop-by-hop
+// fields and framing fields (no 1xx has content; RFC 9110 8.6, RFC 9112
+// 6.1) removed, Via added, sent as HTTP/1.1.
+void prepare_interim(ResponseParser::value_type& res);
+
+// An origin's final answer head (its status checked above), made ready for
+// the client in place, its body then relayed by the framing in `rp` (the
+// origin's) into the framing the head now names: one length, or chunked
+// (HTTP/1.1 clients only), or none and the connection closed after it.
+// `head_request`: the answer has no body. `keep`: the client's connection
+// may stay open. `why` is empty when it goes on, else the answer gets a 502
+// saying why (a transfer coding that cannot pass on). origin_keeps: the
+// origin keeps its own connection open.
+struct AnswerHead {
+  std::string why;
+  bool origin_keeps = false;
+};
+AnswerHead prepare_answer(ResponseParser& rp, bool head_request, bool client_http11, bool keep);
 
 }  // namespace sandgate::proxy::detail

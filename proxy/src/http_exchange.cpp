@@ -5,7 +5,6 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http.hpp>
-#include <boost/container/small_vector.hpp>
 #include <boost/url/parse.hpp>
 
 #include <algorithm>
@@ -24,67 +23,11 @@ namespace {
 // its head; a larger one is spliced.
 constexpr std::uint64_t small_body = 16 * 1024;
 
-// Fields a proxy must not forward (RFC 9110 7.6.1), besides those Connection lists.
-constexpr http::field hop_by_hop[] = {http::field::connection,    http::field::keep_alive,
-                                      http::field::proxy_connection, http::field::proxy_authorization,
-                                      http::field::te,            http::field::trailer,
-                                      http::field::upgrade};
-
-void strip_hop_by_hop(Fields& f) {
-  // Names listed in Connection are hop-by-hop too. Kept as views into the
-  // Connection fields, which therefore go last; then one pass over the
-  // fields, not a lookup per name (this runs twice per request).
-  // The framing fields stay, whatever Connection says: without them the
-  // body would be read as what follows the message. (A request that lists
-  // them was refused; this guards answers.)
-  boost::container::small_vector<std::string_view, 8> listed;
-  for (auto [it, end] = f.equal_range(http::field::connection); it != end; ++it)
-    for (auto name : http::token_list(it->value())) listed.push_back(name);
-  for (auto it = f.begin(); it != f.end();) {
-    const auto name = it->name();
-    const bool framing = name == http::field::content_length || name == http::field::transfer_encoding;
-    const bool hop = std::find(std::begin(hop_by_hop), std::end(hop_by_hop), name) != std::end(hop_by_hop) ||
-                     (!framing && std::any_of(listed.begin(), listed.end(), [&](std::string_view l) {
-                       return beast::iequals(l, it->name_string());
-                     }));
-    it = hop && name != http::field::connection ? f.erase(it) : std::next(it);
-  }
-  f.erase(http::field::connection);
-}
-
 // Whether a body's relay failed on its framing (a bad chunk size, extension
 // or line end), not on the connection.
 bool malformed_body(const boost::system::error_code& ec) {
   return ec.category() == http::make_error_code(http::error::bad_chunk).category() &&
          ec != http::error::end_of_stream && ec != http::error::partial_message;
-}
-
-// Whether a message keeps its connection open (RFC 9112 9.3), reading every
-// Connection field: Beast's keep_alive() reads only the first, so a "close"
-// in a second one would be missed.
-template <bool isRequest, class Body>
-bool keeps_alive(const http::message<isRequest, Body, Fields>& m) {
-  bool close = false, keep_alive = false;
-  for (auto [it, end] = m.equal_range(http::field::connection); it != end; ++it)
-    for (auto option : http::token_list(it->value())) {
-      close |= beast::iequals(option, "close");
-      keep_alive |= beast::iequals(option, "keep-alive");
-    }
-  return !close && (m.version() >= 11 || keep_alive);
-}
-
-// Adds this hop to Via (RFC 9110 7.6.3), naming the version of the message
-// as received, after every Via field it came with, in order.
-template <bool isRequest, class Body>
-void add_via(http::message<isRequest, Body, Fields>& m) {
-  const std::string_view hop = m.version() == 10 ? "1.0 sandgate" : "1.1 sandgate";
-  if (m.count(http::field::via) == 0) {
-    m.set(http::field::via, hop);
-    return;
-  }
-  std::string joined;
-  for (auto [it, end] = m.equal_range(http::field::via); it != end; ++it) joined.append(it->value()).append(", ");
-  m.set(http::field::via, joined.append(hop));
 }
 
 // Puts the space that missing_reason_space finds wanting into the buffered
@@ -198,7 +141,7 @@ asio::awaitable<bool> Session::serve_http(RequestParser& parser, ReadBuffer& buf
   // RFC 9112 9.3: a proxy keeps no connection alive for an HTTP/1.0
   // client, whose keep-alive an HTTP/1.0 hop before may have passed on.
   const bool http11 = req.version() == 11;
-  const Asked asked{asked_head_, http11, http11 && keeps_alive(req)};
+  const Asked asked{asked_head_, http11, http11 && keeps_alive(req, req.version())};
   // Expect: 100-continue goes on to the origin (RFC 9110 10.1.1), whose
   // 100 or refusal comes back before the body is sent; the expectation
   // of an HTTP/1.0 client is ignored (it cannot read a 100).
@@ -209,7 +152,7 @@ asio::awaitable<bool> Session::serve_http(RequestParser& parser, ReadBuffer& buf
   }
   strip_hop_by_hop(req);
   req.set(http::field::host, host_);
-  add_via(req);
+  add_via(req, req.version());
   req.keep_alive(true);
   req.version(11);
   bool may_resend = reuse && resendable;
@@ -375,20 +318,9 @@ asio::awaitable<std::optional<Session::Answered>> Session::read_final_head(Parse
       co_return Answered::close;
     }
     const unsigned status = rp->get().result_int();
-    if (status < 100 || status > 599) {
-      // Beast reads any three digits; RFC 9110 15: valid codes are 100 to
-      // 599. One below would pass as an interim answer.
+    if (auto why = answer_status_refusal(status); !why.empty()) {
       co_await log_close(sent, 0, netlog::EndReason::error, 502);
-      std::string why = "the origin's answer has status " + std::to_string(status) + ", outside 100-599";
       co_await answer(error_answer(502, "bad-upstream-response", why));
-      co_return Answered::close;
-    }
-    if (status == 101) {
-      // Upgrade is hop-by-hop and never forwarded, so nothing asked for it:
-      // what follows would be another protocol on a stream read as HTTP.
-      co_await log_close(sent, 0, netlog::EndReason::error, 502);
-      co_await answer(error_answer(502, "bad-upstream-response",
-                                   "the origin switched protocols (101) though the proxy does not forward Upgrade"));
       co_return Answered::close;
     }
     if (status >= 200) co_return std::nullopt;
@@ -407,54 +339,14 @@ asio::awaitable<Session::Answered> Session::relay_response(Asked asked, std::uin
   if (const auto ended = co_await read_final_head(rp, asked, sent, may_resend, heads)) co_return *ended;
   auto& res = rp->get();
   const unsigned status = res.result_int();
-  const bool bodiless = asked.head || status == 204 || status == 304;
-  // Codings the proxy cannot pass on as they are: a body whose codings do
-  // not end in chunked ends at close, and chunking it again is forbidden
-  // (RFC 9112 7); an HTTP/1.0 client may get no Transfer-Encoding (6.1),
-  // and without it a coding other than chunked is lost.
-  // An HTTP/1.0 answer has no transfer codings: one that names any has
-  // faulty framing (RFC 9112 6.1), whatever the proxy could make of it.
-  if (const auto codings = res.count(http::field::transfer_encoding);
-      codings && (res.version() == 10 ||
-                  (!bodiless && (!res.chunked() || (!asked.http11 && (codings > 1 || !beast::iequals(
-                                                                           res[http::field::transfer_encoding],
-                                                                           "chunked"))))))) {
-    std::string why = res.version() == 10 ? "the origin's HTTP/1.0 answer has a transfer coding, which HTTP/1.0 "
-                                            "does not have (faulty framing)"
-                                          : "the origin's answer has a transfer coding the proxy cannot pass on";
-    if (!asked.http11 && res.version() != 10) why += " to an HTTP/1.0 client";
-    why += ": Transfer-Encoding: ";
-    why += res[http::field::transfer_encoding];
+  const bool keep = asked.keep_alive;
+  const auto prepared = prepare_answer(*rp, asked.head, asked.http11, keep);
+  if (!prepared.why.empty()) {
     co_await log_close(sent, 0, netlog::EndReason::error, 502);
-    co_await answer(error_answer(502, "bad-upstream-response", why));
+    co_await answer(error_answer(502, "bad-upstream-response", prepared.why));
     co_return Answered::close;
   }
-  // A length repeated ("5, 5", or in two fields; RFC 9110 8.6) goes on as
-  // the one number it is: a client may read the repeats another way.
-  if (const auto length = rp->content_length();
-      length && (res.count(http::field::content_length) > 1 ||
-                 res[http::field::content_length].find(',') != std::string_view::npos))
-    res.content_length(*length);
-  // A 204 has no content and no length, and neither it nor a 304 is sent
-  // with a transfer coding (RFC 9110 8.6, RFC 9112 6.1): a client that took
-  // such a field for framing would wait for a body that never comes. (A
-  // 304's Content-Length describes the resource, and stays.)
-  if (status == 204) res.erase(http::field::content_length);
-  if (status == 204 || status == 304) res.erase(http::field::transfer_encoding);
-  const bool origin_keeps = keeps_alive(res);
-  strip_hop_by_hop(res);
-  add_via(res);
-  bool keep = asked.keep_alive;
-  if (!bodiless && !asked.http11) {
-    // An HTTP/1.0 client must not get chunked (RFC 9112 6.1): a body
-    // without a length goes as it is, and closing the connection (which
-    // ends every HTTP/1.0 exchange) ends it.
-    if (res.chunked()) res.chunked(false);  // (which also drops any Content-Length)
-  } else if (!bodiless && !res.has_content_length() && !res.chunked()) {
-    res.chunked(true);  // close-delimited from the origin: chunked, the client kept
-  }
-  res.version(11);  // an intermediary sends its own HTTP version
-  res.keep_alive(keep);
+  const bool origin_keeps = prepared.origin_keeps;
   bool response_complete = false;
   std::uint64_t received = 0;
   replying_ = true;
@@ -535,9 +427,7 @@ asio::awaitable<bool> Session::await_continue() {
 }
 
 asio::awaitable<bool> Session::relay_interim(http::response<http::buffer_body, Fields>& res) {
-  strip_hop_by_hop(res);
-  add_via(res);
-  res.version(11);
+  prepare_interim(res);
   serialize_head(res);
   auto [ec, n] = co_await asio::async_write(client_, head_.data(), token);
   co_return !ec;

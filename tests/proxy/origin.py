@@ -16,6 +16,8 @@ nothing). Endpoints:
   GET  /silent         no answer (the handler sleeps 30 s)
   GET  /dropafter      4 bytes, then the connection closes without notice
   GET  /early          a 103 (Early Hints), then 4 bytes
+  GET  /earlyframed/cl the same, the 103 with Content-Length: 7 anyway
+  GET  /earlyframed/te the same, the 103 with Transfer-Encoding: chunked anyway
   GET  /switch         a 101 (Switching Protocols) nobody asked for
   GET  /coded/A+B      "abc" with Transfer-Encoding: A, B
   GET  /hop            an answer with hop-by-hop fields (Connection also lists
@@ -23,6 +25,7 @@ nothing). Endpoints:
   GET  /lengthlist     "ok" with Content-Length: 2, 2
   GET  /lengthtwice    "ok" with two Content-Length: 2 fields
   GET  /coded10        a chunked "abc" in an HTTP/1.0 answer (faulty framing)
+  GET  /lengthcoded    "abc" with both Content-Length: 3 and Transfer-Encoding: gzip
   GET  /status/NNN     an empty answer with status NNN (any three digits)
   GET  /framed/NNN/te  an empty answer with status NNN and Transfer-Encoding: chunked anyway
   GET  /framed/NNN/cl  an empty answer with status NNN and Content-Length: 5 anyway
@@ -150,6 +153,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # 103 Early Hints, then the answer.
             self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
             return self.reply(200, b"late")
+        if self.path.startswith("/earlyframed/"):
+            # No 1xx has content (RFC 9110 8.6, RFC 9112 6.1); some origins frame one anyway.
+            field = b"Transfer-Encoding: chunked" if self.path.endswith("/te") else b"Content-Length: 7"
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\n%s\r\n\r\n" % field)
+            return self.reply(200, b"late")
         if self.path == "/switch":
             # Switches protocols though nobody asked (the proxy strips Upgrade).
             self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\nraw")
@@ -206,6 +214,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/lengthtwice":
             # One length in two fields (the same, so Beast takes it).
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok")
+            return
+        if self.path == "/lengthcoded":
+            # Both framings (RFC 9112 6.3: a sign of response splitting), in
+            # the order Beast takes (it refuses a length before a coding).
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc")
+            self.close_connection = True
             return
         if self.path == "/coded10":
             # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.

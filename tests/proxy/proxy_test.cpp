@@ -761,6 +761,19 @@ TEST_F(ProxyTest, InterimAnswersReachHttp11ClientsAndAnUnaskedSwitchIsRefused) {
   const auto old = exchange("127.0.0.1", port, request("/early", "Connection: close\r\n", "GET", "1.0"));
   EXPECT_EQ(status_line(old), "HTTP/1.1 200 OK") << old;
   EXPECT_EQ(old.find("103"), std::string::npos) << old;
+  // No 1xx has content: a 103 that names a length or a coding goes on
+  // without them (a client that took them for framing would read the final
+  // answer as the 103's body).
+  for (const std::string field : {"cl", "te"}) {
+    SCOPED_TRACE(field);
+    const auto framed = exchange("127.0.0.1", port, request("/earlyframed/" + field));
+    EXPECT_EQ(status_line(framed), "HTTP/1.1 103 Early Hints") << framed;
+    const auto framed_hints = framed.substr(0, framed.find("\r\n\r\n") + 4);
+    EXPECT_EQ(framed_hints.find("Content-Length"), std::string::npos) << framed;
+    EXPECT_EQ(framed_hints.find("Transfer-Encoding"), std::string::npos) << framed;
+    EXPECT_EQ(status_line(framed.substr(framed_hints.size())), "HTTP/1.1 200 OK") << framed;
+    EXPECT_TRUE(framed.ends_with("\r\n\r\nlate")) << framed;
+  }
   // Upgrade is never forwarded, so a 101 is an origin out of step.
   const auto sw = exchange("127.0.0.1", port, request("/switch"));
   EXPECT_EQ(status_line(sw), "HTTP/1.1 502 Bad Gateway") << sw;
@@ -836,6 +849,23 @@ TEST_F(ProxyTest, TransferCodingsThatCannotPassOnGet502) {
   const auto faulty = exchange("127.0.0.1", port, request("/coded10", "Connection: close\r\n"));
   EXPECT_EQ(status_line(faulty), "HTTP/1.1 502 Bad Gateway") << faulty;
   EXPECT_NE(faulty.find("HTTP/1.0 answer has a transfer coding"), std::string::npos) << faulty;
+  // A length beside a coding (RFC 9112 6.3: handled as an error), even in
+  // an answer to HEAD, which has no body to frame: it went on with both.
+  for (const std::string method : {"GET", "HEAD"}) {
+    SCOPED_TRACE(method);
+    const auto both = exchange("127.0.0.1", port, request("/lengthcoded", "Connection: close\r\n", method));
+    EXPECT_EQ(status_line(both), "HTTP/1.1 502 Bad Gateway") << both;
+    EXPECT_NE(both.find("X-Proxy-Error: bad-upstream-response"), std::string::npos) << both;
+    if (method == "GET") {
+      EXPECT_NE(both.find("both Content-Length and Transfer-Encoding"), std::string::npos) << both;
+    }
+  }
+  // An HTTP/1.0 client gets no Transfer-Encoding, not even in an answer to
+  // HEAD (RFC 9112 6.1): it went on there.
+  const auto head = exchange("127.0.0.1", port, request("/coded/gzip+chunked", "Connection: close\r\n", "HEAD", "1.0"));
+  EXPECT_EQ(status_line(head), "HTTP/1.1 200 OK") << head;
+  EXPECT_EQ(head.find("Transfer-Encoding"), std::string::npos) << head;
+  EXPECT_TRUE(head.ends_with("\r\n\r\n")) << head;
 }
 
 TEST_F(ProxyTest, AnAnswersLengthGivenAsAListGoesOnAsOneNumber) {
