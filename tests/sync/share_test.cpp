@@ -238,6 +238,21 @@ TEST_F(ShareTest, RunByAnUnprivilegedUserWhatTheGuestCreatesBelongsToThatUser) {
   ASSERT_EQ(::stat((top / "ws" / "dir").c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, 65534u);
   EXPECT_EQ(read_file(top / "ws" / "made.txt"), "made\n");
+  // Its QEMU has a network namespace of its own (in a user namespace, which
+  // an unprivileged user may make), as root's has.
+  const std::string as_sandgate = as_nobody + "env HOME=" + (top / "home").string() + " SANDGATE_HOME=" +
+                                  (top / "home").string() + " SANDGATE_IMAGES=" + images + " " + SANDGATE_BIN + " ";
+  ASSERT_EQ(shell(as_sandgate + "run -d --name isolated " + (top / "ws").string()).status, 0);
+  std::string qemu;
+  const auto listed = boost::json::parse(shell(as_sandgate + "ls --json").out);
+  for (const auto& sandbox : listed.as_array())
+    if (sandbox.as_object().at("name") == "isolated") qemu = std::to_string(sandbox.as_object().at("qemu_pid").as_int64());
+  ASSERT_FALSE(qemu.empty());
+  std::error_code ec;
+  const auto qemu_net = fs::read_symlink("/proc/" + qemu + "/ns/net", ec);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_NE(qemu_net, fs::read_symlink("/proc/self/ns/net"));
+  EXPECT_EQ(shell(as_sandgate + "rm -f isolated").status, 0);
   fs::remove_all(top);
 }
 

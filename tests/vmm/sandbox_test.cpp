@@ -183,7 +183,11 @@ TEST_F(SandboxTest, UnsafeWorkspacesAreRefused) {
 
 TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   const auto h = home_.string();
+  // A secret in the caller's environment (an API key, say), which QEMU has
+  // no use for and must not get.
+  ::setenv("SANDGATE_TEST_SECRET", "hunter2", 1);
   const auto started = cli(h, "run -d --name life " + ws_.string());
+  ::unsetenv("SANDGATE_TEST_SECRET");
   ASSERT_EQ(started.status, 0) << started.out;
   EXPECT_NE(started.out.find("life\n"), std::string::npos) << started.out;
   auto ls = cli(h, "ls");
@@ -217,6 +221,16 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
     }
     EXPECT_GE(sockets, 4) << "agent, net, QMP and virtiofsd's";
   }
+  // QEMU has a network namespace of its own, with no device: a guest that
+  // broke out of it would still have no way around the proxy. And an empty
+  // environment.
+  std::error_code net_ec;
+  const auto qemu_net = fs::read_symlink("/proc/" + std::to_string(qemu) + "/ns/net", net_ec);
+  EXPECT_FALSE(net_ec) << net_ec.message();
+  EXPECT_NE(qemu_net, fs::read_symlink("/proc/self/ns/net"));
+  const auto environment = read_file("/proc/" + std::to_string(qemu) + "/environ");
+  EXPECT_EQ(environment.find("hunter2"), std::string::npos) << "QEMU got the caller's environment";
+  EXPECT_TRUE(environment.empty()) << environment;
   const long virtiofsd = static_cast<long>(state.at("virtiofsd_pid").as_int64());
   const long supervisor = static_cast<long>(state.at("pid").as_int64());
   EXPECT_TRUE(pid_alive(qemu) && pid_alive(virtiofsd) && pid_alive(supervisor));

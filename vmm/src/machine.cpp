@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -34,10 +35,20 @@ bool become(const MachineConfig::RunAs& r) {
          ::syscall(SYS_setresgid, r.gid, r.gid, r.gid) == 0 && ::syscall(SYS_setresuid, r.uid, r.uid, r.uid) == 0;
 }
 
-// Starts argv with stdin from /dev/null, stdout and stderr to out_fd, and
-// `pass` as descriptors 3, 4, ... in order, in its own process group (a
-// Ctrl-C at the terminal reaches sandgate, which then shuts the guest down).
-// Returns the pid, or -1.
+// Starts QEMU's argv with stdin from /dev/null, stdout and stderr to
+// out_fd, and `pass` as descriptors 3, 4, ... in order, in its own process
+// group (a Ctrl-C at the terminal reaches sandgate, which then shuts the
+// guest down). Returns the pid, or -1.
+//
+// What a guest that broke out of QEMU would find is kept small:
+// - a network namespace of its own, with no device in it: QEMU needs no
+//   network (its sockets are handed to it), and an escaped guest gets no
+//   way around the proxy. Not root, the caller gets one inside a user
+//   namespace that maps it to itself. Where neither can be made (a
+//   container without the capability), QEMU says so on its console log and
+//   runs in the caller's;
+// - an empty environment: the caller's may hold secrets (API keys) that
+//   QEMU has no use for, and that any process of QEMU's user could read.
 constexpr std::size_t max_passed = 8;
 pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfig::RunAs* run_as = nullptr,
             const std::vector<int>& pass = {}) {
@@ -51,6 +62,16 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
     return -1;
   }
   const int first_free = 3 + static_cast<int>(pass.size());
+  const uid_t uid = ::getuid();
+  const std::string uid_map = std::to_string(uid) + " " + std::to_string(uid) + " 1\n";
+  const std::string gid_map = std::to_string(::getgid()) + " " + std::to_string(::getgid()) + " 1\n";
+  const auto write_file = [](const char* path, const std::string& text) {
+    const int f = ::open(path, O_WRONLY | O_CLOEXEC);
+    const bool ok = f >= 0 && ::write(f, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    if (f >= 0) ::close(f);
+    return ok;
+  };
+  char* const no_environment[] = {nullptr};
   const pid_t pid = ::fork();
   if (pid != 0) return pid;
   const int in = ::open("/dev/null", O_RDONLY);
@@ -67,6 +88,19 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
   // QEMU needs no device files; without CAP_MKNOD its 9p server cannot make
   // one in the workspace for the guest either (a no-op when not root).
   ::prctl(PR_CAPBSET_DROP, CAP_MKNOD, 0, 0, 0);
+  const bool own_network = ::unshare(uid == 0 ? CLONE_NEWNET : CLONE_NEWUSER | CLONE_NEWNET) == 0;
+  if (own_network && uid != 0 &&
+      !(write_file("/proc/self/setgroups", "deny\n") && write_file("/proc/self/uid_map", uid_map) &&
+        write_file("/proc/self/gid_map", gid_map))) {
+    constexpr char msg[] = "sandgate: cannot map QEMU's user into its own namespace\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+    ::_exit(126);
+  }
+  if (!own_network) {
+    constexpr char msg[] =
+        "sandgate: QEMU runs in the host's network namespace: a namespace of its own could not be made\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+  }
   if (run_as && !become(*run_as)) {
     constexpr char msg[] = "sandgate: cannot switch QEMU to its unprivileged user\n";
     (void)!::write(2, msg, sizeof msg - 1);
@@ -76,7 +110,7 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
   // without O_CLOEXEC (Asio opens sockets without it) include the proxy's
   // listener, which QEMU would otherwise hold open.
   ::close_range(static_cast<unsigned>(first_free), ~0U, 0);
-  ::execvp(args[0], args.data());
+  ::execvpe(args[0], args.data(), no_environment);
   constexpr char msg[] = "sandgate: cannot run the program (is it installed?)\n";
   (void)!::write(2, msg, sizeof msg - 1);
   ::_exit(127);
