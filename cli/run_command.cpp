@@ -419,26 +419,31 @@ int run_command(std::span<const std::string_view> args) {
     mc.fs_9p_readonly = readonly;
     mc.kernel_args.push_back("sandgate_ws_9p=1");
   }
-  // As root, QEMU runs as an unprivileged user where it can (sandgate-vm if
-  // the host has one, else nobody): a guest that escaped QEMU would hold that
-  // user, not root. Its files and sockets are handed to it as descriptors
-  // (vmm::Machine::launch), so it needs only to read the kernel and initrd
-  // themselves, wherever they are. The proxy's socket is not handed to it
-  // (this process relays the guest's connections). The 9p fallback keeps
-  // root (QEMU itself then serves the workspace).
-  std::string qemu_user = ::getuid() == 0 ? "root" : "";
+  // As root, QEMU runs as an unprivileged user of its own where it can: a
+  // uid no other process has (vmm::MachineConfig::RunAs::own_uid), in the
+  // group of sandgate-vm if the host has it (the package makes it), else
+  // nogroup. A guest that escaped QEMU would hold that user, not root, and
+  // could reach no other sandbox's QEMU, nor any service's. Its files and
+  // sockets are handed to it as descriptors (vmm::Machine::launch), so it
+  // needs only to read the kernel and initrd themselves, wherever they are.
+  // The proxy's socket is not handed to it (this process relays the guest's
+  // connections). The 9p fallback keeps root (QEMU itself then serves the
+  // workspace).
+  std::string qemu_group;
   if (::getuid() == 0 && mc.fs_9p_dir.empty()) {
     const passwd* pw = ::getpwnam("sandgate-vm");
     if (!pw) pw = ::getpwnam("nobody");
-    if (pw) {
-      vmm::MachineConfig::RunAs ra{pw->pw_uid, pw->pw_gid, {}};
-      const std::string user = pw->pw_name;
+    const group* gr = pw ? ::getgrgid(pw->pw_gid) : nullptr;
+    if (gr) {
+      // systemd leaves 0x70000000-0x7ffdffff unallocated (its UIDS-GIDS
+      // document); a pid is at most 2^22.
+      vmm::MachineConfig::RunAs ra{0x7000'0000, gr->gr_gid, {}, true};
       if (const group* kvm = ::getgrnam("kvm")) ra.groups.push_back(kvm->gr_gid);
       if (const auto blocked = vmm::unreadable_for(ra, {mc.kernel, mc.initrd}); blocked.empty()) {
         mc.run_as = ra;
-        qemu_user = user;
+        qemu_group = gr->gr_name;
       } else {
-        std::cerr << "sandgate run: QEMU runs as root: the user " << user << " cannot read " << blocked
+        std::cerr << "sandgate run: QEMU runs as root: a user of group " << gr->gr_name << " cannot read " << blocked
                   << " (the guest image's kernel and initrd must be readable by all: chmod 644 them)\n";
       }
     }
@@ -479,7 +484,9 @@ int run_command(std::span<const std::string_view> args) {
   st.detached = detach;
   st.ready_ms = ready_ms;
   st.image = image;
-  st.qemu_user = qemu_user;
+  // The user QEMU runs as: its uid when it has one of its own, else the caller's.
+  st.qemu_user = mc.run_as ? std::to_string(mc.run_as->uid_for((*machine)->pid())) : std::to_string(::getuid());
+  st.qemu_group = mc.run_as ? qemu_group : std::to_string(::getgid());
   st.workspace_readonly = readonly;
   st.hidden_paths = sc.hidden.size();
   write_state(state, st);

@@ -31,7 +31,8 @@ struct SandboxState {
   std::string name, workspace, accel, policy, mode, started;
   std::string share;  // virtiofs, or 9p (the fallback)
   std::string image;  // the guest image's folder
-  std::string qemu_user;  // the user QEMU runs as
+  std::string qemu_user;   // the uid QEMU runs as (one of its own when run by root)
+  std::string qemu_group;  // and its group (sandgate-vm, nogroup, or the caller's gid)
   long pid = 0, qemu_pid = 0, virtiofsd_pid = 0;
   bool detached = false, workspace_readonly = false;
   long long ready_ms = 0;
@@ -53,6 +54,7 @@ inline void write_state(const std::filesystem::path& dir, const SandboxState& s)
   o["share"] = s.share;
   o["image"] = s.image;
   o["qemu_user"] = s.qemu_user;
+  o["qemu_group"] = s.qemu_group;
   o["hidden_paths"] = s.hidden_paths;
   o["ready_ms"] = s.ready_ms;
   o["started"] = static_cast<std::int64_t>(std::time(nullptr));

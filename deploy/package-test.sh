@@ -50,15 +50,17 @@ man -w sandgate-run >/dev/null || fail "no man page for sandgate-run"
 echo "-- a sandbox from the installed files"
 # The installed sandgate finds its agent, image script and default policy
 # under /usr; SANDGATE_IMAGES (test.sh sets it) reuses the test image cache.
-chmod 755 "$work"  # so that QEMU can run as the package's sandgate-vm user
+chmod 700 "$work"  # QEMU, run as a user of its own, needs no way in: it is handed what it uses
 mkdir -p "$work/ws" "$work/home"
 out=$(SANDGATE_HOME="$work/home" /usr/bin/sandgate run "$work/ws" -- sh -c 'echo in-guest > made.txt; uname -r' 2>&1) ||
   fail "sandgate run from the package: $out"
 [ "$(cat "$work/ws/made.txt")" = in-guest ] || fail "the installed sandbox did not write the workspace: $out"
 getent passwd sandgate-vm >/dev/null || fail "the package did not create the sandgate-vm user"
-qemu_user=$(SANDGATE_HOME="$work/home" /usr/bin/sandgate ls --json |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["qemu_user"])')
-[ "$qemu_user" = sandgate-vm ] || fail "QEMU ran as $qemu_user, not sandgate-vm: $out"
+qemu=$(SANDGATE_HOME="$work/home" /usr/bin/sandgate ls --json |
+  python3 -c 'import json, sys; s = json.load(sys.stdin)[0]; print(s["qemu_user"], s["qemu_group"])')
+# A user of its own (from 0x70000000), in the package's group.
+[ "${qemu% *}" -ge 1879048192 ] && [ "${qemu#* }" = sandgate-vm ] ||
+  fail "QEMU ran as $qemu, not a user of its own in group sandgate-vm: $out"
 
 echo "-- systemd-analyze"
 systemd-analyze verify "$unit" "${unit%.service}.socket" || fail "systemd-analyze verify"

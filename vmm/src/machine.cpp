@@ -31,8 +31,9 @@ namespace {
 // Becomes run_as in a forked child: raw system calls, which change only the
 // calling thread (the child's only one) and take no lock.
 bool become(const MachineConfig::RunAs& r) {
+  const uid_t uid = r.uid_for(::getpid());
   return ::syscall(SYS_setgroups, r.groups.size(), r.groups.data()) == 0 &&
-         ::syscall(SYS_setresgid, r.gid, r.gid, r.gid) == 0 && ::syscall(SYS_setresuid, r.uid, r.uid, r.uid) == 0;
+         ::syscall(SYS_setresgid, r.gid, r.gid, r.gid) == 0 && ::syscall(SYS_setresuid, uid, uid, uid) == 0;
 }
 
 // Starts QEMU's argv with stdin from /dev/null, stdout and stderr to

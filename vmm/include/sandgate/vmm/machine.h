@@ -46,6 +46,15 @@ struct MachineConfig {
     uid_t uid = 0;
     gid_t gid = 0;
     std::vector<gid_t> groups;  // supplementary (kvm for /dev/kvm)
+    // A user of its own for each QEMU: uid is then the first of a range,
+    // and QEMU runs as uid + its pid (pids are unique among live
+    // processes). No other process has that user, so none (another
+    // sandbox's QEMU, another service run as the same user) may ptrace
+    // QEMU, read its memory or environment, or signal it, and QEMU none of
+    // theirs. It needs no passwd entry: QEMU opens no file by name but the
+    // kernel and initrd, readable by all.
+    bool own_uid = false;
+    uid_t uid_for(pid_t pid) const noexcept { return own_uid ? uid + static_cast<uid_t>(pid) : uid; }
   };
   std::optional<RunAs> run_as;
 };
