@@ -238,8 +238,8 @@ TEST_F(ShareTest, RunByAnUnprivilegedUserWhatTheGuestCreatesBelongsToThatUser) {
   ASSERT_EQ(::stat((top / "ws" / "dir").c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, 65534u);
   EXPECT_EQ(read_file(top / "ws" / "made.txt"), "made\n");
-  // Its QEMU has a network namespace of its own (in a user namespace, which
-  // an unprivileged user may make), as root's has.
+  // Its QEMU has a network namespace and a root of its own (in a user
+  // namespace, which an unprivileged user may make), as root's has.
   const std::string as_sandgate = as_nobody + "env HOME=" + (top / "home").string() + " SANDGATE_HOME=" +
                                   (top / "home").string() + " SANDGATE_IMAGES=" + images + " " + SANDGATE_BIN + " ";
   ASSERT_EQ(shell(as_sandgate + "run -d --name isolated " + (top / "ws").string()).status, 0);
@@ -252,6 +252,10 @@ TEST_F(ShareTest, RunByAnUnprivilegedUserWhatTheGuestCreatesBelongsToThatUser) {
   const auto qemu_net = fs::read_symlink("/proc/" + qemu + "/ns/net", ec);
   EXPECT_FALSE(ec) << ec.message();
   EXPECT_NE(qemu_net, fs::read_symlink("/proc/self/ns/net"));
+  // And a root of its own: the user's home and workspace are not in it.
+  const fs::path qemu_root = "/proc/" + qemu + "/root";
+  EXPECT_TRUE(fs::exists(qemu_root / "usr/bin"));
+  EXPECT_FALSE(fs::exists(qemu_root / top.relative_path())) << "QEMU sees " << top;
   EXPECT_EQ(shell(as_sandgate + "rm -f isolated").status, 0);
   fs::remove_all(top);
 }

@@ -236,12 +236,18 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
     EXPECT_GE(sockets, 4) << "agent, net, QMP and virtiofsd's";
   }
   // QEMU has a network namespace of its own, with no device: a guest that
-  // broke out of it would still have no way around the proxy. And an empty
-  // environment.
+  // broke out of it would still have no way around the proxy.
   std::error_code net_ec;
   const auto qemu_net = fs::read_symlink("/proc/" + std::to_string(qemu) + "/ns/net", net_ec);
   EXPECT_FALSE(net_ec) << net_ec.message();
   EXPECT_NE(qemu_net, fs::read_symlink("/proc/self/ns/net"));
+  // Nor any of the host's files but the system's: a root of its own, with
+  // /usr and no home, no workspace, no image cache.
+  const fs::path qemu_root = "/proc/" + std::to_string(qemu) + "/root";
+  EXPECT_TRUE(fs::exists(qemu_root / "usr/bin"));
+  for (const auto& hidden : {ws_, home_, fs::path(std::getenv("SANDGATE_IMAGES"))})
+    EXPECT_FALSE(fs::exists(qemu_root / hidden.relative_path())) << hidden << " is in QEMU's view";
+  // And an empty environment.
   const auto environment = read_file("/proc/" + std::to_string(qemu) + "/environ");
   EXPECT_EQ(environment.find("hunter2"), std::string::npos) << "QEMU got the caller's environment";
   EXPECT_TRUE(environment.empty()) << environment;

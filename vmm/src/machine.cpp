@@ -20,6 +20,7 @@
 #include <fstream>
 #include <thread>
 
+#include "own_root.h"
 #include "unix_socket.h"
 
 namespace sandgate::vmm {
@@ -52,7 +53,7 @@ bool become(const MachineConfig::RunAs& r) {
 //   QEMU has no use for, and that any process of QEMU's user could read.
 constexpr std::size_t max_passed = 8;
 pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfig::RunAs* run_as = nullptr,
-            const std::vector<int>& pass = {}) {
+            const std::vector<int>& pass = {}, const detail::OwnRoot* own_root = nullptr) {
   // Everything the child needs is built before fork: the caller has other
   // threads (the proxy's), so the child may only make async-signal-safe calls.
   std::vector<char*> args;
@@ -89,7 +90,8 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
   // QEMU needs no device files; without CAP_MKNOD its 9p server cannot make
   // one in the workspace for the guest either (a no-op when not root).
   ::prctl(PR_CAPBSET_DROP, CAP_MKNOD, 0, 0, 0);
-  const bool own_network = ::unshare(uid == 0 ? CLONE_NEWNET : CLONE_NEWUSER | CLONE_NEWNET) == 0;
+  const int namespaces = CLONE_NEWNET | (own_root ? CLONE_NEWNS : 0) | (uid == 0 ? 0 : CLONE_NEWUSER);
+  const bool own_network = ::unshare(namespaces) == 0;
   if (own_network && uid != 0 &&
       !(write_file("/proc/self/setgroups", "deny\n") && write_file("/proc/self/uid_map", uid_map) &&
         write_file("/proc/self/gid_map", gid_map))) {
@@ -99,8 +101,16 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
   }
   if (!own_network) {
     constexpr char msg[] =
-        "sandgate: QEMU runs in the host's network namespace: a namespace of its own could not be made\n";
+        "sandgate: QEMU runs in the host's network namespace and sees its files: no namespace of its own could be"
+        " made\n";
     (void)!::write(2, msg, sizeof msg - 1);
+  } else if (own_root) {
+    if (const char* failed = detail::enter_own_root(*own_root)) {
+      constexpr char msg[] = "sandgate: QEMU sees the host's files: its own root could not be made, at: ";
+      (void)!::write(2, msg, sizeof msg - 1);
+      (void)!::write(2, failed, std::strlen(failed));
+      (void)!::write(2, "\n", 1);
+    }
   }
   if (run_as && !become(*run_as)) {
     constexpr char msg[] = "sandgate: cannot switch QEMU to its unprivileged user\n";
@@ -302,7 +312,16 @@ boost::system::result<std::unique_ptr<Machine>, std::string> Machine::launch(con
   // Invariant: the log fd is opened here, dup'd into the child, and closed in the parent.
   const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (out < 0) return "cannot create " + log + ": " + std::strerror(errno);
-  const pid_t pid = spawn(argv, out, c.run_as ? &*c.run_as : nullptr, pass.fds);
+  // A root of QEMU's own, built on vm/ (in its mount namespace only). Not
+  // with 9p, where QEMU serves the workspace by its path.
+  std::string why_not;
+  const auto own_root = c.fs_9p_dir.empty() ? detail::plan_own_root(vm_dir, c.qemu, why_not) : detail::OwnRoot{};
+  if (!why_not.empty()) {
+    const auto line = "sandgate: QEMU sees the host's files: " + why_not + "\n";
+    (void)!::write(out, line.data(), line.size());
+  }
+  const pid_t pid = spawn(argv, out, c.run_as ? &*c.run_as : nullptr, pass.fds,
+                          own_root.steps.empty() ? nullptr : &own_root);
   const int saved = errno;
   ::close(out);
   if (pid < 0) return std::string("fork: ") + std::strerror(saved);
