@@ -243,6 +243,10 @@ TEST_F(ShareTest, RunByAnUnprivilegedUserWhatTheGuestCreatesBelongsToThatUser) {
   const std::string as_sandgate = as_nobody + "env HOME=" + (top / "home").string() + " SANDGATE_HOME=" +
                                   (top / "home").string() + " SANDGATE_IMAGES=" + images + " " + SANDGATE_BIN + " ";
   ASSERT_EQ(shell(as_sandgate + "run -d --name isolated " + (top / "ws").string()).status, 0);
+  struct Removed {  // whatever fails below, the sandbox goes
+    std::string rm;
+    ~Removed() { shell(rm); }
+  } removed{as_sandgate + "rm -f isolated"};
   std::string qemu;
   const auto listed = boost::json::parse(shell(as_sandgate + "ls --json").out);
   for (const auto& sandbox : listed.as_array())
@@ -256,7 +260,7 @@ TEST_F(ShareTest, RunByAnUnprivilegedUserWhatTheGuestCreatesBelongsToThatUser) {
   const fs::path qemu_root = "/proc/" + qemu + "/root";
   EXPECT_TRUE(fs::exists(qemu_root / "usr/bin"));
   EXPECT_FALSE(fs::exists(qemu_root / top.relative_path())) << "QEMU sees " << top;
-  EXPECT_EQ(shell(as_sandgate + "rm -f isolated").status, 0);
+  EXPECT_EQ(shell(removed.rm).status, 0);
   fs::remove_all(top);
 }
 
