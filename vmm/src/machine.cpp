@@ -49,8 +49,11 @@ bool become(const MachineConfig::RunAs& r) {
 //   namespace that maps it to itself. Where neither can be made (a
 //   container without the capability), QEMU says so on its console log and
 //   runs in the caller's;
+// - with `own_root`, a mount namespace whose root holds the system's files
+//   only (own_root.h): no home, no workspace, no other sandbox;
 // - an empty environment: the caller's may hold secrets (API keys) that
-//   QEMU has no use for, and that any process of QEMU's user could read.
+//   QEMU has no use for;
+// - with `run_as`, a user no other process has (MachineConfig::RunAs).
 constexpr std::size_t max_passed = 8;
 pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfig::RunAs* run_as = nullptr,
             const std::vector<int>& pass = {}, const detail::OwnRoot* own_root = nullptr) {
