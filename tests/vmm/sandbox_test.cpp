@@ -11,6 +11,7 @@
 #include <csignal>
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include "sandbox_fixture.h"
 
@@ -222,6 +223,18 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
                     "/environ")
                   .status,
               0);
+    // Nor does it see the host's processes (their command lines): its
+    // /proc shows its own user's only.
+    const auto listed = shell("setpriv --reuid=" + user + " --regid=" + std::string(state.at("qemu_group").as_string()) +
+                              " --clear-groups ls /proc/" + std::to_string(qemu) + "/root/proc");
+    EXPECT_EQ(listed.status, 0) << listed.out;
+    std::set<std::string> pids;
+    std::istringstream lines(listed.out);
+    for (std::string entry; std::getline(lines, entry);)
+      if (!entry.empty() && entry.find_first_not_of("0123456789") == std::string::npos) pids.insert(entry);
+    EXPECT_TRUE(pids.contains(std::to_string(qemu)));
+    for (const long other : {1L, static_cast<long>(::getpid())})
+      EXPECT_FALSE(pids.contains(std::to_string(other))) << "QEMU sees process " << other;
     EXPECT_NE(shell("setpriv --reuid=" + user + " --clear-groups ls " + home_.string()).status, 0)
         << "the home is open to " << user;
     // No socket is given to that user (virtiofsd's serves the workspace to

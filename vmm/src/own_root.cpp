@@ -80,7 +80,8 @@ OwnRoot plan_own_root(const std::string& mount_point, const std::string& qemu, s
     }
   }
   if (::access("/etc/ld.so.cache", R_OK) == 0) add(Kind::bind_file, "/etc/ld.so.cache", "/etc/ld.so.cache");
-  add(Kind::bind, "/proc", "/proc");  // /proc/self/fd: QEMU reopens its kernel and initrd there
+  // QEMU reopens its kernel and initrd through /proc/self/fd.
+  add(Kind::proc, "/proc", "/proc");
   add(Kind::bind_ro, "/sys", "/sys").remount_flags = read_only_flags("/sys");
   for (const std::string device : {"/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/kvm"})
     if (::access(device.c_str(), F_OK) == 0) add(Kind::bind_file, device, device);
@@ -109,6 +110,13 @@ const char* enter_own_root(const OwnRoot& root) noexcept {
         if (::mount(source, path, nullptr, MS_BIND, nullptr) != 0) return "binding a file";
         break;
       }
+      case Kind::proc:
+        // A procfs of its own that hides other users' processes (their
+        // command lines are world-readable): root may mount one. In a user
+        // namespace, which does not own the host's PID namespace, the
+        // host's is bound instead.
+        if (::mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible") == 0) break;
+        [[fallthrough]];
       case Kind::bind:
       case Kind::bind_ro:
         if (::mount(source, path, nullptr, MS_BIND | MS_REC, nullptr) != 0) return "binding a folder";

@@ -1,7 +1,9 @@
 // A root filesystem of QEMU's own, so that a guest that broke out of QEMU
 // finds none of the host's files but the system's programs: a tmpfs holding
 // /usr (read-only), the top-level links or folders of a merged-/usr system
-// (/bin, /lib, /lib64, ...), /etc/ld.so.cache, /proc, /sys (read-only), the
+// (/bin, /lib, /lib64, ...), /etc/ld.so.cache, /proc (a procfs of its own
+// that shows no other user's processes, where one may be mounted; else the
+// host's), /sys (read-only), the
 // device nodes QEMU uses (/dev/null, /dev/zero, /dev/urandom, /dev/random,
 // /dev/kvm) and an empty /tmp. No home, no workspace, no other sandbox, no
 // image cache: everything else QEMU uses is handed to it as a descriptor.
@@ -18,7 +20,7 @@ namespace sandgate::vmm::detail {
 
 struct OwnRoot {
   struct Step {
-    enum class Kind { folder, bind_ro, bind, bind_file, link };
+    enum class Kind { folder, bind_ro, bind, bind_file, link, proc };
     Kind kind;
     std::string at;      // the path in the new root, as seen before pivot_root (mount_point + "/usr")
     std::string source;  // what is bound there, or the link's target
