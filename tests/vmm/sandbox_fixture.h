@@ -32,11 +32,23 @@ class SandboxTest : public ::testing::Test {
     fs::create_directories(ws_);
   }
   static void TearDownTestSuite() {
+    remove_sandboxes();
     fs::remove_all(ws_);
     fs::remove_all(home_);
   }
   // Each test starts with no sandbox state (images stay cached).
-  void SetUp() override { fs::remove_all(home_ / "sandboxes"); }
+  void SetUp() override { remove_sandboxes(); }
+
+  // Every sandbox of this home, stopped and removed: one a failed assertion
+  // left running would otherwise outlive its folder (QEMU and virtiofsd
+  // included) and load the machine for every later test.
+  static void remove_sandboxes() {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(home_ / "sandboxes", ec))
+      shell("SANDGATE_HOME='" + home_.string() + "' " + std::string(SANDGATE_BIN) + " rm -f '" +
+            e.path().filename().string() + "' >/dev/null 2>&1");
+    fs::remove_all(home_ / "sandboxes");
+  }
 
   // `sandgate run` with this suite's home; stdout and stderr to files.
   struct Result {
