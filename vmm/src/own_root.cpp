@@ -62,8 +62,8 @@ OwnRoot plan_own_root(const std::string& mount_point, const std::string& qemu, s
   const auto add = [&](Kind kind, const std::string& at, std::string source = {}) -> OwnRoot::Step& {
     return root.steps.emplace_back(OwnRoot::Step{kind, mount_point + at, std::move(source)});
   };
-  for (const char* folder : {"/usr", "/etc", "/proc", "/sys", "/dev", "/tmp"}) add(Kind::folder, folder);
-  root.steps.back().mode = 01777;  // /tmp
+  for (const char* folder : {"/usr", "/etc", "/proc", "/sys", "/dev"}) add(Kind::folder, folder);
+  add(Kind::folder, "/tmp").mode = 01777;
   add(Kind::bind_ro, "/usr", "/usr").remount_flags = read_only_flags("/usr");
   // A merged-/usr system's top-level links (/lib -> usr/lib), or the
   // folders of one that is not.
@@ -117,7 +117,6 @@ const char* enter_own_root(const OwnRoot& root) noexcept {
         // host's is bound instead.
         if (::mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible") == 0) break;
         [[fallthrough]];
-      case Kind::bind:
       case Kind::bind_ro:
         if (::mount(source, path, nullptr, MS_BIND | MS_REC, nullptr) != 0) return "binding a folder";
         if (step.kind == Kind::bind_ro && ::mount(nullptr, path, nullptr, step.remount_flags, nullptr) != 0)

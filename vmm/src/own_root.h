@@ -20,7 +20,7 @@ namespace sandgate::vmm::detail {
 
 struct OwnRoot {
   struct Step {
-    enum class Kind { folder, bind_ro, bind, bind_file, link, proc };
+    enum class Kind { folder, bind_ro, bind_file, link, proc };  // proc: a procfs of its own, else the host's bound
     Kind kind;
     std::string at;      // the path in the new root, as seen before pivot_root (mount_point + "/usr")
     std::string source;  // what is bound there, or the link's target
