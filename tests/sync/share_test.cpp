@@ -260,6 +260,12 @@ TEST_F(ShareTest, RunByAnUnprivilegedUserWhatTheGuestCreatesBelongsToThatUser) {
   const fs::path qemu_root = "/proc/" + qemu + "/root";
   EXPECT_TRUE(fs::exists(qemu_root / "usr/bin"));
   EXPECT_FALSE(fs::exists(qemu_root / top.relative_path())) << "QEMU sees " << top;
+  // Nor the user's other processes: it is process 1 of a PID namespace of
+  // its own (which its user namespace owns), and its /proc lists it alone.
+  // In the user's, it could signal every process of the user.
+  const long qemu_pid = std::stol(qemu);
+  EXPECT_EQ(processes_seen_by(qemu_pid), std::set<long>{1});
+  EXPECT_EQ(namespace_pids(qemu_pid), (std::vector<long>{qemu_pid, 1}));
   EXPECT_EQ(shell(removed.rm).status, 0);
   fs::remove_all(top);
 }

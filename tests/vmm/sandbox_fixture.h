@@ -8,7 +8,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "../proxy/process.h"
 
@@ -83,5 +86,27 @@ inline std::string read_file(const fs::path& p) {
 }
 
 inline bool pid_alive(long pid) { return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0; }
+
+// What a process sees of the others: the processes its /proc lists.
+inline std::set<long> processes_seen_by(long pid) {
+  std::set<long> seen;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/root/proc")) {
+    const auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") == std::string::npos) seen.insert(std::stol(name));
+  }
+  return seen;
+}
+
+// Its pid in each PID namespace it is in, the host's first (NSpid).
+inline std::vector<long> namespace_pids(long pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::vector<long> pids;
+  for (std::string line; std::getline(status, line);) {
+    if (!line.starts_with("NSpid:")) continue;
+    std::istringstream fields(line.substr(6));
+    for (long p; fields >> p;) pids.push_back(p);
+  }
+  return pids;
+}
 
 }  // namespace sandgate

@@ -223,18 +223,11 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
                     "/environ")
                   .status,
               0);
-    // Nor does it see the host's processes (their command lines): its
-    // /proc shows its own user's only.
-    const auto listed = shell("setpriv --reuid=" + user + " --regid=" + std::string(state.at("qemu_group").as_string()) +
-                              " --clear-groups ls /proc/" + std::to_string(qemu) + "/root/proc");
-    EXPECT_EQ(listed.status, 0) << listed.out;
-    std::set<std::string> pids;
-    std::istringstream lines(listed.out);
-    for (std::string entry; std::getline(lines, entry);)
-      if (!entry.empty() && entry.find_first_not_of("0123456789") == std::string::npos) pids.insert(entry);
-    EXPECT_TRUE(pids.contains(std::to_string(qemu)));
-    for (const long other : {1L, static_cast<long>(::getpid())})
-      EXPECT_FALSE(pids.contains(std::to_string(other))) << "QEMU sees process " << other;
+    // Nor does it see the host's processes (their command lines), or name
+    // one to signal: it is process 1 of a PID namespace of its own, and
+    // its /proc lists it alone.
+    EXPECT_EQ(processes_seen_by(qemu), std::set<long>{1});
+    EXPECT_EQ(namespace_pids(qemu), (std::vector<long>{qemu, 1}));
     EXPECT_NE(shell("setpriv --reuid=" + user + " --clear-groups ls " + home_.string()).status, 0)
         << "the home is open to " << user;
     // No socket is given to that user (virtiofsd's serves the workspace to
@@ -353,6 +346,27 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   EXPECT_EQ(cli(h, "exec life true").status, 125);
   EXPECT_EQ(cli(h, "rm life").status, 0);
   EXPECT_FALSE(fs::exists(home_ / "sandboxes" / "life"));
+}
+
+TEST_F(SandboxTest, WhereNoPidNamespaceCanBeMadeQemuRunsWithoutOneAndItsLogSaysSo) {
+  const auto h = home_.string();
+  // As in a container whose seccomp profile forbids PID namespaces.
+  const auto started = shell(std::string(DENY_PID_NAMESPACE) + " env SANDGATE_HOME='" + h + "' " + SANDGATE_BIN +
+                             " run -d --name nopid " + ws_.string());
+  ASSERT_EQ(started.status, 0) << started.out;
+  EXPECT_EQ(cli(h, "exec nopid echo ran").out, "ran\n");
+  const auto state = boost::json::parse(cli(h, "ls --json").out).as_array().at(0).as_object();
+  const long qemu = static_cast<long>(state.at("qemu_pid").as_int64());
+  EXPECT_EQ(namespace_pids(qemu), std::vector<long>{qemu}) << "in the host's PID namespace";
+  std::error_code ec;
+  EXPECT_NE(fs::read_symlink("/proc/" + std::to_string(qemu) + "/ns/net", ec), fs::read_symlink("/proc/self/ns/net"))
+      << "its other namespaces are still its own";
+  EXPECT_TRUE(fs::exists("/proc/" + std::to_string(qemu) + "/root/usr/bin"));
+  EXPECT_FALSE(fs::exists(fs::path("/proc/" + std::to_string(qemu) + "/root") / home_.relative_path()));
+  EXPECT_NE(read_file(home_ / "sandboxes" / "nopid" / "console.log")
+                .find("sandgate: QEMU sees the host's processes: no PID namespace of its own could be made"),
+            std::string::npos);
+  EXPECT_EQ(cli(h, "rm -f nopid").status, 0);
 }
 
 TEST_F(SandboxTest, AKilledQemuIsNoticedAndRmCleansUp) {

@@ -29,10 +29,11 @@ std::string_view to_string(Accel a) noexcept { return a == Accel::kvm ? "kvm" : 
 
 namespace {
 
-// Becomes run_as in a forked child: raw system calls, which change only the
-// calling thread (the child's only one) and take no lock.
-bool become(const MachineConfig::RunAs& r) {
-  const uid_t uid = r.uid_for(::getpid());
+// Becomes run_as in a forked child whose pid in the host's PID namespace is
+// `host_pid`: raw system calls, which change only the calling thread (the
+// child's only one) and take no lock.
+bool become(const MachineConfig::RunAs& r, pid_t host_pid) {
+  const uid_t uid = r.uid_for(host_pid);
   return ::syscall(SYS_setgroups, r.groups.size(), r.groups.data()) == 0 &&
          ::syscall(SYS_setresgid, r.gid, r.gid, r.gid) == 0 && ::syscall(SYS_setresuid, uid, uid, uid) == 0;
 }
@@ -49,6 +50,10 @@ bool become(const MachineConfig::RunAs& r) {
 //   namespace that maps it to itself. Where neither can be made (a
 //   container without the capability), QEMU says so on its console log and
 //   runs in the caller's;
+// - a PID namespace of its own, where QEMU is process 1 and the only one:
+//   it can name no other process to signal (run by a user, QEMU has that
+//   user's uid, and kill(2) compares uids), and its /proc (below) lists
+//   itself alone;
 // - with `own_root`, a mount namespace whose root holds the system's files
 //   only (own_root.h): no home, no workspace, no other sandbox;
 // - an empty environment: the caller's may hold secrets (API keys) that
@@ -77,8 +82,42 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
     return ok;
   };
   char* const no_environment[] = {nullptr};
-  const pid_t pid = ::fork();
-  if (pid != 0) return pid;
+  // The namespaces are made by clone(2), not by unshare(2) in the child: a
+  // new PID namespace takes the children of the process that makes it, and
+  // QEMU itself is to be its process 1. Where a set cannot be made, a
+  // smaller one is tried, then none.
+  const int wanted = CLONE_NEWNET | (own_root ? CLONE_NEWNS : 0) | (uid == 0 ? 0 : CLONE_NEWUSER);
+  // QEMU's pid in this (the host's) PID namespace, which its own user is
+  // derived from, is known to the child only by being told.
+  int told[2] = {-1, -1};
+  if (run_as && ::pipe2(told, O_CLOEXEC) != 0) return -1;
+  int namespaces = 0;
+  pid_t pid = -1;
+  for (const int flags : {wanted | CLONE_NEWPID, wanted, 0}) {
+    namespaces = flags;
+    // As fork(2), with namespaces: no stack of its own (the child goes on
+    // on a copy of this one). glibc's fork handlers do not run, and the
+    // child makes system calls only.
+    pid = flags ? static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD | flags, nullptr, nullptr, nullptr, nullptr))
+                : ::fork();
+    if (pid >= 0) break;
+  }
+  if (pid != 0) {
+    const int saved = errno;
+    if (told[1] >= 0) {
+      if (pid > 0) (void)!::write(told[1], &pid, sizeof pid);
+      ::close(told[0]);
+      ::close(told[1]);
+    }
+    errno = saved;
+    return pid;
+  }
+  pid_t host_pid = ::getpid();
+  if (told[0] >= 0) {
+    ::close(told[1]);
+    if (::read(told[0], &host_pid, sizeof host_pid) != sizeof host_pid) ::_exit(126);
+    ::close(told[0]);
+  }
   const int in = ::open("/dev/null", O_RDONLY);
   ::dup2(in, 0);
   ::dup2(out_fd, 1);
@@ -91,16 +130,19 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
     if (moved[i] < 0 || ::dup2(moved[i], 3 + static_cast<int>(i)) < 0) ::_exit(125);
   ::setpgid(0, 0);
   // QEMU needs no device files; without CAP_MKNOD its 9p server cannot make
-  // one in the workspace for the guest either (a no-op when not root).
+  // one in the workspace for the guest either.
   ::prctl(PR_CAPBSET_DROP, CAP_MKNOD, 0, 0, 0);
-  const int namespaces = CLONE_NEWNET | (own_root ? CLONE_NEWNS : 0) | (uid == 0 ? 0 : CLONE_NEWUSER);
-  const bool own_network = ::unshare(namespaces) == 0;
+  const bool own_network = (namespaces & CLONE_NEWNET) != 0;
   if (own_network && uid != 0 &&
       !(write_file("/proc/self/setgroups", "deny\n") && write_file("/proc/self/uid_map", uid_map) &&
         write_file("/proc/self/gid_map", gid_map))) {
     constexpr char msg[] = "sandgate: cannot map QEMU's user into its own namespace\n";
     (void)!::write(2, msg, sizeof msg - 1);
     ::_exit(126);
+  }
+  if (own_network && !(namespaces & CLONE_NEWPID)) {
+    constexpr char msg[] = "sandgate: QEMU sees the host's processes: no PID namespace of its own could be made\n";
+    (void)!::write(2, msg, sizeof msg - 1);
   }
   if (!own_network) {
     constexpr char msg[] =
@@ -115,7 +157,7 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
       (void)!::write(2, "\n", 1);
     }
   }
-  if (run_as && !become(*run_as)) {
+  if (run_as && !become(*run_as, host_pid)) {
     constexpr char msg[] = "sandgate: cannot switch QEMU to its unprivileged user\n";
     (void)!::write(2, msg, sizeof msg - 1);
     ::_exit(126);
@@ -262,7 +304,7 @@ std::string unreadable_for(const MachineConfig::RunAs& run_as, const std::vector
   }
   const pid_t pid = ::fork();
   if (pid == 0) {
-    if (!become(run_as)) ::_exit(255);
+    if (!become(run_as, ::getpid())) ::_exit(255);
     for (std::size_t i = 0; i < reopen.size(); ++i)
       if (::open(reopen[i].c_str(), O_RDONLY) < 0) ::_exit(static_cast<int>(i));
     ::_exit(254);

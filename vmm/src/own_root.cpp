@@ -111,10 +111,12 @@ const char* enter_own_root(const OwnRoot& root) noexcept {
         break;
       }
       case Kind::proc:
-        // A procfs of its own that hides other users' processes (their
-        // command lines are world-readable): root may mount one. In a user
-        // namespace, which does not own the host's PID namespace, the
-        // host's is bound instead.
+        // A procfs of its own: in QEMU's own PID namespace (spawn() in
+        // machine.cpp) it lists QEMU alone; where none could be made, it
+        // still hides other users' processes (their command lines are
+        // world-readable). A user namespace may mount one only for a PID
+        // namespace it owns, and a container's masked /proc allows none:
+        // then the host's is bound.
         if (::mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible") == 0) break;
         [[fallthrough]];
       case Kind::bind_ro:

@@ -2,8 +2,8 @@
 // finds none of the host's files but the system's programs: a tmpfs holding
 // /usr (read-only), the top-level links or folders of a merged-/usr system
 // (/bin, /lib, /lib64, ...), /etc/ld.so.cache, /proc (a procfs of its own
-// that shows no other user's processes, where one may be mounted; else the
-// host's), /sys (read-only), the
+// that shows QEMU alone, in its own PID namespace, where one may be mounted;
+// else the host's), /sys (read-only), the
 // device nodes QEMU uses (/dev/null, /dev/zero, /dev/urandom, /dev/random,
 // /dev/kvm) and an empty /tmp. No home, no workspace, no other sandbox, no
 // image cache: everything else QEMU uses is handed to it as a descriptor.
