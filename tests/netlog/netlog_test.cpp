@@ -636,6 +636,36 @@ TEST_F(NetlogTest, SecondWriterOnTheSameLogIsRefused) {
   EXPECT_TRUE(r.problems.empty()) << describe(r);
 }
 
+TEST_F(NetlogTest, ARecordReadsAsItsJsonDocumentSays) {
+  // Lines no writer makes, which a reader must still read as JSON says:
+  // escapes decoded, the last of duplicate members counts, a member of
+  // another type is absent, containers where a field is expected are
+  // skipped whole, and anything but one object per line is no record.
+  const std::string prev(64, '0');
+  const auto path = dir_ / "log" / "hand.jsonl";
+  std::ofstream(path)
+      << R"({"type":"decision","seq":1,"prev":")" << prev
+      << R"(","sandbox":"s\u0031","verdict":"allow","verdict":"deny","target":["x"],"requested":"a.test:1",)"
+      << R"("rule":{"text":"first","line":1},"rule":{"text":"*.a\"b.test","line":7,"file":{"f":"x"}},)"
+      << R"("reason":5,"phase":"host","id":"r-1","time":"2026-01-01T00:00:00.000000Z"})" << "\n"
+      << R"({"type":"decision","seq":2,"prev":")" << prev << R"(","verdict":"deny","requested":"b.test:1"} extra)" << "\n"
+      << R"([{"type":"decision","seq":3,"prev":")" << prev << R"(","verdict":"deny","requested":"c.test:1"}])" << "\n"
+      << R"({"type":"decision","seq":4,"prev":")" << prev << R"(","verdict":"deny","requested":"d.test:1",)"
+      << R"("seq":"4"})" << "\n";
+  LineReader reader({path.string()});
+  const auto s = summarize(reader, {});
+  EXPECT_EQ(s.decisions, 1u);
+  ASSERT_EQ(s.rows.size(), 1u);
+  const auto& row = s.rows[0];
+  EXPECT_EQ(row.sandbox, "s1");
+  EXPECT_EQ(row.verdict, "deny");
+  EXPECT_EQ(row.target, "a.test:1") << "a target that is not a string is absent";
+  EXPECT_EQ(row.rule, "*.a\"b.test");
+  EXPECT_EQ(row.rule_where, "") << "a rule file that is not a string is absent";
+  EXPECT_EQ(row.reason, "");
+  EXPECT_EQ(row.phase, "host");
+}
+
 TEST(ParseTime, DurationsAndTimes) {
   const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'800'000'000));
   EXPECT_EQ(*parse_time("90s", now), now - std::chrono::seconds(90));
