@@ -30,9 +30,11 @@ nothing). Endpoints:
   GET  /framed/NNN/te  an empty answer with status NNN and Transfer-Encoding: chunked anyway
   GET  /framed/NNN/cl  an empty answer with status NNN and Content-Length: 5 anyway
   GET  /headers        the request line and headers it received, as text
+  GET  /trailed        a chunked "ok" with trailer fields Host and Set-Cookie
   OPTIONS anything     the request line it received
   TRACE anything       the request line and headers it received (message/http)
   POST /sha256         the SHA-256 of the body (Content-Length or chunked)
+  POST /trailers       a chunked body's trailer section as it came, as text
   POST /early413       a 413 before the body is read, then a close
   POST /cutoff         reads 64 KiB of the body, then closes without an answer
   POST /refuse         to Expect: 100-continue, a 401 and a close (no 100)
@@ -240,6 +242,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"ok")
             return
+        if self.path == "/trailed":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+                             b"Host: elsewhere.test\r\nSet-Cookie: a=b\r\n\r\n")
+            return
         if self.path == "/headers":
             text = self.requestline + "\n" + "".join("%s: %s\n" % (k, v) for k, v in self.headers.items())
             return self.reply(200, text.encode())
@@ -276,6 +282,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.rfile.read(65536)
             self.close_connection = True
             return
+        if self.path == "/trailers":
+            while int(self.rfile.readline().strip().split(b";")[0], 16):
+                self.rfile.readline()  # a test's chunk fits one line
+            section = b""
+            while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                section += line
+            return self.reply(200, b"trailers:" + section)
         h = hashlib.sha256()
         size = 0
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -119,6 +119,29 @@ TEST_F(ProxyTest, HopByHopFieldsAndThoseConnectionNamesStopAtTheProxy) {
   EXPECT_TRUE(back.ends_with("\r\n\r\nok")) << back;
 }
 
+TEST_F(ProxyTest, TrailerFieldsStopAtTheProxyBothWays) {
+  // A trailer section is where fields the proxy never checked could ride
+  // (a Host for an origin or front end that merged trailers into the head,
+  // a Set-Cookie for a client that did): the chunked coding goes on ending
+  // in an empty one.
+  const int port = start_proxy();
+  const auto up = exchange("127.0.0.1", port,
+                           request("/trailers", "Connection: close\r\nTransfer-Encoding: chunked\r\n", "POST") +
+                               "3\r\nabc\r\n0\r\nHost: elsewhere.test\r\nX-Checksum: 1\r\n\r\n");
+  EXPECT_EQ(status_line(up), "HTTP/1.1 200 OK") << up;
+  EXPECT_TRUE(up.ends_with("\r\n\r\ntrailers:")) << "the origin got a trailer section:\n" << up;
+  // Framing there is a framing error.
+  const auto framed = exchange("127.0.0.1", port,
+                               request("/trailers", "Connection: close\r\nTransfer-Encoding: chunked\r\n", "POST") +
+                                   "3\r\nabc\r\n0\r\nContent-Length: 5\r\n\r\n");
+  EXPECT_EQ(status_line(framed), "HTTP/1.1 400 Bad Request") << framed;
+  EXPECT_EQ(framed.find("trailers:"), std::string::npos) << framed;
+  const auto down = exchange("127.0.0.1", port, request("/trailed"));
+  EXPECT_EQ(status_line(down), "HTTP/1.1 200 OK") << down;
+  EXPECT_TRUE(down.ends_with("\r\n\r\n2\r\nok\r\n0\r\n\r\n")) << down;
+  for (const char* gone : {"elsewhere", "Set-Cookie"}) EXPECT_EQ(down.find(gone), std::string::npos) << down;
+}
+
 TEST_F(ProxyTest, BodiesThatComeWithTheHeadOrAfterItArriveWhole) {
   // /oneshot: head and body in one write from the origin; the proxy sends its
   // head with the body bytes it holds in one write, and splices the rest.
