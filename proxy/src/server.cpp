@@ -602,9 +602,13 @@ void Server::watch_files() {
               if (w.wd != e->wd || (name != w.file && name != "..data")) continue;
               // A file just created is still being written: its close
               // (IN_CLOSE_WRITE) is the change, or a half-written policy
-              // would be loaded. A symlink made there is whole at once.
-              std::error_code ec2;
-              ours |= !(e->mask & IN_CREATE) || std::filesystem::is_symlink(w.dir / std::string(name), ec2);
+              // would be loaded. A symlink made there is whole at once, and
+              // so is a hard link (link(2) to a file that has another name;
+              // a file open(2) creates has one).
+              const auto path = w.dir / std::string(name);
+              std::error_code ec2, ec3;
+              ours |= !(e->mask & IN_CREATE) || std::filesystem::is_symlink(path, ec2) ||
+                      std::filesystem::hard_link_count(path, ec3) > 1;
             }
             at += sizeof(inotify_event) + e->len;
           }

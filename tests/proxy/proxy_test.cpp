@@ -1676,6 +1676,25 @@ TEST_F(ProxyTest, ReloadsWhenThePolicyFileChanges) {
   EXPECT_NE(r.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << r;
 }
 
+TEST_F(ProxyTest, ReloadsWhenAHardLinkIsMadeInThePolicysPlace) {
+  // rm, then ln (not ln -f, which renames): the name comes back by link(2),
+  // whole at once, with no write to wait for.
+  const int port = start_proxy();
+  const std::string req = "CONNECT changed.test:443 HTTP/1.1\r\n\r\n";
+  EXPECT_NE(exchange("127.0.0.1", port, req).find("X-Proxy-Error: blocked-by-default"), std::string::npos);
+  const auto staged = dir_ / "staged.yaml";
+  std::ofstream(staged) << std::regex_replace(read_file(policy_), std::regex("block_hosts:\n"),
+                                              "block_hosts:\n  - changed.test\n");
+  fs::remove(policy_);
+  fs::create_hard_link(staged, policy_);
+  std::string r;
+  for (int i = 0; i < 300 && r.find("blocked-by-denylist") == std::string::npos; ++i) {
+    r = exchange("127.0.0.1", port, req);
+    ::usleep(10'000);
+  }
+  EXPECT_NE(r.find("X-Proxy-Error: blocked-by-denylist"), std::string::npos) << r;
+}
+
 TEST_F(ProxyTest, ReloadsWhenTheHostsFileChanges) {
   // The hosts file in a folder of its own, changed by renaming a new one
   // over it (as editors do); no signal. moving.wild.test, pinned again to
