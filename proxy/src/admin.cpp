@@ -9,6 +9,8 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include <algorithm>
+#include <list>
 #include <memory>
 #include <tuple>
 
@@ -22,7 +24,37 @@ namespace http = boost::beast::http;
 using asio::ip::tcp;
 constexpr auto token = asio::as_tuple(asio::use_awaitable);
 
-asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handlers) {
+// The connections being served, oldest first (on the control thread only).
+// At the bound, a newcomer closes the oldest one still waiting for its
+// request head, so that silent connections cannot hold scrapes off.
+struct Open {
+  struct Connection {
+    tcp::socket* socket;
+    bool reading = true;              // its request head has not come
+    bool closed_for_newcomer = false;
+  };
+  std::list<Connection> connections;
+  int closing = 0;  // closed for a newcomer, not yet ended
+
+  std::size_t held() const noexcept { return connections.size() - static_cast<std::size_t>(closing); }
+  std::list<Connection>::iterator oldest_silent() {
+    return std::find_if(connections.begin(), connections.end(),
+                        [](const Connection& c) { return c.reading && !c.closed_for_newcomer; });
+  }
+};
+
+asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handlers, std::shared_ptr<Open> open) {
+  // Invariant: the entry lives as long as this coroutine's body, so the
+  // socket it points at outlives it.
+  const auto entry = open->connections.insert(open->connections.end(), {&socket});
+  struct Leave {
+    Open& open;
+    std::list<Open::Connection>::iterator entry;
+    ~Leave() {
+      if (entry->closed_for_newcomer) --open.closing;
+      open.connections.erase(entry);
+    }
+  } leave{*open, entry};
   boost::beast::flat_buffer buf(8192);
   // The head only: any body is not read, since the answer ends the connection.
   http::request_parser<http::empty_body> parser;
@@ -34,6 +66,7 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
   });
   auto [ec, n] = co_await http::async_read_header(socket, buf, parser, token);
   deadline.cancel();
+  entry->reading = false;
   // Nobody to answer: the deadline passed, or the client left without a word.
   if (!socket.is_open() || (ec == http::error::end_of_stream && buf.size() == 0)) co_return;
   http::response<http::string_body> res;
@@ -81,12 +114,28 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
 asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& handlers,
                                   std::shared_ptr<SpareDescriptor> spare) {
   // Connections at once: each holds a descriptor the proxy's clients could
-  // use, for up to the five seconds a request may take. Past this many the
-  // next ones wait in the listen queue.
-  constexpr int most_open = 16;
-  auto open = std::make_shared<int>(0);  // this (the control) thread's only
+  // use, for up to the five seconds a request may take.
+  constexpr std::size_t most_open = 16;
+  auto open = std::make_shared<Open>();
   for (;;) {
-    if (*open < most_open) {
+    if (open->held() >= most_open) {
+      // At the bound: once another connection waits to be taken, the
+      // oldest still silent makes room for it. With none silent (all
+      // being answered), look again shortly.
+      if (open->oldest_silent() != open->connections.end()) {
+        auto [wec] = co_await acceptor.async_wait(tcp::acceptor::wait_read, token);
+        if (!acceptor.is_open() || wec == asio::error::operation_aborted) co_return;
+        // Looked up again: the wait may have let some end.
+        if (const auto oldest = open->oldest_silent();
+            !wec && oldest != open->connections.end() && open->held() >= most_open) {
+          oldest->closed_for_newcomer = true;
+          ++open->closing;
+          boost::system::error_code ignored;
+          oldest->socket->close(ignored);
+        }
+        if (!wec) continue;
+      }
+    } else if (open->connections.size() < most_open) {
       auto [ec, socket] = co_await acceptor.async_accept(token);
       if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
       if (out_of_descriptors(ec) && spare->held()) {
@@ -94,20 +143,17 @@ asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& 
         std::tie(ec, socket) = co_await acceptor.async_accept(token);
       }
       if (!ec) {
-        ++*open;
-        asio::co_spawn(acceptor.get_executor(), answer_one(std::move(socket), handlers),
-                       [spare, open](std::exception_ptr) {
-                         --*open;
-                         spare->take();
-                       });
+        asio::co_spawn(acceptor.get_executor(), answer_one(std::move(socket), handlers, open),
+                       [spare](std::exception_ptr) { spare->take(); });
         continue;
       }
       spare->take();
     }
-    // At the bound, or out of descriptors with the spare in use, or a
-    // transient error: the connections wait in the listen queue; accepting
-    // again at once would spin.
-    asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+    // At the bound with nothing to close, a connection closed for a
+    // newcomer still ending, out of descriptors with the spare in use, or
+    // a transient error: the connections wait in the listen queue;
+    // accepting again at once would spin.
+    asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(open->closing > 0 ? 1 : 100));
     co_await pause.async_wait(token);
   }
 }

@@ -1,6 +1,7 @@
 // The admin listener: GET /metrics (Prometheus text), GET /healthz and
 // GET /readyz. Separate from the proxy listeners, on the server's control
-// thread; one request per connection, bounded and timed, at most 16 at once.
+// thread; one request per connection, bounded and timed, at most 16 at once
+// (a newcomer past them closes the oldest that has sent no request yet).
 #pragma once
 
 #include <functional>
