@@ -34,9 +34,13 @@ struct Open {
     bool closed_for_newcomer = false;
   };
   std::list<Connection> connections;
-  int closing = 0;  // closed for a newcomer, not yet ended
 
-  std::size_t held() const noexcept { return connections.size() - static_cast<std::size_t>(closing); }
+  // Closed for a newcomer, not yet ended.
+  std::size_t closing() const noexcept {
+    return static_cast<std::size_t>(std::count_if(connections.begin(), connections.end(),
+                                                  [](const Connection& c) { return c.closed_for_newcomer; }));
+  }
+  std::size_t held() const noexcept { return connections.size() - closing(); }
   std::list<Connection>::iterator oldest_silent() {
     return std::find_if(connections.begin(), connections.end(),
                         [](const Connection& c) { return c.reading && !c.closed_for_newcomer; });
@@ -50,10 +54,7 @@ asio::awaitable<void> answer_one(tcp::socket socket, const AdminHandlers& handle
   struct Leave {
     Open& open;
     std::list<Open::Connection>::iterator entry;
-    ~Leave() {
-      if (entry->closed_for_newcomer) --open.closing;
-      open.connections.erase(entry);
-    }
+    ~Leave() { open.connections.erase(entry); }
   } leave{*open, entry};
   boost::beast::flat_buffer buf(8192);
   // The head only: any body is not read, since the answer ends the connection.
@@ -129,7 +130,6 @@ asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& 
         if (const auto oldest = open->oldest_silent();
             !wec && oldest != open->connections.end() && open->held() >= most_open) {
           oldest->closed_for_newcomer = true;
-          ++open->closing;
           boost::system::error_code ignored;
           oldest->socket->close(ignored);
         }
@@ -153,7 +153,7 @@ asio::awaitable<void> serve_admin(tcp::acceptor& acceptor, const AdminHandlers& 
     // newcomer still ending, out of descriptors with the spare in use, or
     // a transient error: the connections wait in the listen queue;
     // accepting again at once would spin.
-    asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(open->closing > 0 ? 1 : 100));
+    asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(open->closing() > 0 ? 1 : 100));
     co_await pause.async_wait(token);
   }
 }

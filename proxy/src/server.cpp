@@ -606,9 +606,9 @@ void Server::watch_files() {
               // so is a hard link (link(2) to a file that has another name;
               // a file open(2) creates has one).
               const auto path = w.dir / std::string(name);
-              std::error_code ec2, ec3;
+              std::error_code ec2;
               ours |= !(e->mask & IN_CREATE) || std::filesystem::is_symlink(path, ec2) ||
-                      std::filesystem::hard_link_count(path, ec3) > 1;
+                      std::filesystem::hard_link_count(path, ec2) > 1;
             }
             at += sizeof(inotify_event) + e->len;
           }

@@ -11,7 +11,6 @@
 #include <csignal>
 #include <fstream>
 #include <set>
-#include <sstream>
 
 #include "sandbox_fixture.h"
 

@@ -124,8 +124,8 @@ bool RecordHandler::on_key_part(boost::json::string_view s, std::size_t, ec_t&) 
 
 bool RecordHandler::on_key(boost::json::string_view s, std::size_t, ec_t&) {
   if (!value_here()) return true;
-  // Whole in one piece but where the line's buffer ended or an escape
-  // came: then its earlier pieces are in `key`.
+  // In one piece, unless it held an escape: then its earlier pieces are
+  // in `key` (on_key_part).
   std::string_view k(s.data(), s.size());
   if (!key.empty()) k = key.append(k);
   pending = depth == 1 ? top_field(k) : rule_field(k);
