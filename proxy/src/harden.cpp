@@ -39,6 +39,10 @@ std::string restrict_process() {
       SCMP_SYS(ptrace), SCMP_SYS(process_vm_readv),
 #endif
   };
+  // Every thread, not only this one: the log's threads run already, and a
+  // filter loaded without TSYNC binds the caller and its later threads only.
+  // TSYNC carries no_new_privs to them too.
+  if (::seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) != 0) return "seccomp: cannot filter every thread (TSYNC)";
   for (const int call : denied)
     if (::seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), call, 0) != 0)
       return "seccomp: cannot add a rule for system call " + std::to_string(call);

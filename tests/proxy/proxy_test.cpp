@@ -4,6 +4,7 @@
 // (on 127.0.0.2) never saw a connection.
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <iterator>
@@ -1606,12 +1607,24 @@ TEST_F(ProxyTest, ConnectionFloodGets503AndServiceGoesOn) {
   EXPECT_TRUE(r.starts_with("HTTP/1.1 200")) << r;
 }
 
-// The status lines of a process that say what it may still do.
+// The status lines of a process that say what it may still do: those of
+// each of its threads, told apart by name, where they differ from the first's.
 std::string restrictions(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string out;
-  for (std::string line; std::getline(in, line);)
-    if (line.starts_with("NoNewPrivs:") || line.starts_with("Seccomp:")) out += line + "\n";
+  std::set<std::string> seen;
+  std::error_code ec;
+  std::vector<fs::path> tasks;
+  for (const auto& t : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) tasks.push_back(t.path());
+  std::sort(tasks.begin(), tasks.end());
+  for (const auto& t : tasks) {
+    std::ifstream in(t / "status");
+    std::string name, said;
+    for (std::string line; std::getline(in, line);) {
+      if (line.starts_with("Name:")) name = line.substr(6);
+      if (line.starts_with("NoNewPrivs:") || line.starts_with("Seccomp:")) said += line + "\n";
+    }
+    if (seen.insert(said).second) out += (out.empty() ? "" : "thread " + name + ":\n") + said;
+  }
   return out;
 }
 
@@ -1620,6 +1633,7 @@ TEST_F(ProxyTest, OnceBoundTheProxyGainsNoPrivilegesAndRefusesExecAndFork) {
   const auto status = restrictions(proxy_->pid());
   EXPECT_NE(status.find("NoNewPrivs:\t1"), std::string::npos) << status;
   EXPECT_NE(status.find("Seccomp:\t2"), std::string::npos) << "a seccomp filter: " << status;
+  EXPECT_EQ(status.find("thread"), std::string::npos) << "every thread alike, the log's too: " << status;
   // Still a working proxy: a request through it, and a reload.
   const auto r = exchange("127.0.0.1", port, "GET http://127.0.0.1:" + o() +
                                                  "/small HTTP/1.1\r\nHost: 127.0.0.1:" + o() + "\r\nConnection: close\r\n\r\n");
