@@ -1,8 +1,8 @@
 // `sandgate run`: a sandbox on a workspace. Boots a QEMU microVM whose only
-// network path is this process's own proxy listener (a unix socket; the
-// guest's connections reach it as streams on a virtio-serial port that this
-// process relays), runs a command in it through the guest agent, and shuts
-// it down.
+// network path is the sandbox's own proxy (the guest's connections reach it
+// as streams on a virtio-serial port), run with its relay in a process of
+// its own (sandbox_proxy.h), runs a command in the guest through its agent,
+// and shuts it down.
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -19,18 +19,17 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <thread>
 
 #include "commands.h"
 #include "images.h"
 #include "paths.h"
+#include "sandbox_proxy.h"
 #include "sandbox_state.h"
-#include "sandgate/proxy/server.h"
+#include "sandgate/config/policy_store.h"
 #include "sandgate/sync/share.h"
 #include "sandgate/vmm/agent_client.h"
 #include "sandgate/vmm/control.h"
 #include "sandgate/vmm/machine.h"
-#include "sandgate/vmm/stream_mux.h"
 
 namespace sandgate::cli {
 namespace {
@@ -57,7 +56,8 @@ Options:
                      default policy); the sandbox decides by its own copy
   -e KEY=VALUE       set an environment variable for CMD (repeatable)
   --hosts-file FILE  "ADDRESS NAME..." lines the sandbox's proxy consults
-                     before DNS (pin names; the guest itself resolves nothing)
+                     before DNS (pin names; the guest itself resolves nothing).
+                     Like the policy, the sandbox keeps its own copy
   --dns-server ADDR[,ADDR...]
                      DNS servers the sandbox's proxy asks (IP, IP:PORT,
                      [IPv6]:PORT) instead of those in /etc/resolv.conf
@@ -105,7 +105,8 @@ volatile std::sig_atomic_t terminate = 0;
 // A detached sandbox's life after boot: tell the parent it is ready, then
 // relay exec clients to the agent until `sandgate stop`, SIGTERM, or the VM
 // ends by itself (a guest poweroff or a QEMU crash).
-int supervise(const fs::path& state, vmm::Machine& machine, vmm::AgentClient& agent, int ready_fd) {
+int supervise(const fs::path& state, vmm::Machine& machine, SandboxProxy& proxy, vmm::AgentClient& agent,
+              int ready_fd) {
   auto listen_fd = vmm::listen_control((state / "control.sock").string());
   if (!listen_fd) {
     std::cerr << "sandgate run: " << listen_fd.error() << "\n";
@@ -122,12 +123,16 @@ int supervise(const fs::path& state, vmm::Machine& machine, vmm::AgentClient& ag
   ::sigaction(SIGTERM, &sa, nullptr);
   ::sigaction(SIGINT, &sa, nullptr);
   ::signal(SIGHUP, SIG_IGN);
-  const auto end = vmm::serve_control(*listen_fd, agent.fd(), [&] { return !terminate && machine.wait(std::chrono::milliseconds(0)) < 0; });
+  // A sandbox whose proxy has ended has no network: it stops, and says why.
+  const auto end = vmm::serve_control(*listen_fd, agent.fd(), [&] {
+    return !terminate && machine.wait(std::chrono::milliseconds(0)) < 0 && proxy.running();
+  });
   ::close(*listen_fd);
   ::unlink((state / "control.sock").c_str());
   std::cerr << "sandgate: sandbox stopping ("
             << (end == vmm::ControlEnd::stop_requested ? "stop requested"
                 : terminate                             ? "SIGTERM"
+                : !proxy.running()                      ? "its proxy process exited"
                 : end == vmm::ControlEnd::vm_exited     ? "the VM exited"
                                                         : "the agent channel closed")
             << ")\n";
@@ -191,7 +196,7 @@ int run_command(std::span<const std::string_view> args) {
       ok = v.find('=') != std::string::npos && v.front() != '=';
       env.push_back(v);
     } else if (a == "-w") cwd = v;
-    else if (a == "--hosts-file") hosts_file = fs::absolute(v).string();
+    else if (a == "--hosts-file") hosts_file = v;
     else if (a == "--dns-server") {
       dns_servers = v;
       ok = !v.empty();
@@ -283,6 +288,9 @@ int run_command(std::span<const std::string_view> args) {
   }
   const auto state = fs::path(home) / "sandboxes" / name;
   fs::create_directories(state, ec);
+  // The proxy's user looks its files up here (sandbox_proxy.h).
+  if (!ec) fs::permissions(state, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                      fs::perms::others_read | fs::perms::others_exec, ec);
   if (ec) {
     std::cerr << "sandgate run: cannot create " << state << ": " << ec.message() << "\n";
     return 1;
@@ -304,6 +312,7 @@ int run_command(std::span<const std::string_view> args) {
     std::ofstream saved(state / "env", std::ios::trunc);
     for (const auto& kv : host_git_identity()) saved << kv << "\n";
   }
+  fs::permissions(state / "env", fs::perms::owner_read | fs::perms::owner_write, ec);
   const auto image = find_or_build_image();
   if (image.empty()) {
     std::cerr << "sandgate run: cannot build the guest image (run deploy/guest/build-image.sh to see why)\n";
@@ -312,18 +321,24 @@ int run_command(std::span<const std::string_view> args) {
 
   // The sandbox's own proxy: its listener is the sandbox's identity. It
   // decides by the sandbox's own copy of the policy, which `sandgate network
-  // proxy NAME` edits and the proxy reloads when it changes.
+  // proxy NAME` edits and the proxy reloads when it changes, and consults its
+  // own copy of the hosts file. Both are readable by all: the proxy runs as
+  // a user of its own (sandbox_proxy.h), and a policy is no secret from a
+  // sandbox that a 403 shows its rules to.
   if (policy_path.empty())
     policy_path = fs::exists(default_policy_path()) ? default_policy_path() : shipped_policy_path();
   const auto own_policy =
       state / (config::format_for_path(policy_path) == config::Format::docker_json ? "policy.json" : "policy.yaml");
-  if (fs::absolute(policy_path) != own_policy) {
-    fs::copy_file(policy_path, own_policy, fs::copy_options::overwrite_existing, ec);
-    if (ec) {
-      std::cerr << "sandgate run: cannot copy the policy " << policy_path << ": " << ec.message() << "\n";
-      return 2;
-    }
-  }
+  const auto readable_by_all = fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                               fs::perms::others_read;
+  const auto own_copy = [&](const std::string& from, const fs::path& to, std::string_view what) {
+    if (fs::absolute(from) != to) fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
+    if (!ec) fs::permissions(to, readable_by_all, ec);
+    if (ec) std::cerr << "sandgate run: cannot copy the " << what << " " << from << ": " << ec.message() << "\n";
+    return !ec;
+  };
+  if (!own_copy(policy_path, own_policy, "policy")) return 2;
+  if (!hosts_file.empty() && !own_copy(hosts_file, state / "hosts", "hosts file")) return 2;
   auto store = config::PolicyStore::open(own_policy.string());
   if (!store) {
     for (const auto& d : store.error()) std::cerr << d.to_string() << "\n";
@@ -331,32 +346,6 @@ int run_command(std::span<const std::string_view> args) {
   }
   const auto& sandbox_policy = *(*store)->current()->for_sandbox(name);
   const std::string mode = std::string(policy::to_string(sandbox_policy.mode())) + (sandbox_policy.report() ? " (report)" : "");
-  const auto proxy_socket = (state / "proxy.sock").string();
-  proxy::ServerConfig pc;
-  pc.listeners.push_back({"unix:" + proxy_socket, name, 0});
-  pc.threads = 1;
-  pc.handle_signals = false;
-  pc.hosts_file = hosts_file;
-  pc.dns_servers = dns_servers;
-  netlog::WriterConfig log;
-  log.path = (state / "log" / "network.jsonl").string();
-  log.key_file = default_key_path();
-  pc.log = log;
-  auto server = proxy::Server::start(pc, std::shared_ptr<config::PolicyStore>(std::move(*store)));
-  if (!server) {
-    std::cerr << "sandgate run: proxy: " << server.error() << "\n";
-    return 1;
-  }
-  for (const auto& w : (*server)->warnings()) std::cerr << "sandgate run: proxy: warning: " << w << "\n";
-  std::thread proxy_thread([&s = **server] { s.run(); });
-  struct StopProxy {
-    proxy::Server& s;
-    std::thread& t;
-    ~StopProxy() {
-      s.stop();
-      t.join();
-    }
-  } stop_proxy{**server, proxy_thread};
 
   if (accel == "auto") {
     // The probe's verdict holds until the host reboots or the image changes.
@@ -419,33 +408,40 @@ int run_command(std::span<const std::string_view> args) {
     mc.fs_9p_readonly = readonly;
     mc.kernel_args.push_back("sandgate_ws_9p=1");
   }
-  // As root, QEMU runs as an unprivileged user of its own where it can: a
-  // uid no other process has (vmm::MachineConfig::RunAs::own_uid), in the
-  // group of sandgate-vm if the host has it (the package makes it), else
-  // nogroup. A guest that escaped QEMU would hold that user, not root, and
-  // could reach no other sandbox's QEMU, nor any service's. Its files and
-  // sockets are handed to it as descriptors (vmm::Machine::launch), so it
-  // needs only to read the kernel and initrd themselves, wherever they are.
-  // The proxy's socket is not handed to it (this process relays the guest's
-  // connections). The 9p fallback keeps root (QEMU itself then serves the
-  // workspace).
+  // As root, QEMU and the proxy each run as an unprivileged user of their
+  // own: a uid no other process has (vmm::MachineConfig::RunAs::own_uid),
+  // in the group of sandgate-vm if the host has it (the package makes it),
+  // else nogroup. A guest that escaped QEMU, or took over the proxy, would
+  // hold that user, not root, and could reach no other sandbox's QEMU or
+  // proxy, nor any service's. QEMU's files and sockets are handed to it as
+  // descriptors (vmm::Machine::launch), so it needs only to read the kernel
+  // and initrd themselves, wherever they are; the proxy's socket is not
+  // among them (the network process relays the guest's connections). The
+  // 9p fallback keeps QEMU root (QEMU itself then serves the workspace).
+  std::optional<vmm::MachineConfig::RunAs> unprivileged;
   std::string qemu_group;
-  if (::getuid() == 0 && mc.fs_9p_dir.empty()) {
+  if (::getuid() == 0) {
     const passwd* pw = ::getpwnam("sandgate-vm");
     if (!pw) pw = ::getpwnam("nobody");
     const group* gr = pw ? ::getgrgid(pw->pw_gid) : nullptr;
-    if (gr) {
-      // systemd leaves 0x70000000-0x7ffdffff unallocated (its UIDS-GIDS
-      // document); a pid is at most 2^22.
-      vmm::MachineConfig::RunAs ra{0x7000'0000, gr->gr_gid, {}, true};
-      if (const group* kvm = ::getgrnam("kvm")) ra.groups.push_back(kvm->gr_gid);
-      if (const auto blocked = vmm::unreadable_for(ra, {mc.kernel, mc.initrd}); blocked.empty()) {
-        mc.run_as = ra;
-        qemu_group = gr->gr_name;
-      } else {
-        std::cerr << "sandgate run: QEMU runs as root: a user of group " << gr->gr_name << " cannot read " << blocked
-                  << " (the guest image's kernel and initrd must be readable by all: chmod 644 them)\n";
-      }
+    if (!gr) {
+      std::cerr << "sandgate run: neither the user sandgate-vm nor nobody has a group; QEMU and the proxy would run"
+                   " as root, so the sandbox does not start\n";
+      return 1;
+    }
+    // systemd leaves 0x70000000-0x7ffdffff unallocated (its UIDS-GIDS
+    // document); a pid is at most 2^22.
+    unprivileged = vmm::MachineConfig::RunAs{0x7000'0000, gr->gr_gid, {}, true};
+    qemu_group = gr->gr_name;
+  }
+  if (unprivileged && mc.fs_9p_dir.empty()) {
+    auto ra = *unprivileged;
+    if (const group* kvm = ::getgrnam("kvm")) ra.groups.push_back(kvm->gr_gid);
+    if (const auto blocked = vmm::unreadable_for(ra, {mc.kernel, mc.initrd}); blocked.empty()) {
+      mc.run_as = ra;
+    } else {
+      std::cerr << "sandgate run: QEMU runs as root: a user of group " << qemu_group << " cannot read " << blocked
+                << " (the guest image's kernel and initrd must be readable by all: chmod 644 them)\n";
     }
   }
   const auto started = std::chrono::steady_clock::now();
@@ -455,10 +451,21 @@ int run_command(std::span<const std::string_view> args) {
     return 1;
   }
   // The guest's connections, for as long as this process runs the sandbox
-  // (the jthread asks it to stop, and waits, when run_command returns).
-  std::jthread network([&proxy_socket, port = (*machine)->net_socket()](std::stop_token stop) {
-    vmm::relay_guest_network(port, proxy_socket, stop);
-  });
+  // (the network process is stopped, and waited for, when run_command returns).
+  SandboxProxyConfig npc;
+  npc.state = state;
+  npc.name = name;
+  npc.policy_file = own_policy.filename().string();
+  npc.hosts_file = !hosts_file.empty();
+  npc.dns_servers = dns_servers;
+  npc.net_socket = (*machine)->net_socket();
+  npc.run_as = unprivileged;
+  npc.detached = detach;
+  auto proxy = SandboxProxy::start(npc);
+  if (!proxy) {
+    std::cerr << "sandgate run: " << proxy.error() << "\n";
+    return 1;
+  }
   auto agent = vmm::AgentClient::connect((*machine)->agent_socket(), boot_timeout);
   if (!agent) {
     std::cerr << "sandgate run: " << agent.error() << " (" << (*machine)->console_log() << ")\n";
@@ -487,10 +494,12 @@ int run_command(std::span<const std::string_view> args) {
   // The user QEMU runs as: its uid when it has one of its own, else the caller's.
   st.qemu_user = mc.run_as ? std::to_string(mc.run_as->uid_for((*machine)->pid())) : std::to_string(::getuid());
   st.qemu_group = mc.run_as ? qemu_group : std::to_string(::getgid());
+  st.proxy_pid = (*proxy)->pid();
+  st.proxy_user = std::to_string((*proxy)->uid());
   st.workspace_readonly = readonly;
   st.hidden_paths = sc.hidden.size();
   write_state(state, st);
-  if (detach) return supervise(state, **machine, **agent, ready_fd);
+  if (detach) return supervise(state, **machine, **proxy, **agent, ready_fd);
 
   vmm::ExecRequest req;
   req.argv = cmd;

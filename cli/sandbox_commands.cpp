@@ -100,13 +100,14 @@ bool stop_sandbox(const fs::path& dir, std::chrono::seconds timeout) {
   while (lock_held(dir) && std::chrono::steady_clock::now() < end)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   if (!st) return !lock_held(dir);
-  // Whatever is still there is killed: the supervisor, QEMU and virtiofsd.
+  // Whatever is still there is killed: the supervisor, QEMU, virtiofsd and the proxy.
   bool forced = false;
-  for (const auto* key : {"pid", "qemu_pid", "virtiofsd_pid"}) {
+  for (const std::string key : {"pid", "qemu_pid", "virtiofsd_pid", "proxy_pid"}) {
     const long pid = num(*st, key);
-    const bool ours = std::string(key) == "pid" ? lock_held(dir)
-                      : std::string(key) == "qemu_pid" ? process_runs(pid, "qemu-system")
-                                                       : process_runs(pid, "virtiofsd");
+    const bool ours = key == "pid"             ? lock_held(dir)
+                      : key == "qemu_pid"      ? process_runs(pid, "qemu-system")
+                      : key == "virtiofsd_pid" ? process_runs(pid, "virtiofsd")
+                                               : process_runs(pid, "sandgate");
     if (ours && pid > 0) {
       ::kill(static_cast<pid_t>(pid), SIGKILL);
       forced = true;
@@ -325,6 +326,8 @@ int env_command(std::span<const std::string_view> args) {
   std::ofstream out(dir / "env.tmp", std::ios::trunc);
   for (const auto& l : lines) out << l << "\n";
   out.close();
+  // Values may be secrets (API keys): the sandbox's proxy, a user of its own, may not read them.
+  fs::permissions(dir / "env.tmp", fs::perms::owner_read | fs::perms::owner_write);
   fs::rename(dir / "env.tmp", dir / "env");
   return 0;
 }

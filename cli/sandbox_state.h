@@ -33,7 +33,8 @@ struct SandboxState {
   std::string image;  // the guest image's folder
   std::string qemu_user;   // the uid QEMU runs as (one of its own when run by root)
   std::string qemu_group;  // and its group (sandgate-vm, nogroup, or the caller's gid)
-  long pid = 0, qemu_pid = 0, virtiofsd_pid = 0;
+  std::string proxy_user;  // the uid the network process runs as (sandbox_proxy.h), in QEMU's group
+  long pid = 0, qemu_pid = 0, virtiofsd_pid = 0, proxy_pid = 0;
   bool detached = false, workspace_readonly = false;
   long long ready_ms = 0;
   std::size_t hidden_paths = 0;  // --exclude matches
@@ -46,6 +47,8 @@ inline void write_state(const std::filesystem::path& dir, const SandboxState& s)
   o["pid"] = s.pid;
   o["qemu_pid"] = s.qemu_pid;
   o["virtiofsd_pid"] = s.virtiofsd_pid;
+  o["proxy_pid"] = s.proxy_pid;
+  o["proxy_user"] = s.proxy_user;
   o["accel"] = s.accel;
   o["policy"] = s.policy;
   o["mode"] = s.mode;

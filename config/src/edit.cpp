@@ -79,6 +79,10 @@ boost::system::result<std::string, Diagnostics> edit_policy_file(const std::stri
     if (!f) return one_error(path, "cannot write " + tmp);
   }
   std::error_code ec;
+  // The new file is read by whoever read the old one (a sandbox's proxy runs as a user of its own).
+  if (const auto was = std::filesystem::status(path, ec); !ec && std::filesystem::exists(was))
+    std::filesystem::permissions(tmp, was.permissions(), ec);
+  ec.clear();
   std::filesystem::rename(tmp, path, ec);
   if (ec) return one_error(path, "cannot replace the file: " + ec.message());
   return loaded->sha256;

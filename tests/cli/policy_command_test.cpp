@@ -114,6 +114,19 @@ TEST(Cli, NetworkProxyTakesAUrlsHostAndPort) {
   EXPECT_NE(text.find("pastebin.test:8080"), std::string::npos) << text;
   EXPECT_NE(text.find("re:^a[0-9]+\\.example\\.test$"), std::string::npos) << text;  // a regex as written
   EXPECT_EQ(text.find("://"), std::string::npos) << text;
+  // An edit keeps the file's mode, whatever the editor's umask: a sandbox's
+  // proxy, a user of its own, reads the file it edits.
+  for (const auto mode : {fs::perms(0644), fs::perms(0640)}) {
+    fs::permissions(home / "policy.yaml", mode);
+    for (const char* umask : {"0", "077"}) {
+      const auto edit = "--allow-host umask-" + std::string(umask) + ".example.test:443";
+      ASSERT_EQ(run("--version >/dev/null; umask " + std::string(umask) + "; " + SANDGATE_BIN +
+                    " network proxy --default " + edit)
+                    .status,
+                0);
+      EXPECT_EQ(fs::status(home / "policy.yaml").permissions(), mode) << "umask " << umask;
+    }
+  }
   auto ftp = run("network proxy --default --allow-host ftp://files.example.test/");
   EXPECT_EQ(ftp.status, 2);
   EXPECT_NE(ftp.out.find("--allow-host 'ftp://files.example.test/': ftp:// URLs have no port"), std::string::npos)

@@ -196,6 +196,7 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   EXPECT_EQ(state.at("name").as_string(), "life");
   EXPECT_EQ(state.at("state").as_string(), "running");
   const long qemu = static_cast<long>(state.at("qemu_pid").as_int64());
+  const long proxy = static_cast<long>(state.at("proxy_pid").as_int64());
   // Started by root, QEMU runs as an unprivileged user of its own, though
   // the home (its console log and sockets) is closed to that user:
   // everything it uses is handed to it as a descriptor.
@@ -213,10 +214,37 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
     // No other process has its user; one run as nobody (the user QEMU
     // shared with other services before) cannot read its memory or
     // environment.
+    // The proxy, which parses all that the guest sends and all that
+    // origins answer, runs apart from the supervisor, as a user of its own
+    // too (not QEMU's), with no capability and no way to gain one, under
+    // the proxy's seccomp filter in every thread.
+    const std::string proxy_user(state.at("proxy_user").as_string());
+    EXPECT_EQ(uid_of(proxy), proxy_user);
+    EXPECT_GE(std::stoul(proxy_user), 0x7000'0000ul) << "not a user of its own";
+    EXPECT_NE(proxy_user, user);
+    const auto proxy_status = read_file("/proc/" + std::to_string(proxy) + "/status");
+    EXPECT_NE(proxy_status.find("CapPrm:\t0000000000000000"), std::string::npos) << proxy_status;
+    EXPECT_NE(proxy_status.find("CapEff:\t0000000000000000"), std::string::npos) << proxy_status;
+    int threads = 0;
+    for (const auto& t : fs::directory_iterator("/proc/" + std::to_string(proxy) + "/task")) {
+      const auto s = read_file(t.path() / "status");
+      EXPECT_NE(s.find("NoNewPrivs:\t1"), std::string::npos) << t.path() << ": " << s;
+      EXPECT_NE(s.find("Seccomp:\t2"), std::string::npos) << t.path() << ": " << s;
+      ++threads;
+    }
+    EXPECT_GE(threads, 3) << "the proxy's, the log's and the relay's";
+    EXPECT_NE(shell("setpriv --reuid=" + proxy_user + " --clear-groups ls " + home_.string()).status, 0)
+        << "the home is open to " << proxy_user;
     for (const auto& e : fs::directory_iterator("/proc")) {
       const auto name = e.path().filename().string();
-      if (name.find_first_not_of("0123456789") != std::string::npos || std::stol(name) == qemu) continue;
-      EXPECT_NE(uid_of(std::stol(name)), user) << "process " << name << " has QEMU's user";
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      const long pid = std::stol(name);
+      if (pid != qemu) {
+        EXPECT_NE(uid_of(pid), user) << "process " << name << " has QEMU's user";
+      }
+      if (pid != proxy) {
+        EXPECT_NE(uid_of(pid), proxy_user) << "process " << name << " has the proxy's user";
+      }
     }
     EXPECT_NE(shell("setpriv --reuid=nobody --regid=nogroup --clear-groups cat /proc/" + std::to_string(qemu) +
                     "/environ")
@@ -236,9 +264,9 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
       struct stat st {};
       if (!e.is_socket() || ::stat(e.path().c_str(), &st) != 0) continue;
       ++sockets;
-      EXPECT_EQ(st.st_uid, 0u) << e.path() << " belongs to QEMU's user";
+      EXPECT_NE(std::to_string(st.st_uid), user) << e.path() << " belongs to QEMU's user";
     }
-    EXPECT_GE(sockets, 4) << "agent, net, QMP and virtiofsd's";
+    EXPECT_GE(sockets, 5) << "agent, net, QMP, virtiofsd's and the proxy's";
   }
   // QEMU has a network namespace of its own, with no device: a guest that
   // broke out of it would still have no way around the proxy.
@@ -272,8 +300,12 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   };
   const auto own = sockets(supervisor);
   EXPECT_FALSE(own.empty());
-  for (const long helper : {qemu, virtiofsd})
+  for (const long helper : {qemu, virtiofsd, proxy})
     for (const auto& s : sockets(helper)) EXPECT_FALSE(own.contains(s)) << helper << " holds the supervisor's " << s;
+  // Nor does the proxy hold the sandbox's lock: a dead supervisor is seen as one.
+  std::error_code fd_ec;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(proxy) + "/fd", fd_ec))
+    EXPECT_NE(fs::read_symlink(e.path(), fd_ec).filename(), "lock") << "the proxy holds the sandbox's lock";
   // Out of descriptors, the supervisor does not spin on its control socket:
   // an exec waits, and runs once there are descriptors again.
   {
@@ -337,10 +369,18 @@ TEST_F(SandboxTest, DetachedLifecycleExecLsStopRmLeaveNothingBehind) {
   // rm refuses a running sandbox; stop ends every process; rm removes every file.
   EXPECT_EQ(cli(h, "rm life").status, 1);
   EXPECT_EQ(cli(h, "stop life").status, 0);
-  for (int i = 0; i < 100 && (pid_alive(qemu) || pid_alive(virtiofsd) || pid_alive(supervisor)); ++i) ::usleep(20'000);
+  for (int i = 0; i < 100 && (pid_alive(qemu) || pid_alive(virtiofsd) || pid_alive(supervisor) || pid_alive(proxy));
+       ++i)
+    ::usleep(20'000);
   EXPECT_FALSE(pid_alive(qemu));
   EXPECT_FALSE(pid_alive(virtiofsd));
   EXPECT_FALSE(pid_alive(supervisor));
+  EXPECT_FALSE(pid_alive(proxy));
+  // The proxy's user went with it: the log is the caller's again, whole.
+  struct stat log_folder {};
+  ASSERT_EQ(::stat((home_ / "sandboxes" / "life" / "log").c_str(), &log_folder), 0);
+  EXPECT_EQ(log_folder.st_uid, ::getuid());
+  EXPECT_EQ(cli(h, "network log verify life").status, 0);
   EXPECT_NE(cli(h, "ls").out.find("stopped"), std::string::npos);
   EXPECT_EQ(cli(h, "exec life true").status, 125);
   EXPECT_EQ(cli(h, "rm life").status, 0);
@@ -386,6 +426,43 @@ TEST_F(SandboxTest, AKilledQemuIsNoticedAndRmCleansUp) {
   EXPECT_EQ(st, "stopped");
   EXPECT_EQ(cli(h, "rm crash").status, 0);
   EXPECT_FALSE(fs::exists(home_ / "sandboxes" / "crash"));
+}
+
+TEST_F(SandboxTest, ASandboxWhoseProxyEndsStopsAndAProxyWhoseSupervisorEndsDoesToo) {
+  const auto h = home_.string();
+  const auto pids = [&] {
+    const auto st = boost::json::parse(cli(h, "ls --json").out).as_array().at(0).as_object();
+    return std::array<long, 3>{static_cast<long>(st.at("pid").as_int64()),
+                               static_cast<long>(st.at("qemu_pid").as_int64()),
+                               static_cast<long>(st.at("proxy_pid").as_int64())};
+  };
+  ASSERT_EQ(cli(h, "run -d --name noproxy " + ws_.string()).status, 0);
+  const auto [supervisor, qemu, proxy] = pids();
+  ASSERT_TRUE(pid_alive(proxy));
+  ::kill(static_cast<pid_t>(proxy), SIGKILL);
+  // A sandbox without its proxy has no network: it does not run on so.
+  std::string st;
+  for (int i = 0; i < 200 && st != "stopped"; ++i) {
+    ::usleep(50'000);
+    st = std::string(boost::json::parse(cli(h, "ls --json").out).as_array().at(0).as_object().at("state").as_string());
+  }
+  EXPECT_EQ(st, "stopped");
+  for (int i = 0; i < 100 && (pid_alive(qemu) || pid_alive(supervisor)); ++i) ::usleep(20'000);
+  EXPECT_FALSE(pid_alive(qemu));
+  EXPECT_FALSE(pid_alive(supervisor));
+  EXPECT_NE(read_file(home_ / "sandboxes" / "noproxy" / "supervisor.log").find("its proxy process exited"),
+            std::string::npos)
+      << read_file(home_ / "sandboxes" / "noproxy" / "supervisor.log");
+  // A proxy outlives no supervisor.
+  ASSERT_EQ(cli(h, "run -d --name noproxy " + ws_.string()).status, 0);
+  const auto [supervisor2, qemu2, proxy2] = pids();
+  ASSERT_TRUE(pid_alive(proxy2));
+  ::kill(static_cast<pid_t>(supervisor2), SIGKILL);
+  for (int i = 0; i < 200 && pid_alive(proxy2); ++i) ::usleep(50'000);
+  EXPECT_FALSE(pid_alive(proxy2));
+  EXPECT_EQ(cli(h, "rm -f noproxy").status, 0);
+  for (int i = 0; i < 100 && pid_alive(qemu2); ++i) ::usleep(20'000);
+  EXPECT_FALSE(pid_alive(qemu2));
 }
 
 TEST_F(SandboxTest, NetworkProxyChangesARunningSandboxsNextVerdictAndEnvSetItsNextExec) {

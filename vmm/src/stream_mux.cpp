@@ -7,8 +7,6 @@
 
 #include <cerrno>
 #include <charconv>
-#include <chrono>
-#include <thread>
 #include <vector>
 
 #include "unix_socket.h"
@@ -200,14 +198,9 @@ void StreamMux::run(std::stop_token stop) {
   streams_.clear();
 }
 
-void relay_guest_network(const std::string& port_socket, const std::string& proxy_socket, std::stop_token stop) {
-  int port = -1;
-  // QEMU creates its socket a moment after it starts.
-  while (port < 0 && !stop.stop_requested()) {
-    port = detail::connect_unix(port_socket);
-    if (port < 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (port < 0) return;
+int connect_guest_network(const std::string& port_socket) { return detail::connect_unix(port_socket); }
+
+void relay_guest_network(int port, const std::string& proxy_socket, std::stop_token stop) {
   StreamMux mux(port, -1, [&] { return detail::connect_unix(proxy_socket); });
   mux.run(stop);
   ::close(port);

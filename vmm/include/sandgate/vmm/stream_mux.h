@@ -72,10 +72,14 @@ class StreamMux {
   std::uint32_t next_id_ = 0;
 };
 
-// The host's end of a guest's network port: connects to QEMU's socket for
-// it (port_socket; retried until QEMU has made it) and relays every stream
-// the guest opens to a new connection to the proxy's unix socket, until the
-// VM ends or a stop is requested.
-void relay_guest_network(const std::string& port_socket, const std::string& proxy_socket, std::stop_token stop);
+// The host's end of a guest's network port: QEMU's socket for it
+// (Machine::net_socket, made before QEMU starts), connected; -1 with errno
+// set when it cannot be.
+int connect_guest_network(const std::string& port_socket);
+
+// Relays every stream the guest opens on `port` (connect_guest_network) to
+// a new connection to the proxy's unix socket, until the VM ends or a stop
+// is requested; then closes `port`.
+void relay_guest_network(int port, const std::string& proxy_socket, std::stop_token stop);
 
 }  // namespace sandgate::vmm
