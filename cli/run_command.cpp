@@ -515,6 +515,9 @@ int run_command(std::span<const std::string_view> args) {
     std::cerr << "sandgate run: virtiofsd stopped while the sandbox ran, so the workspace was unavailable in the guest;"
                  " see "
               << sc.log << "\n";
+  if (!(*proxy)->running())
+    std::cerr << "sandgate run: the sandbox's proxy process ended while the sandbox ran: the guest had no network"
+                 " from then on\n";
   (*agent)->poweroff();
   (*machine)->shutdown(std::chrono::seconds(5));
   if (!status) {

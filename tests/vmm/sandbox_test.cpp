@@ -463,6 +463,24 @@ TEST_F(SandboxTest, ASandboxWhoseProxyEndsStopsAndAProxyWhoseSupervisorEndsDoesT
   EXPECT_EQ(cli(h, "rm -f noproxy").status, 0);
   for (int i = 0; i < 100 && pid_alive(qemu2); ++i) ::usleep(20'000);
   EXPECT_FALSE(pid_alive(qemu2));
+  // In the foreground the command runs on, and `run` says afterwards that
+  // it had no network.
+  fs::remove(ws_ / "started");
+  fs::remove(ws_ / "go");
+  Result fg;
+  std::thread foreground([&] {
+    fg = run("--name fg " + ws_.string() + " -- sh -c 'touch started; while [ ! -e go ]; do sleep 0.1; done; echo went'");
+  });
+  for (int i = 0; i < 1200 && !fs::exists(ws_ / "started"); ++i) ::usleep(50'000);
+  const auto fg_state = read_file(home_ / "sandboxes" / "fg" / "state.json");
+  const long fg_proxy = fg_state.empty() ? 0 : boost::json::parse(fg_state).at("proxy_pid").as_int64();
+  EXPECT_TRUE(pid_alive(fg_proxy)) << fg_state;
+  if (fg_proxy > 0) ::kill(static_cast<pid_t>(fg_proxy), SIGKILL);
+  std::ofstream(ws_ / "go").put('\n');
+  foreground.join();
+  EXPECT_EQ(fg.status, 0) << fg.err;
+  EXPECT_EQ(fg.out, "went\n");
+  EXPECT_NE(fg.err.find("the sandbox's proxy process ended while the sandbox ran"), std::string::npos) << fg.err;
 }
 
 TEST_F(SandboxTest, NetworkProxyChangesARunningSandboxsNextVerdictAndEnvSetItsNextExec) {
