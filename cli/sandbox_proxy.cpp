@@ -85,6 +85,13 @@ void say(int fd, std::string_view text) { (void)!::write(fd, text.data(), text.s
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (::getppid() != parent) ::_exit(1);
   }
+  // Said now rather than found out later as a reload that fails, a
+  // rotation that cannot happen or a guest whose connections go nowhere.
+  for (const auto& [file, mode] : {std::pair{c.policy_file.c_str(), R_OK}, std::pair{proxy_socket, W_OK},
+                                   std::pair{log_folder, W_OK | X_OK}})
+    if (::access(file, mode) != 0)
+      fail("the proxy's user cannot " + std::string(mode == R_OK ? "read " : "write ") + (c.state / file).string() +
+           ": " + std::strerror(errno));
   if (auto why = proxy::restrict_process(); !why.empty()) fail("cannot restrict the proxy's process: " + why);
   if (log_fd >= 0) {
     ::dup2(log_fd, 2);

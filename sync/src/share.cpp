@@ -101,8 +101,8 @@ boost::system::result<std::unique_ptr<Share>, std::string> Share::start(const Sh
   }
   const int log = ::open(c.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   const uid_t uid = ::getuid();
-  // Everything the child needs is built before fork: the caller has other
-  // threads (the proxy's), so the child may only make async-signal-safe calls.
+  // Everything the child needs is built before fork: the caller may have
+  // other threads (a library's), so the child may only make async-signal-safe calls.
   const std::string uid_map = "0 " + std::to_string(uid) + " 1";
   const std::string gid_map = "0 " + std::to_string(::getgid()) + " 1";
   const std::string source = "source=" + c.workspace;

@@ -62,8 +62,8 @@ bool become(const MachineConfig::RunAs& r, pid_t host_pid) {
 constexpr std::size_t max_passed = 8;
 pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfig::RunAs* run_as = nullptr,
             const std::vector<int>& pass = {}, const detail::OwnRoot* own_root = nullptr) {
-  // Everything the child needs is built before fork: the caller has other
-  // threads (the proxy's), so the child may only make async-signal-safe calls.
+  // Everything the child needs is built before fork: the caller may have
+  // other threads (a library's), so the child may only make async-signal-safe calls.
   std::vector<char*> args;
   for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
   args.push_back(nullptr);
@@ -163,8 +163,8 @@ pid_t spawn(const std::vector<std::string>& argv, int out_fd, const MachineConfi
     ::_exit(126);
   }
   // Nothing else of this process goes with it: the caller's descriptors
-  // without O_CLOEXEC (Asio opens sockets without it) include the proxy's
-  // listener, which QEMU would otherwise hold open.
+  // without O_CLOEXEC (Asio opens sockets without it), which QEMU would
+  // otherwise hold open.
   ::close_range(static_cast<unsigned>(first_free), ~0U, 0);
   ::execvpe(args[0], args.data(), no_environment);
   constexpr char msg[] = "sandgate: cannot run the program (is it installed?)\n";
