@@ -266,10 +266,7 @@ int run_command(std::span<const std::string_view> args) {
     if (pid < 0) return 1;
     if (pid > 0) {
       ::close(p[1]);
-      std::string said;
-      char buf[4096];
-      for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;) said.append(buf, static_cast<std::size_t>(n));
-      ::close(p[0]);
+      const auto said = read_until_closed(p[0]);
       const auto at = said.find(ready_marker);
       std::cerr << said.substr(0, at);
       if (at == std::string::npos) return 1;
@@ -332,6 +329,7 @@ int run_command(std::span<const std::string_view> args) {
   const auto readable_by_all = fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
                                fs::perms::others_read;
   const auto own_copy = [&](const std::string& from, const fs::path& to, std::string_view what) {
+    ec.clear();
     if (fs::absolute(from) != to) fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
     if (!ec) fs::permissions(to, readable_by_all, ec);
     if (ec) std::cerr << "sandgate run: cannot copy the " << what << " " << from << ": " << ec.message() << "\n";

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "paths.h"
+#include "sandbox_state.h"
 #include "sandgate/config/policy_store.h"
 #include "sandgate/proxy/harden.h"
 #include "sandgate/proxy/server.h"
@@ -69,7 +70,9 @@ void say(int fd, std::string_view text) { (void)!::write(fd, text.data(), text.s
   if (!server) fail("proxy: " + server.error());
   for (const auto& w : (*server)->warnings()) std::cerr << "sandgate run: proxy: warning: " << w << "\n";
 
+  // Detached, its stderr must stop being the caller's pipe: the caller waits for it to close.
   const int log_fd = c.detached ? ::open("supervisor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600) : -1;
+  if (c.detached && log_fd < 0) fail(std::string("cannot open supervisor.log: ") + std::strerror(errno));
   if (c.run_as) {
     // What it writes from here on is its own: the socket the relay dials
     // (connect(2) needs write permission) and the log folder (rotation
@@ -129,11 +132,7 @@ boost::system::result<std::unique_ptr<SandboxProxy>, std::string> SandboxProxy::
     ::_exit(1);
   }
   ::close(p[1]);
-  std::string said;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR);)
-    if (n > 0) said.append(buf, static_cast<std::size_t>(n));
-  ::close(p[0]);
+  auto said = read_until_closed(p[0]);
   const uid_t uid = config.run_as ? config.run_as->uid_for(pid) : ::getuid();
   std::unique_ptr<SandboxProxy> proxy(new SandboxProxy(pid, uid, config.state));
   if (said != ready) {

@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cerrno>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -73,6 +74,16 @@ inline std::optional<boost::json::object> read_state(const std::filesystem::path
   auto v = boost::json::parse(text, ec);
   if (ec || !v.is_object()) return std::nullopt;
   return v.as_object();
+}
+
+// All a child says on pipe `fd` until it closes its end; closes `fd`.
+inline std::string read_until_closed(int fd) {
+  std::string said;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR);)
+    if (n > 0) said.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return said;
 }
 
 // True while the sandbox's supervisor (or foreground run) is alive: it holds
