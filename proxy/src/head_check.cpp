@@ -252,9 +252,12 @@ AnswerHead prepare_answer(ResponseParser& rp, bool head_request, bool client_htt
   // and without it a coding other than chunked is lost.
   // An HTTP/1.0 answer has no transfer codings: one that names any has
   // faulty framing (RFC 9112 6.1), whatever the proxy could make of it.
+  // Chunked only when the parser, which frames the body the proxy relays,
+  // and the field, which the client reads, both say so: a list with bytes
+  // no token may hold ("chunked\x97") is chunked to one and not the other.
   if (const auto codings = res.count(http::field::transfer_encoding);
       codings && (res.version() == 10 ||
-                  (!bodiless && (!res.chunked() || (!client_http11 && (codings > 1 || !boost::beast::iequals(
+                  (!bodiless && (!(res.chunked() && rp.chunked()) || (!client_http11 && (codings > 1 || !boost::beast::iequals(
                                                                            res[http::field::transfer_encoding],
                                                                            "chunked"))))))) {
     std::string why = res.version() == 10 ? "the origin's HTTP/1.0 answer has a transfer coding, which HTTP/1.0 "
